@@ -1,0 +1,29 @@
+"""What every command line shares: bad input ends in one clear line, not a traceback."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+
+from cache.labels import LabelError
+from cache.store import StoreError
+
+USER_ERRORS = (StoreError, LabelError, ValueError, FileNotFoundError, PermissionError, OSError)
+
+
+def clean_errors(fn):
+    """Run a command; a user error prints 'error: …' on stderr and exits with status 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def say(message: str) -> None:
+    typer.echo(message, err=True)
+    sys.stderr.flush()

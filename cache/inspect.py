@@ -1,0 +1,137 @@
+"""`cache info` and `cache verify`: what a store holds, and whether it is consistent.
+
+Both read the store a block at a time, so they run in bounded memory on 10 M posts.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from cache import schema
+from cache.store import Store
+
+
+def _problem_counts(store: Store) -> Counter:
+    if "problems/kind" not in store:
+        return Counter()
+    kinds = store["problems/kind"][:]
+    return Counter(str(k) for k in kinds)
+
+
+def progress(store: Store, modality: str) -> dict:
+    """Done blocks, and row statuses over the whole array (a block at a time)."""
+    done = store[f"features/{modality}_done"][:]
+    status = store[f"features/{modality}_status"]
+    counts = Counter()
+    for b in range(store.n_blocks):
+        values, n = np.unique(status[store.block_rows(b)], return_counts=True)
+        counts.update(dict(zip(values.tolist(), n.tolist())))
+    enc = store[f"features/{modality}"].attrs.get("encoder")
+    return {
+        "blocks_done": int(done.sum()), "blocks": int(len(done)),
+        "rows": {s.name.lower(): int(counts.get(int(s), 0)) for s in schema.Status},
+        "encoder": enc,
+    }
+
+
+def info(store: Store) -> dict:
+    out = {
+        "url": store.url,
+        "schema_version": store.attrs["schema_version"],
+        "dataset_root": store.attrs.get("dataset_root"),
+        "complete": store.attrs.get("complete", False),
+        "posts": store.n_posts,
+        "influencers": store.n_influencers,
+        "block": store.block,
+        "blocks": store.n_blocks,
+        "problems": dict(sorted(_problem_counts(store).items())),
+        "features": {},
+        "labels": {},
+    }
+    for modality in schema.MODALITIES:
+        if store.has_features(modality):
+            out["features"][modality] = progress(store, modality)
+    for table, cats in (("influencers", store.influencer_categories), ("posts", store.post_categories)):
+        if f"{table}/label" not in store:
+            continue
+        label = store[f"{table}/label"][:]
+        split = store[f"{table}/split"][:]
+        out["labels"][table] = {
+            name: {cats[c]: int(((label == c) & (split == code)).sum()) for c in range(len(cats))}
+            for name, code in schema.SPLITS.items() if code}
+    return out
+
+
+def format_info(d: dict) -> str:
+    lines = [f"store      {d['url']}  (schema {d['schema_version']}{'' if d['complete'] else ', INCOMPLETE index'})",
+             f"dataset    {d['dataset_root']}",
+             f"posts      {d['posts']:,} of {d['influencers']:,} influencers; {d['blocks']} blocks of {d['block']:,}"]
+    for modality, p in d["features"].items():
+        rows = p["rows"]
+        pct = 100.0 * p["blocks_done"] / p["blocks"] if p["blocks"] else 100.0
+        enc = p["encoder"] or {}
+        lines.append(f"{modality:<10} {p['blocks_done']}/{p['blocks']} blocks done ({pct:.0f}%); rows ok {rows['ok']:,}, "
+                     f"no input {rows['no_input']:,}, unreadable {rows['unreadable']:,}, pending {rows['pending']:,}"
+                     + (f"; encoder {enc.get('model', '?')}" if enc else ""))
+    if d["problems"]:
+        lines.append("problems   " + ", ".join(f"{k} {v}" for k, v in d["problems"].items()))
+    else:
+        lines.append("problems   none")
+    for table, splits in d["labels"].items():
+        total = sum(sum(v.values()) for v in splits.values())
+        parts = ", ".join(f"{s} {sum(v.values())}" for s, v in splits.items())
+        lines.append(f"labels     {table}: {total} labelled ({parts})")
+    return "\n".join(lines)
+
+
+def verify(store: Store) -> list[str]:
+    """Every inconsistency found, as one sentence each; an empty list means the store is sound."""
+    errors: list[str] = []
+    n, m = store.n_posts, store.n_influencers
+    if not store.attrs.get("complete"):
+        errors.append("index did not finish (root attribute complete is false): rerun `extract index`")
+    for name in schema.POST_STR + schema.POST_INT + ["label", "split"]:
+        if f"posts/{name}" in store and store[f"posts/{name}"].shape[0] != n:
+            errors.append(f"posts/{name} has {store[f'posts/{name}'].shape[0]} rows, expected {n}")
+    offsets = store.offsets()
+    if len(offsets) != m + 1 or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 0).any():
+        errors.append("influencers/offsets is not a non-decreasing 0..N partition of the posts")
+    else:
+        infl = store["posts/influencer"]
+        for b in range(store.n_blocks):
+            rows = store.block_rows(b)
+            expect = np.searchsorted(offsets, np.arange(rows.start, rows.stop), side="right") - 1
+            if not np.array_equal(infl[rows], expect):
+                errors.append(f"posts/influencer disagrees with influencers/offsets in block {b}")
+                break
+    for table, k in (("posts", len(store.post_categories)), ("influencers", len(store.influencer_categories))):
+        if f"{table}/label" in store:
+            label, split = store[f"{table}/label"][:], store[f"{table}/split"][:]
+            if ((label < -1) | (label >= k)).any():
+                errors.append(f"{table}/label holds values outside -1..{k - 1}")
+            if ((label == -1) != (split == 0)).any():
+                errors.append(f"{table}: labelled rows without a split, or splits on unlabelled rows")
+    for modality in schema.MODALITIES:
+        if not store.has_features(modality):
+            errors.append(f"features/{modality} is missing")
+            continue
+        feats = store[f"features/{modality}"]
+        status = store[f"features/{modality}_status"]
+        done = store[f"features/{modality}_done"][:]
+        if len(done) != store.n_blocks or feats.shape[0] != n or status.shape[0] != n:
+            errors.append(f"features/{modality}: arrays are not sized for {n} posts in {store.n_blocks} blocks")
+            continue
+        for b in np.flatnonzero(done):
+            rows = store.block_rows(int(b))
+            st = status[rows]
+            if (st == schema.Status.PENDING).any() or (st > max(schema.Status)).any():
+                errors.append(f"{modality} block {b} is flagged done but has rows with status pending or invalid")
+            x = feats[rows]
+            nan_rows = np.isnan(x).any(axis=1)
+            if nan_rows.any():
+                errors.append(f"{modality} block {b} is flagged done but rows {rows.start + int(np.flatnonzero(nan_rows)[0])}"
+                              f"… ({int(nan_rows.sum())} rows) hold NaN: it was half-written")
+        if done.any() and store[f"features/{modality}"].attrs.get("encoder") is None:
+            errors.append(f"features/{modality} has done blocks but no encoder fingerprint")
+    return errors

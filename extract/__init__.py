@@ -1,0 +1,1 @@
+"""Stage one: the release format, the sample dataset, `index`, and the feature encoders."""

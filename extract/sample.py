@@ -1,0 +1,243 @@
+"""`extract sample-data OUT`: a synthetic dataset in the exact release format (DATASET.md).
+
+A fair stand-in for the real thing, small enough for a 2-core demo:
+- each post category has its own visual pattern (hue, stripe angle and frequency, blobs)
+  and its own caption vocabulary and hashtags;
+- each influencer has a dominant category, but only 35–75 % of its posts are on topic
+  (the rest are `other`, `product` or another category), so attention has something to find;
+- captions run from empty or emoji-only to past BERT's 128-token limit, in several scripts;
+- some posts are carousels (several images), some videos (a JPEG thumbnail);
+- the bad inputs of the real release are planted (unless --clean): a malformed .info, a
+  mapping row whose files are missing, duplicate mapping rows, an influencer with no posts,
+  posts of an influencer not in influencers.txt, a missing #Posts, the `fasion` typo, a
+  caption with no caption edge, a post with no mapping row.
+Everything is a function of --seed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from cache.schema import INFLUENCER_CATEGORIES, POST_CATEGORIES
+from extract import release
+
+VOCAB = {
+    "beauty": "makeup lipstick skincare glow foundation serum palette eyeliner mascara blush contour lashes "
+              "highlighter concealer brows nails",
+    "family": "kids mom dad family baby toddler daughter son parenting siblings grandma playtime bedtime "
+              "homeschool motherhood",
+    "fashion": "outfit style dress denim sneakers streetwear ootd jacket handbag runway trend boots "
+               "vintage tailoring accessories",
+    "fitness": "workout gym squat deadlift cardio protein gains training hiit abs running yoga sweat "
+               "reps stretching",
+    "food": "recipe delicious brunch pasta dessert chocolate homemade vegan baking pizza sushi dinner "
+            "foodie tasty",
+    "interior": "livingroom decor sofa plants shelf cozy minimalist kitchen design renovation rug lamp "
+                "scandinavian walls",
+    "other": "thoughts monday weekend random mood feelings throwback friends quote life music movie "
+             "sunset coffee",
+    "pet": "puppy dog cat kitten paws woof adopt fur walkies treats doggo meow rescue vet",
+    "product": "giveaway discount code link bio shop sale launch collab sponsored unboxing review "
+               "limited offer brand",
+    "travel": "beach wanderlust passport island mountains hiking roadtrip hotel explore adventure "
+              "sunrise backpacking flight ocean",
+}
+FILLER = "i you the a so my this today love just with and for of to in is new best what it".split()
+SCRIPTS = ["오늘 너무 좋아요", "今日はとても楽しい", "привет друзья", "جميل جدا", "नमस्ते दोस्तों",
+           "¡qué bonito día!", "très joli", "สวัสดีครับ"]
+EMOJI = ["✨", "😍", "🔥", "💕", "🙌", "🌸", "😂", "👌", "🌍", "🍕", "🐶", "💪"]
+
+
+def _pattern(cat: int, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A category's look: hue, stripe orientation and frequency, blob count; with noise."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = np.pi * cat / len(POST_CATEGORIES) + rng.normal(0, 0.08)
+    freq = (0.03 + 0.012 * (cat % 5)) * (320.0 / max(h, w))
+    phase = rng.uniform(0, 2 * np.pi)
+    stripes = 0.5 + 0.5 * np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
+    hue = cat / len(POST_CATEGORIES) + rng.normal(0, 0.02)
+    base = 0.5 + 0.4 * np.cos(2 * np.pi * (hue + np.array([0.0, 1 / 3, 2 / 3])))
+    img = base[None, None, :] * (0.55 + 0.45 * stripes[..., None])
+    for _ in range(1 + cat % 4):   # blobs
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.08, 0.2) * min(h, w)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2) < r * r
+        img[mask] = 1.0 - img[mask] * 0.6
+    img += rng.normal(0, 0.06, img.shape) + rng.normal(0, 0.05)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def _caption(cat: str, rng: np.random.Generator) -> str | None:
+    r = rng.random()
+    if r < 0.03:
+        return None                                    # no caption edge at all
+    if r < 0.10:
+        return ""
+    if r < 0.15:
+        return "".join(rng.choice(EMOJI, size=rng.integers(1, 6)))
+    words = VOCAB[cat].split()
+    if r < 0.20:
+        n = int(rng.integers(150, 320))                # past the 128-token limit
+    else:
+        n = int(rng.geometric(0.08))
+    topical = rng.random(n) < 0.35
+    out = [str(rng.choice(words)) if t else str(rng.choice(FILLER)) for t in topical]
+    if rng.random() < 0.15:
+        out.insert(int(rng.integers(0, len(out) + 1)), str(rng.choice(SCRIPTS)))
+    if rng.random() < 0.3:
+        out.append(str(rng.choice(EMOJI)))
+    tags = [f"#{rng.choice(words)}" for _ in range(int(rng.poisson(3) if rng.random() < 0.7 else 0))]
+    if rng.random() < 0.2:
+        tags.append(f"#{rng.choice(['instagood', 'photooftheday', 'love', 'nofilter'])}")
+    return " ".join(out + tags)
+
+
+def _username(i: int, rng: np.random.Generator) -> str:
+    first = str(rng.choice(["anna", "ben", "chloe", "dan", "eva", "finn", "gia", "hugo", "iris", "jon"]))
+    sep = str(rng.choice(["", ".", "_", "__", "._"]))
+    return f"{first}{sep}{rng.choice(['daily', 'life', 'studio', 'official', 'x'])}{i}"
+
+
+def _jpeg(arr: np.ndarray, quality: int = 88) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _media_node(post_id: str, user: str, owner_id: int, caption: str | None, ts: int, kind: str,
+                size: tuple[int, int], rng: np.random.Generator) -> dict:
+    likes = int(rng.lognormal(6, 1.5))
+    comments = int(likes * rng.uniform(0.005, 0.05))
+    return {
+        "__typename": {"image": "GraphImage", "sidecar": "GraphSidecar", "video": "GraphVideo"}[kind],
+        "id": post_id,
+        "shortcode": f"B{int(post_id) % 10**10:010d}",
+        "dimensions": {"height": size[0], "width": size[1]},
+        "is_video": kind == "video",
+        "edge_media_to_tagged_user": {"edges": [{"node": {"user": {"username": f"friend{int(rng.integers(99))}"}}}]
+                                      if rng.random() < 0.2 else []},
+        "edge_media_to_caption": {"edges": [] if caption is None else [{"node": {"text": caption}}]},
+        "edge_media_to_parent_comment": {"count": comments},
+        "edge_media_preview_comment": {"count": comments},
+        "comments_disabled": False,
+        "taken_at_timestamp": ts,
+        "edge_media_preview_like": {"count": likes},
+        "edge_media_to_sponsor_user": {"edges": []},
+        "location": {"name": "Somewhere"} if rng.random() < 0.1 else None,
+        "owner": {"id": str(owner_id), "username": user},
+    }
+
+
+def make_sample(out: str, influencers: int = 48, posts: int = 30, seed: int = 0, *,
+                label_fraction: float = 0.4, image_size: int = 256, clean: bool = False) -> dict:
+    """Write the dataset; returns counts of what was written."""
+    if influencers < 1 or posts < 1:
+        raise ValueError("--influencers and --posts must be at least 1")
+    rng = np.random.default_rng(seed)
+    for d in (release.INFO_DIR, release.IMAGE_DIR, "labels"):
+        os.makedirs(os.path.join(out, d), exist_ok=True)
+    users = [_username(i, rng) for i in range(influencers)]
+    dominant = [i % len(INFLUENCER_CATEGORIES) for i in range(influencers)]
+    rng.shuffle(dominant)
+    mapping_rows: list[str] = []
+    post_labels: list[tuple[str, str]] = []
+    n_images = 0
+    next_id = 1_700_000_000_000_000_000
+    t0 = 1_546_300_800  # 2019-01-01
+
+    def write_post(user: str, owner: int, cat: str, ts: int, list_in_mapping: bool = True) -> str:
+        nonlocal next_id, n_images
+        next_id += int(rng.integers(10**6, 10**9))
+        post_id = str(next_id)
+        kind = str(rng.choice(["image", "sidecar", "video"], p=[0.75, 0.17, 0.08]))
+        h = w = image_size
+        if rng.random() < 0.3:
+            h = int(image_size * rng.choice([0.75, 1.25]))
+        ids = [post_id] if kind != "sidecar" else [str(next_id + 17 * k + 1) for k in range(int(rng.integers(2, 5)))]
+        for k, image_id in enumerate(ids):
+            # a carousel's later images are not always on topic
+            icat = cat if k == 0 or rng.random() < 0.6 else str(rng.choice(POST_CATEGORIES))
+            with open(os.path.join(out, release.IMAGE_DIR, f"{user}-{image_id}.jpg"), "wb") as f:
+                f.write(_jpeg(_pattern(POST_CATEGORIES.index(icat), rng, h, w)))
+            n_images += 1
+        node = _media_node(post_id, user, owner, _caption(cat, rng), ts, kind, (h, w), rng)
+        with open(os.path.join(out, release.INFO_DIR, f"{user}-{post_id}.info"), "w", encoding="utf-8") as f:
+            json.dump(node, f, ensure_ascii=False)
+        if list_in_mapping:
+            mapping_rows.append(f"{user}\t{post_id}.info\t{[f'{i}.jpg' for i in ids]!r}")
+        return post_id
+
+    for i, user in enumerate(users):
+        dom = INFLUENCER_CATEGORIES[dominant[i]]
+        on_topic = rng.uniform(0.35, 0.75)
+        n = max(1, int(posts * rng.uniform(0.8, 1.0))) if i % 7 else posts
+        ts = t0 + int(rng.integers(0, 10**7))
+        for _ in range(n):
+            r = rng.random()
+            if r < on_topic:
+                cat = dom
+            else:
+                cat = str(rng.choice(["other", "product", str(rng.choice(POST_CATEGORIES))], p=[0.4, 0.3, 0.3]))
+            ts += int(rng.integers(3600, 5 * 86400))
+            pid = write_post(user, 10_000 + i, cat, ts)
+            if rng.random() < label_fraction:
+                post_labels.append((pid, cat))
+
+    extra_users = []
+    if not clean:
+        # Posts of an influencer that influencers.txt does not list.
+        ghost = "ghost.account_"
+        extra_users.append(ghost)
+        for _ in range(3):
+            write_post(ghost, 99_999, "other", t0 + int(rng.integers(0, 10**7)))
+        first = users[0]
+        # A malformed .info, listed in the mapping.
+        write_post(first, 10_000, "other", t0 + 1)
+        pid = mapping_rows[-1].split("\t")[1].split(".")[0]
+        with open(os.path.join(out, release.INFO_DIR, f"{first}-{pid}.info"), "w") as f:
+            f.write('{"id": "' + pid + '", "edge_media_to_caption": {"edges": [')
+        # A mapping row whose files do not exist; one whose image does not exist.
+        mapping_rows.append(f"{first}\t1111111111111111111.info\t['1111111111111111111.jpg']")
+        write_post(first, 10_000, "other", t0 + 2)
+        pid = mapping_rows[-1].split("\t")[1].split(".")[0]
+        mapping_rows[-1] = f"{first}\t{pid}.info\t['2222222222222222222.jpg']"
+        # Duplicate mapping rows.
+        mapping_rows.append(mapping_rows[0])
+        mapping_rows.append(mapping_rows[len(mapping_rows) // 2])
+        # A post whose .info exists but which the mapping does not list.
+        write_post(users[-1], 10_000 + influencers - 1, "other", t0 + 3, list_in_mapping=False)
+
+    with open(os.path.join(out, release.MAPPING_FILE), "w", encoding="utf-8") as f:
+        f.write("influencer_name\tJSON_PostMetadata_file_name\tImage_file_name\n")
+        f.write("\n".join(mapping_rows) + "\n")
+    with open(os.path.join(out, release.INFLUENCERS_FILE), "w", encoding="utf-8") as f:
+        f.write("Username\tCategory\t#Followers\t#Followees\t#Posts\n" + "=" * 50 + "\n")
+        for i, user in enumerate(users):
+            cat = INFLUENCER_CATEGORIES[dominant[i]]
+            if rng.random() < 0.1:   # the release's categories come from a model: some are off
+                cat = str(rng.choice(INFLUENCER_CATEGORIES + ["other"]))
+            if not clean and i == 2:
+                cat = "fasion"   # the real file's typo
+            followers = int(rng.lognormal(10, 1.5)) + 1000
+            n_posts = str(int(posts + rng.integers(0, 2000)))
+            if not clean and i == 3:
+                n_posts = ""
+            f.write(f"{user}\t{cat}\t{followers}\t{int(rng.integers(50, 3000))}\t{n_posts}\n")
+        if not clean:
+            f.write("no_posts.here\tfood\t5000\t300\t120\n")  # listed, no posts
+
+    with open(os.path.join(out, "labels", "influencers.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["username", "category"])
+        for i, user in enumerate(users):
+            w.writerow([user, INFLUENCER_CATEGORIES[dominant[i]]])
+    with open(os.path.join(out, "labels", "posts.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["post_id", "category"])
+        w.writerows(post_labels)
+    return {"influencers": influencers + len(extra_users), "posts": len(mapping_rows), "images": n_images,
+            "labelled_posts": len(post_labels)}
