@@ -26,6 +26,7 @@ from cache.store import StoreError, create_features, create_labels, create_store
 from extract import release
 
 POSTS_PER_TASK = 2000   # posts handed to a worker at once: amortises IPC, keeps memory small
+FLUSH_ROWS = 8192       # rows buffered before an append to the store: the bound on index's memory
 
 
 @dataclass
@@ -258,7 +259,7 @@ def run_index(dataset: str, url: str, *, max_posts: int = 300, block: int = sche
                         batch[k].append(p[k])
                     batch["influencer"].append(infl)
             progress.update(n_seen, failures=len(worker_problems))
-            if len(batch["id"]) >= schema.TABLE_CHUNK:
+            if len(batch["id"]) >= FLUSH_ROWS:
                 flush()
         flush()
         progress.close()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole pipeline on the synthetic sample; called by `make demo` with the venv on PATH.
+set -euo pipefail
+OUT=${1:-demo}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+rm -rf "$OUT"
+mkdir -p "$OUT"
+step() { printf '\n== %s\n' "$*"; }
+
+step "1. sample dataset in the release format"
+extract sample-data "$OUT/data" --influencers 40 --posts 30 --seed 0
+
+step "2. index it into a Zarr store"
+extract index "$OUT/data" "$OUT/store.zarr" --block 512
+
+step "3. hand labels and splits"
+cache labels "$OUT/store.zarr" --influencers "$OUT/data/labels/influencers.csv" --posts "$OUT/data/labels/posts.csv"
+
+if extract --help | grep -q ' text '; then
+  step "4. text features (BERT-base shape, random weights: offline demo)"
+  extract text "$OUT/store.zarr" --shard 0/2 --model random
+  extract text "$OUT/store.zarr" --shard 1/2 --model random
+fi
+
+step "store information"
+cache info "$OUT/store.zarr"
+step "verify"
+cache verify "$OUT/store.zarr"
