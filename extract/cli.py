@@ -36,3 +36,25 @@ def index(dataset: str = typer.Argument(..., help="dataset root (influencers.txt
     from extract.index import run_index
     report = run_index(dataset, store, max_posts=max_posts, block=block, workers=workers, overwrite=overwrite)
     say(report.summary())
+
+
+@app.command()
+@clean_errors
+def text(store: str = typer.Argument(..., help="store path or URL"),
+         shard: str = typer.Option(..., help="i/N: this job's share of the blocks"),
+         model: str = typer.Option("bert-base-uncased", help="hub name, local folder, or 'random'"),
+         max_length: int = typer.Option(128, help="tokens per caption, [CLS] and [SEP] included"),
+         batch_tokens: int = typer.Option(None, help="token budget per batch (default 4096 CPU, 65536 GPU)"),
+         device: str = typer.Option("auto", help="auto, cpu or cuda"),
+         precision: str = typer.Option("auto", help="auto (bf16 on GPUs and bf16-capable CPUs), fp32, bf16, fp16"),
+         throttle: float = typer.Option(0.0, hidden=True)):
+    """BERT [CLS] features of every caption in the shard's blocks, resumable block by block."""
+    from extract.text import EncoderLoadError, run_text
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    try:
+        report = run_text(store, shard, model=model, max_length=max_length, batch_tokens=batch_tokens,
+                          device=device, precision=precision, throttle=throttle)
+    except EncoderLoadError as e:
+        raise ValueError(str(e)) from None
+    say(f"text {shard}: {report.summary('captions')}")

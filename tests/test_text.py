@@ -1,0 +1,167 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cache.inspect import verify
+from cache.schema import Status
+from cache.store import StoreError, open_store
+from extract.cli import app as extract_app
+from extract.text import load_text_encoder, run_text
+from tests.conftest import build_store
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(sample, tmp_path_factory):
+    """A 2-layer BERT (768 wide, as the store's text features are) with a WordPiece vocabulary of
+    the sample's captions, saved locally."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizer
+    import json
+    captions = []
+    for name in sorted(os.listdir(os.path.join(sample, "info"))):
+        try:
+            node = json.load(open(os.path.join(sample, "info", name), encoding="utf-8"))
+            captions += [e["node"]["text"] for e in node["edge_media_to_caption"]["edges"]]
+        except ValueError:
+            pass
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(captions, vocab_size=1500, min_frequency=1, show_progress=False)
+    tokenizer = BertTokenizer(vocab=wp.get_vocab())
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=2,
+                                 num_attention_heads=12, intermediate_size=256), add_pooling_layer=False)
+    path = str(tmp_path_factory.mktemp("bert") / "tiny-bert")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _reference(path, captions):
+    """transformers' own BertModel on each caption alone: no padding, no batching, fp32."""
+    from transformers import AutoTokenizer, BertModel
+    tok = AutoTokenizer.from_pretrained(path)
+    model = BertModel.from_pretrained(path, add_pooling_layer=False).eval()
+    out = []
+    with torch.no_grad():
+        for c in captions:
+            enc = tok(c, truncation=True, max_length=128, return_tensors="pt")
+            out.append(model(**enc).last_hidden_state[0, 0].numpy())
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def fp32_store(sample, tiny_bert, tmp_path_factory):
+    path = build_store(sample, str(tmp_path_factory.mktemp("t") / "s.zarr"), block=64)
+    run_text(path, "0/1", model=tiny_bert, precision="fp32", device="cpu", batch_tokens=512, quiet=True)
+    return path
+
+
+def test_fp32_features_equal_transformers_within_float16(fp32_store, tiny_bert):
+    s = open_store(fp32_store)
+    captions = [str(c) for c in s["posts/caption"][:]]
+    got = s["features/text"][:].astype(np.float32)
+    ref = _reference(tiny_bert, captions)
+    np.testing.assert_allclose(got, ref.astype(np.float16).astype(np.float32), rtol=2e-3, atol=2e-3)
+    status = s["features/text_status"][:]
+    empty = np.array([not c.strip() for c in captions])
+    assert empty.any() and (status[empty] == Status.NO_INPUT).all() and (status[~empty] == Status.OK).all()
+    assert verify(s) == []
+    assert any(len(c.split()) > 200 for c in captions), "captions past 128 tokens are in the test"
+
+
+def test_default_mode_cosine(sample, tiny_bert, tmp_path):
+    path = build_store(sample, str(tmp_path / "s.zarr"))
+    run_text(path, "0/1", model=tiny_bert, quiet=True)
+    s = open_store(path)
+    got = s["features/text"][:].astype(np.float32)
+    ref = _reference(tiny_bert, [str(c) for c in s["posts/caption"][:]])
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.999, cos.min()
+
+
+def test_other_encoder_is_refused(fp32_store, tiny_bert):
+    with pytest.raises(StoreError, match="another encoder.*precision"):
+        run_text(fp32_store, "0/1", model=tiny_bert, precision="bf16", device="cpu", quiet=True)
+
+
+def test_untokenisable_caption_gets_status_3(tiny_bert):
+    enc = load_text_encoder(tiny_bert, device="cpu", precision="fp32")
+    prepared = enc.prepare(["pasta tonight", "bad \ud83d surrogate", "", "  "])
+    feats, status = enc.encode(prepared)
+    assert status.tolist() == [Status.OK, Status.UNREADABLE, Status.NO_INPUT, Status.NO_INPUT]
+    assert np.isfinite(feats).all()
+
+
+def test_batches_respect_the_token_budget(tiny_bert):
+    enc = load_text_encoder(tiny_bert, device="cpu", precision="fp32", batch_tokens=100)
+    lengths = np.array([3, 50, 7, 7, 2, 30, 12, 128])
+    seen = []
+    for rows in enc.batches(lengths):
+        assert len(rows) == 1 or len(rows) * lengths[rows].max() <= 100
+        assert (np.diff(lengths[rows]) >= 0).all()
+        seen += rows.tolist()
+    assert sorted(seen) == list(range(len(lengths)))
+
+
+def _cmd(store, shard, model, *extra):
+    return [sys.executable, "-m", "extract.cli_main", "text", store, "--shard", shard, "--model", model,
+            "--device", "cpu", "--precision", "fp32", "--batch-tokens", "512", *extra]
+
+
+def _shard_files(store):
+    base = os.path.join(store, "features", "text", "c")
+    return {b: os.stat(os.path.join(base, b, "0")).st_mtime_ns for b in os.listdir(base)}
+
+
+def test_sigkill_then_rerun_redoes_only_unfinished_blocks(sample, tiny_bert, fp32_store, tmp_path):
+    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
+    proc = subprocess.Popen(_cmd(path, "0/1", tiny_bert, "--throttle", "0.5"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            done = open_store(path)["features/text_done"][:]
+            if done.sum() >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done_before = open_store(path)["features/text_done"][:]
+    assert 2 <= done_before.sum() < len(done_before), "killed mid-run"
+    before = _shard_files(path)
+    time.sleep(0.05)
+    out = subprocess.run(_cmd(path, "0/1", tiny_bert), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"{int(done_before.sum())} already done" in out.stderr
+    s = open_store(path)
+    assert verify(s) == [] and s["features/text_done"][:].all()
+    after = _shard_files(path)
+    for b in np.flatnonzero(done_before):
+        assert after[str(b)] == before[str(b)], f"block {b} was recomputed"
+    np.testing.assert_array_equal(s["features/text"][:], open_store(fp32_store)["features/text"][:])
+
+
+def test_two_shards_at_once(sample, tiny_bert, fp32_store, tmp_path):
+    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
+    procs = [subprocess.Popen(_cmd(path, f"{i}/2", tiny_bert), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    s = open_store(path)
+    assert verify(s) == [] and s["features/text_done"][:].all()
+    np.testing.assert_array_equal(s["features/text"][:], open_store(fp32_store)["features/text"][:])
+
+
+def test_cli_unloadable_model_says_what_to_pass(store_path, tmp_path):
+    r = CliRunner().invoke(extract_app, ["text", store_path, "--shard", "0/1", "--model", str(tmp_path / "none")])
+    assert r.exit_code == 2 and "--model random" in r.output
+    r = CliRunner().invoke(extract_app, ["text", store_path, "--shard", "2/2", "--model", "random"])
+    assert r.exit_code == 2 and "0 <= i < N" in r.output
