@@ -1,0 +1,106 @@
+"""Reading features back: post matrices for training and prediction, dask arrays for whole-store work.
+
+A post's image or text half is zeroed where that modality's status is not ok (missing or
+unreadable input, or not extracted yet); such a post is still usable through the other
+half. A post is unusable when neither half is ok.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cache import schema
+from cache.store import Store
+
+MODALITY_SETS = {"both": ("image", "text"), "image": ("image",), "text": ("text",)}
+
+
+def feature_dim(modality: str) -> int:
+    return sum(schema.MODALITIES[m] for m in MODALITY_SETS[modality])
+
+
+def post_features(store: Store, rows: slice, modality: str = "both") -> tuple[np.ndarray, np.ndarray]:
+    """Features of a contiguous range of posts, float16 (n, dim), and whether each post is usable."""
+    parts, usable = [], np.zeros(rows.stop - rows.start, dtype=bool)
+    for m in MODALITY_SETS[modality]:
+        if not store.has_features(m):
+            raise KeyError(m)
+        x = store[f"features/{m}"][rows]
+        ok = store[f"features/{m}_status"][rows] == schema.Status.OK
+        x[~ok] = 0
+        parts.append(x)
+        usable |= ok
+    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0], usable
+
+
+def require_features(store: Store, modality: str) -> None:
+    """Refuse clearly when a modality asked for has not been extracted at all."""
+    from cache.store import StoreError
+    for m in MODALITY_SETS[modality]:
+        if not store.has_features(m):
+            raise StoreError(f"{store.url}: no features/{m} array")
+        done = store[f"features/{m}_done"][:]
+        if not done.any():
+            raise StoreError(f"{store.url}: no {m} features yet (0/{len(done)} blocks done): run "
+                             f"`extract {'images' if m == 'image' else 'text'} {store.url} --shard 0/1` first")
+
+
+def bag_rows(store: Store, influencers: np.ndarray) -> list[slice]:
+    offsets = store.offsets()
+    return [slice(int(offsets[j]), int(offsets[j + 1])) for j in influencers]
+
+
+def influencer_groups(offsets: np.ndarray, target_rows: int, subset: np.ndarray | None = None):
+    """Consecutive runs of influencers covering about `target_rows` posts each: (j0, j1, rows)."""
+    m = len(offsets) - 1
+    j = 0
+    while j < m:
+        k = int(np.searchsorted(offsets, offsets[j] + target_rows, side="right")) - 1
+        k = min(max(k, j + 1), m)
+        yield j, k, slice(int(offsets[j]), int(offsets[k]))
+        j = k
+
+
+def load_bags(store: Store, influencers: np.ndarray, modality: str = "both", max_posts: int | None = None):
+    """Bags of the given influencers: a list of (posts, dim) float16 arrays and their usable masks.
+
+    Reads each needed run of rows once (influencers are sorted first), never per post.
+    """
+    order = np.argsort(influencers)
+    bags: list = [None] * len(influencers)
+    masks: list = [None] * len(influencers)
+    offsets = store.offsets()
+    sorted_j = influencers[order]
+    i = 0
+    while i < len(sorted_j):
+        # gather a run of influencers whose rows span at most one block's worth
+        start = offsets[sorted_j[i]]
+        k = i
+        while k + 1 < len(sorted_j) and offsets[sorted_j[k + 1] + 1] - start <= store.block:
+            k += 1
+        rows = slice(int(start), int(offsets[sorted_j[k] + 1]))
+        x, ok = post_features(store, rows, modality)
+        for t in range(i, k + 1):
+            j = sorted_j[t]
+            a, b = offsets[j] - start, offsets[j + 1] - start
+            if max_posts is not None:
+                b = min(b, a + max_posts)
+            bags[order[t]] = x[a:b]
+            masks[order[t]] = ok[a:b]
+        i = k + 1
+    return bags, masks
+
+
+def post_features_at(store: Store, rows: np.ndarray, modality: str = "both") -> tuple[np.ndarray, np.ndarray]:
+    """Features of scattered posts (e.g. the labelled ones): only their inner chunks are read."""
+    rows = np.asarray(rows, dtype=np.int64)
+    dim = feature_dim(modality)
+    if len(rows) == 0:
+        return np.zeros((0, dim), np.float16), np.zeros(0, bool)
+    parts, usable = [], np.zeros(len(rows), dtype=bool)
+    for m in MODALITY_SETS[modality]:
+        x = store[f"features/{m}"].oindex[rows, :]
+        ok = store[f"features/{m}_status"].oindex[rows] == schema.Status.OK
+        x[~ok] = 0
+        parts.append(x)
+        usable |= ok
+    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0], usable

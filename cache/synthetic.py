@@ -1,0 +1,91 @@
+"""Stores with planted features, written directly (no dataset, no encoder).
+
+For tests and benchmarks of everything downstream of extraction: each post category has
+a prototype direction in feature space; a post is its category's prototype plus noise; an
+influencer's bag holds a minority of on-topic posts among distractors (`other` and
+`product` posts, more varied than the rest, and a few posts of random other categories), so pooling has something to find.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cache import schema
+from cache.blocks import claim_fingerprint, commit_block
+from cache.labels import assign_splits
+from cache.store import create_features, create_labels, create_store, write_influencers
+
+
+def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int = 0, block: int = 512,
+                  on_topic: float = 0.3, noise: float = 1.0, label_posts: float = 0.2,
+                  labelled_influencers: int | None = None, post_counts: np.ndarray | None = None,
+                  write_features: bool = True) -> dict:
+    """Create the store; returns the ground truth (post categories, dominant categories)."""
+    rng = np.random.default_rng(seed)
+    counts = post_counts if post_counts is not None else np.full(influencers, posts, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n = int(offsets[-1])
+    n_cat = len(schema.POST_CATEGORIES)
+    dominant = rng.permutation(np.arange(influencers) % len(schema.INFLUENCER_CATEGORIES))
+    infl_to_post = np.array([schema.POST_CATEGORIES.index(c) for c in schema.INFLUENCER_CATEGORIES])
+    post_cat = np.empty(n, dtype=np.int64)
+    owner = np.repeat(np.arange(influencers), counts).astype(np.int32)
+    r = rng.random(n)
+    on = r < on_topic
+    sec = (r >= on_topic) & (r < on_topic + 0.1)
+    post_cat[on] = infl_to_post[dominant[owner[on]]]
+    post_cat[sec] = infl_to_post[rng.integers(0, len(infl_to_post), int(sec.sum()))]   # off-topic posts
+    rest = ~(on | sec)
+    post_cat[rest] = rng.choice([schema.POST_CATEGORIES.index("other"), schema.POST_CATEGORIES.index("product")],
+                                size=int(rest.sum()))
+
+    store = create_store(url, "(planted)", block)
+    store["posts/id"].append(np.array([f"p{i}" for i in range(n)], dtype=object))
+    store["posts/influencer"].append(owner)
+    store["posts/caption"].append(np.array([f"#{schema.POST_CATEGORIES[c]} post" for c in post_cat], dtype=object))
+    store["posts/image"].append(np.array([""] * n, dtype=object))
+    store["posts/timestamp"].append(np.arange(n, 0, -1, dtype=np.int64) + 1_500_000_000)
+    store["posts/likes"].append(rng.integers(0, 1000, n).astype(np.int64))
+    store["posts/comments"].append(rng.integers(0, 50, n).astype(np.int64))
+    write_influencers(store, {
+        "username": np.array([f"user.{j}" for j in range(influencers)], dtype=object),
+        "offsets": offsets,
+        "followers": rng.integers(1000, 10**6, influencers).astype(np.int64),
+        "followees": rng.integers(10, 5000, influencers).astype(np.int64),
+        "posts_total": counts.astype(np.int64),
+        "release_category": dominant.astype(np.int8),
+    })
+    create_labels(store)
+    create_features(store)
+    n_lab = influencers if labelled_influencers is None else labelled_influencers
+    il = np.full(influencers, -1, np.int8)
+    il[:n_lab] = dominant[:n_lab]
+    isplit = np.zeros(influencers, np.int8)
+    isplit[:n_lab] = assign_splits(il[:n_lab], np.zeros(n_lab, np.int8), seed)
+    store["influencers/label"][:] = il
+    store["influencers/split"][:] = isplit
+    labelled = np.flatnonzero(rng.random(n) < label_posts)
+    pl = np.full(n, -1, np.int8)
+    ps = np.zeros(n, np.int8)
+    pl[labelled] = post_cat[labelled]
+    ps[labelled] = assign_splits(post_cat[labelled], np.zeros(len(labelled), np.int8), seed)
+    store["posts/label"][:] = pl
+    store["posts/split"][:] = ps
+    store.group.attrs.update(complete=True, release_categories=schema.RELEASE_CATEGORIES,
+                             labels={"planted": {"seed": seed}})
+    if write_features:
+        distractors = [schema.POST_CATEGORIES.index("other"), schema.POST_CATEGORIES.index("product")]
+        protos = {m: rng.normal(0, 1, (n_cat, d)).astype(np.float32) for m, d in schema.MODALITIES.items()}
+        for m, d in schema.MODALITIES.items():
+            claim_fingerprint(store, m, {"kind": m, "model": "planted", "seed": seed})
+            for b in range(store.n_blocks):
+                rows = store.block_rows(b)
+                cats = post_cat[rows]
+                # `other` and `product` posts are the most varied on Instagram: their noise is
+                # larger, so averaging them in drowns the on-topic signal; attention can learn to
+                # look past them.
+                scale = np.where(np.isin(cats, distractors), 4 * noise, noise).astype(np.float32)[:, None]
+                x = protos[m][cats] + rng.normal(0, 1, (len(cats), d)).astype(np.float32) * scale
+                if m == "image":
+                    x = np.maximum(x, 0)   # image features come out of a ReLU
+                commit_block(store, m, b, x.astype(np.float16), np.ones(len(cats), np.uint8))
+    return {"post_category": post_cat, "dominant": dominant, "offsets": offsets}

@@ -1,0 +1,71 @@
+"""`heads`: fit, eval, predict, ablate. Parses arguments and calls the library; nothing else."""
+from __future__ import annotations
+
+import typer
+
+from cache.console import clean_errors, say
+
+app = typer.Typer(help="Stage two: the Influencer Profiler trained from the cache.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+
+@app.command()
+@clean_errors
+def fit(store: str = typer.Argument(..., help="store path or URL"),
+        out: str = typer.Option(..., help="run folder to write"),
+        modality: str = typer.Option("both", help="both, image or text"),
+        pooling: str = typer.Option("attention", help="attention, or mean (the no-attention ablation)"),
+        aux_weight: float = typer.Option(1.0, help="λ of the auxiliary post loss (0 turns it off)"),
+        epochs: int = typer.Option(30),
+        batch_size: int = typer.Option(32, help="bags per step"),
+        lr: float = typer.Option(1e-3),
+        seed: int = typer.Option(0),
+        device: str = typer.Option("auto")):
+    """Train on the train split, select on validation, score on test; write the run folder."""
+    from heads.train import FitConfig, fit as run_fit
+    m = run_fit(store, out, FitConfig(modality=modality, pooling=pooling, aux_weight=aux_weight, epochs=epochs,
+                                      batch_size=batch_size, lr=lr, seed=seed, device=device), log=say)
+    say(f"test: influencer accuracy {100 * m['influencer']['accuracy']:.2f}% (macro F1 "
+        f"{m['influencer']['macro_f1']:.3f}, n={m['influencer']['n']}); post accuracy "
+        f"{100 * m['post']['accuracy']:.2f}% (n={m['post']['n']}); report in {out}/report.md")
+
+
+@app.command("eval")
+@clean_errors
+def eval_(run: str = typer.Argument(..., help="a `heads fit` run folder"),
+          posts: str = typer.Option("20,50,100,300", help="posts per influencer to try"),
+          seed: int = typer.Option(0),
+          store: str = typer.Option(None, help="store to read (default: the one the run was fit on)")):
+    """Test accuracy against the number of posts per influencer (paper Figure 5a)."""
+    from heads.evaluate import posts_curve
+    counts = [int(p) for p in posts.split(",") if p.strip()]
+    if not counts or min(counts) < 1:
+        raise ValueError("--posts must be a comma-separated list of positive integers")
+    typer.echo(f"{'posts':>6} {'influencers':>12} {'accuracy':>9}")
+    for r in posts_curve(run, counts, seed=seed, store_url=store):
+        typer.echo(f"{r['posts']:>6} {r['influencers']:>12} {100 * r['accuracy']:>8.2f}%")
+
+
+@app.command()
+@clean_errors
+def predict(run: str = typer.Argument(..., help="a `heads fit` run folder"),
+            store: str = typer.Argument(..., help="store to label (every influencer and post)"),
+            out: str = typer.Option(None, help="folder for influencers.csv and posts.csv (default RUN/predictions)")):
+    """Label every influencer and post of the store; keep the posts that drove each decision."""
+    from heads.predict import predict as run_predict
+    r = run_predict(run, store, out)
+    say(f"predicted {r['influencers']} influencers and {r['posts']} posts in {r['seconds']:.1f}s "
+        f"({r['unusable_influencers']} influencers with no usable post); CSVs in {r['out']}; "
+        f"arrays in {store}/predictions")
+
+
+@app.command()
+@clean_errors
+def ablate(store: str = typer.Argument(..., help="store path or URL"),
+           out: str = typer.Option(..., help="folder for one run per cell"),
+           no_finetune_store: str = typer.Option(None, help="store whose image features come from an encoder "
+                                                 "trained with --trainable-blocks 0"),
+           epochs: int = typer.Option(30), seed: int = typer.Option(0)):
+    """Figure 5b: text / image / both × full model / no attention / no fine-tuning, one table."""
+    from heads.ablate import ablate as run_ablate
+    typer.echo(run_ablate(store, out, no_finetune_store=no_finetune_store, epochs=epochs, seed=seed, log=say))

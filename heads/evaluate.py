@@ -1,0 +1,40 @@
+"""`heads eval RUN`: test accuracy against the number of posts per influencer (paper Figure 5a)."""
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+
+from cache.readers import load_bags
+from cache.store import open_store
+from heads.train import load_run, predict_bags
+
+
+def posts_curve(run: str, counts: list[int], *, seed: int = 0, store_url: str | None = None,
+                device: str = "cpu") -> list[dict]:
+    """For each k, k posts drawn at random (seeded) from each test influencer's bag."""
+    model, config = load_run(run, device)
+    store = open_store(store_url or config["store"]["url"])
+    modality = config["fit"]["modality"]
+    label, split = store["influencers/label"][:], store["influencers/split"][:]
+    test = np.flatnonzero((label >= 0) & (split == 3))
+    bags, masks = load_bags(store, test, modality)
+    keep = [i for i, m in enumerate(masks) if m.any()]
+    y = label[test][keep]
+    rows = []
+    for k in counts:
+        rng = np.random.default_rng(seed)
+        sb, sm = [], []
+        for i in keep:
+            usable = np.flatnonzero(masks[i])
+            pick = np.sort(rng.choice(usable, size=min(k, len(usable)), replace=False))
+            sb.append(bags[i][pick])
+            sm.append(masks[i][pick])
+        probs, _ = predict_bags(model, sb, sm, device)
+        rows.append({"posts": k, "influencers": len(y), "accuracy": float((probs.argmax(1) == y).mean())})
+    with open(os.path.join(run, "posts_curve.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["posts", "influencers", "accuracy"])
+        w.writeheader()
+        w.writerows(rows)
+    return rows

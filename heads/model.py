@@ -1,0 +1,84 @@
+"""The Influencer Profiler's trainable part (paper §3.3–3.6), on cached post features.
+
+x = [x_image; x_text] → v = ReLU(F(x)) (256) → r = tanh(F_a(v)); α = softmax_posts(⟨r, r_c⟩)
+→ h = Σ α v → ŷ = F_I(ReLU(F_h(h))) over influencer categories;
+auxiliary post head y_p = F_P(ReLU(F_s(v))) over post categories.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class HeadConfig:
+    in_dim: int = 1792            # 1024 image + 768 text; 1024 or 768 for one modality
+    hidden: int = 256             # post representation v (paper §5.1)
+    attention_dim: int = 256      # r = tanh(F_a(v))
+    n_influencer: int = 8
+    n_post: int = 10
+    pooling: str = "attention"    # or "mean": the paper's no-attention ablation
+    dropout: float = 0.5          # paper §5.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class InfluencerProfiler(nn.Module):
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        if cfg.pooling not in ("attention", "mean"):
+            raise ValueError(f"pooling must be attention or mean, got {cfg.pooling!r}")
+        self.cfg = cfg
+        self.fuse = nn.Linear(cfg.in_dim, cfg.hidden)                       # F
+        self.attend = nn.Linear(cfg.hidden, cfg.attention_dim)              # F_a
+        self.context = nn.Parameter(torch.randn(cfg.attention_dim) * 0.1)   # r_c
+        self.drop = nn.Dropout(cfg.dropout)
+        self.infl_hidden = nn.Linear(cfg.hidden, cfg.hidden)                # F_h
+        self.infl_out = nn.Linear(cfg.hidden, cfg.n_influencer)             # F_I
+        self.post_hidden = nn.Linear(cfg.hidden, cfg.hidden)                # F_s
+        self.post_out = nn.Linear(cfg.hidden, cfg.n_post)                   # F_P
+
+    def encode_posts(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fuse(x))
+
+    def post_logits(self, v: torch.Tensor) -> torch.Tensor:
+        return self.post_out(self.drop(F.relu(self.post_hidden(self.drop(v)))))
+
+    def pool(self, v: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights (B, P) summing to one over each bag's real posts, zero on padding; h (B, hidden).
+
+        Softmax runs in float32; a bag with no usable post gets all-zero weights and h = 0
+        (callers report such bags instead of classifying them).
+        """
+        if self.cfg.pooling == "attention":
+            scores = (torch.tanh(self.attend(v)) @ self.context).float()
+        else:
+            scores = torch.zeros(mask.shape, device=v.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        any_post = mask.any(dim=1, keepdim=True)
+        weights = torch.softmax(scores.masked_fill(~any_post, 0.0), dim=1) * mask
+        h = torch.einsum("bp,bph->bh", weights.to(v.dtype), v)
+        return weights, h
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x (B, P, in_dim), mask (B, P) true on real, usable posts."""
+        v = self.encode_posts(x)
+        weights, h = self.pool(self.drop(v), mask)
+        logits = self.infl_out(self.drop(F.relu(self.infl_hidden(h))))
+        return {"logits": logits, "weights": weights, "post_logits": self.post_logits(v)}
+
+
+def multitask_loss(out: dict, y: torch.Tensor, post_logits: torch.Tensor | None, post_y: torch.Tensor | None,
+                   aux_weight: float) -> tuple[torch.Tensor, dict]:
+    """loss = CE(influencer) + λ · CE(posts), the auxiliary term over labelled posts only (paper §3.6)."""
+    main = F.cross_entropy(out["logits"].float(), y)
+    aux = torch.zeros((), device=main.device)
+    if post_logits is not None and post_y is not None and aux_weight > 0:
+        labelled = post_y >= 0
+        if labelled.any():
+            aux = F.cross_entropy(post_logits[labelled].float(), post_y[labelled])
+    return main + aux_weight * aux, {"main": main.item(), "aux": aux.item()}

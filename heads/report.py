@@ -1,0 +1,38 @@
+"""report.md of a run: the paper's Table 1 / Table 2 layout (accuracy and per-class F1)."""
+from __future__ import annotations
+
+import os
+
+
+def table(title: str, rows: list[tuple[str, str, dict]], categories: list[str]) -> str:
+    """rows: (model, input, metrics) with metrics from heads.metrics.classification_metrics."""
+    head = "| Model | Input | Accuracy | " + " | ".join(c.capitalize() for c in categories) + " |"
+    rule = "|" + "---|" * (3 + len(categories))
+    lines = [f"### {title}", "", head, rule]
+    for model, inp, m in rows:
+        if m is None or m.get("n", 0) == 0:
+            note = (m or {}).get("note", "n/a")
+            lines.append(f"| {model} | {inp} | {note} | " + " | ".join("" for _ in categories) + " |")
+            continue
+        f1 = " | ".join(f"{m['f1'].get(c, float('nan')):.3f}" for c in categories)
+        lines.append(f"| {model} | {inp} | {100 * m['accuracy']:.2f}% | {f1} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run: str, config: dict, metrics: dict) -> str:
+    fit = config["fit"]
+    name = "Influencer Profiler" + ("" if fit["pooling"] == "attention" else " (mean pooling)")
+    inp = {"both": "Text & Image", "image": "Image", "text": "Text"}[fit["modality"]]
+    parts = [f"# Run report: {name}, {inp}", "",
+             f"- store: `{config['store']['url']}` ({config['store']['posts']} posts, "
+             f"{config['store']['influencers']} influencers)",
+             f"- git commit: `{config['git_commit']}`; best epoch {metrics['best_epoch']} "
+             f"(validation accuracy {100 * metrics['val_acc']:.2f}%)",
+             f"- test set: {metrics['influencer']['n']} influencers, {metrics['post']['n']} posts", "",
+             table("Influencer classification (Table 1 layout)", [(name, inp, metrics["influencer"])],
+                   config["influencer_categories"]), "",
+             table("Post classification (Table 2 layout)", [(name, inp, metrics["post"])], config["post_categories"])]
+    text = "\n".join(parts)
+    with open(os.path.join(run, "report.md"), "w") as f:
+        f.write(text)
+    return text

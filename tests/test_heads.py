@@ -1,0 +1,173 @@
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cache.store import open_store
+from cache.synthetic import planted_store
+from heads.cli import app as heads_app
+from heads.model import HeadConfig, InfluencerProfiler, multitask_loss
+from heads.train import FitConfig, fit
+
+
+def _model(pooling="attention", seed=0):
+    torch.manual_seed(seed)
+    return InfluencerProfiler(HeadConfig(in_dim=12, hidden=8, attention_dim=6, pooling=pooling)).eval()
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean"])
+def test_permuting_posts_leaves_output_unchanged(pooling):
+    model = _model(pooling)
+    x = torch.randn(3, 7, 12)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    perm = torch.randperm(7)
+    a, b = model(x, mask), model(x[:, perm], mask[:, perm])
+    torch.testing.assert_close(a["logits"], b["logits"])
+    torch.testing.assert_close(a["weights"][:, perm], b["weights"])
+
+
+def test_padding_leaves_output_unchanged_and_gets_no_weight():
+    model = _model()
+    x = torch.randn(1, 5, 12)
+    padded = torch.cat([x, torch.randn(1, 4, 12) * 100], dim=1)
+    mask = torch.tensor([[True] * 5 + [False] * 4])
+    a = model(x, torch.ones(1, 5, dtype=torch.bool))
+    b = model(padded, mask)
+    torch.testing.assert_close(a["logits"], b["logits"])
+    assert (b["weights"][0, 5:] == 0).all()
+    torch.testing.assert_close(b["weights"].sum(1), torch.ones(1))
+
+
+def test_weights_sum_to_one_and_bag_of_one_is_finite():
+    model = _model()
+    x = torch.randn(4, 6, 12)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0] * 6], dtype=torch.bool)
+    out = model(x, mask)
+    assert torch.isfinite(out["logits"]).all() and torch.isfinite(out["weights"]).all()
+    torch.testing.assert_close(out["weights"][:3].sum(1), torch.ones(3))
+    assert out["weights"][1, 0] == 1 and (out["weights"][3] == 0).all(), "empty bag: all-zero weights, no NaN"
+
+
+def test_every_parameter_gets_a_gradient_and_tiny_set_is_overfit():
+    torch.manual_seed(0)
+    model = InfluencerProfiler(HeadConfig(in_dim=12, hidden=16, attention_dim=8, dropout=0.0))
+    x = torch.randn(8, 5, 12)
+    mask = torch.ones(8, 5, dtype=torch.bool)
+    y = torch.arange(8) % 8
+    post_y = torch.randint(-1, 10, (8, 5))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(150):
+        out = model(x, mask)
+        loss, _ = multitask_loss(out, y, out["post_logits"].reshape(-1, 10), post_y.reshape(-1), 1.0)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            for name, p in model.named_parameters():
+                assert p.grad is not None and p.grad.abs().sum() > 0, name
+        opt.step()
+    assert (model(x, mask)["logits"].argmax(1) == y).all()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("planted") / "s.zarr")
+    truth = planted_store(path, influencers=240, posts=40, seed=0, noise=3.0, on_topic=0.2)
+    return path, truth
+
+
+@pytest.fixture(scope="module")
+def runs(planted, tmp_path_factory):
+    out = {}
+    for pooling in ("attention", "mean"):
+        run = str(tmp_path_factory.mktemp("runs") / pooling)
+        out[pooling] = (run, fit(planted[0], run, FitConfig(pooling=pooling, epochs=12, seed=0), log=lambda *_: None))
+    return out
+
+
+def test_attention_beats_mean_on_planted_minority_bags(runs):
+    att, mean = runs["attention"][1], runs["mean"][1]
+    assert att["influencer"]["accuracy"] > mean["influencer"]["accuracy"] + 0.1, (att["influencer"], mean["influencer"])
+    assert att["post"]["accuracy"] > 0.6     # ten post categories: chance is 0.1
+
+
+def test_attention_weights_favour_on_topic_posts(planted, runs):
+    path, truth = planted
+    from heads.predict import predict
+    r = predict(runs["attention"][0], path, quiet=True)
+    s = open_store(path)
+    att = s["predictions/attention"][:].astype(np.float32)
+    dominant_post = np.array([["beauty", "family", "fashion", "fitness", "food", "interior", "pet", "travel"][d]
+                              for d in truth["dominant"]])
+    owner = s["posts/influencer"][:]
+    cats = np.array(s.post_categories)[truth["post_category"]]
+    on = cats == dominant_post[owner]
+    assert att[on].mean() > 2 * att[~on].mean()
+    assert r["unusable_influencers"] == 0
+
+
+def test_run_folder_records_what_produced_it(runs):
+    run, metrics = runs["attention"]
+    for name in ("config.json", "model.pt", "history.csv", "metrics.json", "report.md", "test_predictions.csv"):
+        assert os.path.exists(os.path.join(run, name)), name
+    config = json.load(open(os.path.join(run, "config.json")))
+    assert config["git_commit"] and config["store"]["encoders"]["image"]["model"] == "planted"
+    assert config["fit"]["lr"] == 1e-3 and config["model"]["hidden"] == 256
+    rows = list(csv.DictReader(open(os.path.join(run, "history.csv"))))
+    assert len(rows) == 12
+    report = open(os.path.join(run, "report.md")).read()
+    assert "| Influencer Profiler | Text & Image |" in report and "Beauty" in report
+
+
+def test_scores_equal_sklearn_on_saved_predictions(runs):
+    from sklearn.metrics import accuracy_score, f1_score
+    run, metrics = runs["attention"]
+    rows = [r for r in csv.DictReader(open(os.path.join(run, "test_predictions.csv"))) if r["task"] == "influencer"]
+    y, p = [r["true"] for r in rows], [r["predicted"] for r in rows]
+    assert metrics["influencer"]["accuracy"] == pytest.approx(accuracy_score(y, p))
+    assert metrics["influencer"]["f1"]["food"] == pytest.approx(f1_score(y, p, labels=["food"], average=None)[0])
+
+
+def test_fit_is_deterministic(planted, tmp_path):
+    a = fit(planted[0], str(tmp_path / "a"), FitConfig(epochs=2, seed=5), log=lambda *_: None)
+    b = fit(planted[0], str(tmp_path / "b"), FitConfig(epochs=2, seed=5), log=lambda *_: None)
+    assert a["influencer"] == b["influencer"] and a["post"] == b["post"]
+
+
+def test_eval_and_predict_cli(planted, runs, tmp_path):
+    run = runs["attention"][0]
+    r = CliRunner().invoke(heads_app, ["eval", run, "--posts", "5,40"])
+    assert r.exit_code == 0, r.output
+    assert os.path.exists(os.path.join(run, "posts_curve.csv"))
+    out = str(tmp_path / "pred")
+    r = CliRunner().invoke(heads_app, ["predict", run, planted[0], "--out", out])
+    assert r.exit_code == 0, r.output
+    infl = list(csv.DictReader(open(os.path.join(out, "influencers.csv"))))
+    posts = list(csv.DictReader(open(os.path.join(out, "posts.csv"))))
+    s = open_store(planted[0])
+    assert len(infl) == s.n_influencers and len(posts) == s.n_posts
+    assert infl[0]["top1_post_id"].startswith("p") and float(infl[0]["probability"]) > 0
+
+
+def test_fit_refuses_store_without_features(store_path, tmp_path):
+    r = CliRunner().invoke(heads_app, ["fit", store_path, "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "no image features yet" in r.output
+
+
+def test_bag_with_no_usable_post_is_reported(tmp_path):
+    path = str(tmp_path / "s.zarr")
+    planted_store(path, influencers=24, posts=6, seed=1)
+    s = open_store(path, "r+")
+    for m in ("image", "text"):
+        s[f"features/{m}_status"][0:6] = 3          # influencer 0: nothing usable
+    m = fit(path, str(tmp_path / "run"), FitConfig(epochs=1), log=lambda *_: None)
+    from heads.predict import predict
+    r = predict(str(tmp_path / "run"), path, quiet=True)
+    assert r["unusable_influencers"] == 1
+    if open_store(path)["influencers/label"][0] >= 0:
+        assert m["unusable_bags"] == [0]
+    row = next(csv.DictReader(open(os.path.join(str(tmp_path / "run"), "predictions", "influencers.csv"))))
+    assert row["category"] == "" and "no usable post" in row["note"]
