@@ -66,13 +66,33 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:20]
 
 
+def random_vocab(captions, size: int = 30522) -> dict[str, int]:
+    """A WordPiece vocabulary built deterministically from captions: BERT's special tokens, every
+    character seen (alone and as a ##continuation), then the most frequent words.
+
+    Deterministic by construction (ties broken by the word itself), so every shard job of a
+    store builds the same vocabulary and the encoder fingerprints agree; a trained
+    WordPiece (tokenizers' trainer) is not reproducible across processes.
+    """
+    from collections import Counter
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    norm = BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+    pre = BertPreTokenizer()
+    counts: Counter = Counter()
+    for c in captions:
+        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(c)))
+    chars = sorted({ch for w in counts for ch in w})
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + ch for ch in chars]
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    tokens += words[:max(0, size - len(tokens))]
+    return {t: i for i, t in enumerate(tokens)}
+
+
 def _random_encoder(captions):
-    """BERT-base's shape with random weights and a WordPiece vocabulary trained on the captions."""
-    from tokenizers import BertWordPieceTokenizer
+    """BERT-base's shape with random (seeded) weights and a vocabulary built from the captions."""
     from transformers import BertConfig, BertModel, BertTokenizer
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(captions, vocab_size=30522, min_frequency=2, show_progress=False)
-    tokenizer = BertTokenizer(vocab=wp.get_vocab(), do_lower_case=True)
+    tokenizer = BertTokenizer(vocab=random_vocab(captions), do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), attn_implementation="sdpa")
     return tokenizer, BertModel(config, add_pooling_layer=False)

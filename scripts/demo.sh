@@ -16,11 +16,21 @@ extract index "$OUT/data" "$OUT/store.zarr" --block 512
 step "3. hand labels and splits"
 cache labels "$OUT/store.zarr" --influencers "$OUT/data/labels/influencers.csv" --posts "$OUT/data/labels/posts.csv"
 
-if extract --help | grep -q ' text '; then
-  step "4. text features (BERT-base shape, random weights: offline demo)"
-  extract text "$OUT/store.zarr" --shard 0/2 --model random
-  extract text "$OUT/store.zarr" --shard 1/2 --model random
-fi
+step "4. text features, two shards (BERT-base shape, random weights: offline demo)"
+extract text "$OUT/store.zarr" --shard 0/2 --model random
+extract text "$OUT/store.zarr" --shard 1/2 --model random
+
+step "5. heads: Influencer Profiler on the text features (image features need \`extract images\`)"
+heads fit "$OUT/store.zarr" --out "$OUT/run-text" --modality text --epochs 15
+heads eval "$OUT/run-text" --posts 5,10,30
+heads predict "$OUT/run-text" "$OUT/store.zarr" --out "$OUT/predictions"
+step "report"
+cat "$OUT/run-text/report.md"
+step "first predictions (every influencer in $OUT/predictions/influencers.csv)"
+head -5 "$OUT/predictions/influencers.csv" | cut -c1-220
+
+step "6. baselines on the same store and splits (text inputs; Tag and Text&Social from captions)"
+baselines run "$OUT/store.zarr" --out "$OUT/baselines" --inputs text --compare "$OUT/run-text"
 
 step "store information"
 cache info "$OUT/store.zarr"

@@ -165,3 +165,11 @@ def test_cli_unloadable_model_says_what_to_pass(store_path, tmp_path):
     assert r.exit_code == 2 and "--model random" in r.output
     r = CliRunner().invoke(extract_app, ["text", store_path, "--shard", "2/2", "--model", "random"])
     assert r.exit_code == 2 and "0 <= i < N" in r.output
+
+
+def test_random_vocabulary_is_the_same_in_every_process(store_path):
+    code = ("from cache.store import open_store; from extract.text import _store_captions, random_vocab; "
+            f"import hashlib; v = random_vocab(_store_captions(open_store({store_path!r}), 10**6)); "
+            "print(len(v), hashlib.sha256(repr(sorted(v.items())).encode()).hexdigest())")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout for _ in range(2)}
+    assert len(outs) == 1 and int(next(iter(outs)).split()[0]) > 100

@@ -1,0 +1,33 @@
+"""`baselines`: run the paper's baselines. Parses arguments and calls the library; nothing else."""
+from __future__ import annotations
+
+import typer
+
+from cache.console import clean_errors, say
+
+app = typer.Typer(help="The paper's Table 1 and 2 baselines on the store's features and splits.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main():
+    """Baselines."""
+
+
+@app.command()
+@clean_errors
+def run(store: str = typer.Argument(..., help="store path or URL"),
+        out: str = typer.Option(..., help="folder for results.json, results.md, predictions.csv"),
+        models: str = typer.Option("gnb,knn,svc,rf", help="comma-separated: gnb, knn, svc, rf"),
+        inputs: str = typer.Option("text,image,both", help="comma-separated: text, image, both"),
+        feature_baselines: bool = typer.Option(True, help="also the Tag, Text&Social and Image baselines"),
+        scheduler: str = typer.Option(None, help="dask.distributed scheduler address, e.g. tcp://HOST:8786"),
+        compare: list[str] = typer.Option(None, help="a `heads fit` run folder to add to the tables (repeatable)"),
+        seed: int = typer.Option(0)):
+    """Model baselines (GaussianNB, KNN, SVC, RandomForest) and feature baselines, test-scored."""
+    from baselines.run import run_baselines
+    r = run_baselines(store, out, models=[m.strip() for m in models.split(",") if m.strip()],
+                      inputs=[i.strip() for i in inputs.split(",") if i.strip()], feature_baselines=feature_baselines,
+                      scheduler=scheduler, compare=compare, seed=seed, log=say)
+    typer.echo(open(f"{out}/results.md").read())
+    say(f"baselines done in {r['seconds']:.1f}s; results in {out}")

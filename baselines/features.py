@@ -1,0 +1,93 @@
+"""Feature baselines of Table 1 from what the store holds (paper §5.2).
+
+- Tag [18]: the hashtags of an influencer's posts (TF-IDF) with a linear classifier.
+- Text&Social [27, 28]: profile counts, posting behaviour (frequency, likes, comments,
+  caption length, hashtags) and caption words, with gradient-boosted trees.
+- Image [34]: a per-post image classifier trained on the labelled posts; its votes over an
+  influencer's posts (influencer categories only) decide.
+- User [12]: needs profile pictures and a like graph; the release has neither.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from sklearn.decomposition import TruncatedSVD
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+HASHTAG = re.compile(r"#(\w+)", re.UNICODE)
+USER_NOTE = "n/a: needs profile pictures and a like graph, which the release does not have"
+
+
+def influencer_texts(store, influencers: np.ndarray) -> tuple[list[str], list[str], np.ndarray]:
+    """Per influencer: all hashtags, all caption text, and social/behaviour numbers."""
+    offsets = store.offsets()
+    caps, ts = store["posts/caption"], store["posts/timestamp"]
+    likes, comments = store["posts/likes"], store["posts/comments"]
+    follow = [store[f"influencers/{k}"][:] for k in ("followers", "followees", "posts_total")]
+    tags, texts, social = [], [], []
+    for j in influencers:
+        rows = slice(int(offsets[j]), int(offsets[j + 1]))
+        c = [str(x) for x in caps[rows]]
+        t = ts[rows].astype(np.float64)
+        span_days = max((t.max() - t.min()) / 86400.0, 1.0) if len(t) else 1.0
+        h = [m.lower() for x in c for m in HASHTAG.findall(x)]
+        tags.append(" ".join(h))
+        texts.append(" ".join(c))
+        n = max(len(c), 1)
+        social.append([np.log1p(max(follow[0][j], 0)), np.log1p(max(follow[1][j], 0)), np.log1p(max(follow[2][j], 0)),
+                       len(c) / span_days,
+                       np.log1p(np.maximum(likes[rows], 0)).mean() if len(c) else 0.0,
+                       np.log1p(np.maximum(comments[rows], 0)).mean() if len(c) else 0.0,
+                       sum(len(x) for x in c) / n, len(h) / n, sum(1 for x in c if not x.strip()) / n])
+    return tags, texts, np.array(social, dtype=np.float64)
+
+
+def tag_model(seed: int = 0) -> Pipeline:
+    return Pipeline([("tfidf", TfidfVectorizer(token_pattern=r"\S+", min_df=1, sublinear_tf=True)),
+                     ("clf", LogisticRegression(max_iter=2000, C=10.0, random_state=seed))])
+
+
+class TextSocial:
+    """Caption words (TF-IDF → SVD) next to social/behaviour numbers, into gradient-boosted trees."""
+
+    def __init__(self, seed: int = 0, components: int = 64):
+        self.seed, self.components = seed, components
+
+    def _x(self, texts, social, fit: bool):
+        if fit:
+            self.tfidf_ = TfidfVectorizer(min_df=2, max_features=20000, sublinear_tf=True)
+            words = self.tfidf_.fit_transform(texts)
+            k = max(1, min(self.components, words.shape[1] - 1, words.shape[0] - 1))
+            self.svd_ = TruncatedSVD(n_components=k, random_state=self.seed).fit(words)
+        return np.hstack([self.svd_.transform(self.tfidf_.transform(texts)), social])
+
+    def fit(self, texts, social, y):
+        self.gbt_ = HistGradientBoostingClassifier(random_state=self.seed, max_iter=200)
+        self.gbt_.fit(self._x(texts, social, True), y)
+        return self
+
+    def predict(self, texts, social):
+        return self.gbt_.predict(self._x(texts, social, False))
+
+
+def image_votes(post_clf, store, influencers: np.ndarray, x_posts_fn, post_to_infl: np.ndarray,
+                n_classes: int) -> np.ndarray:
+    """Majority of per-post predictions mapped to influencer categories (other/product abstain)."""
+    preds = []
+    for j in influencers:
+        x = x_posts_fn(j)
+        if len(x) == 0:
+            preds.append(0)
+            continue
+        mapped = post_to_infl[post_clf.predict(x)]
+        votes = np.bincount(mapped[mapped >= 0], minlength=n_classes)
+        preds.append(int(votes.argmax()) if votes.any() else 0)
+    return np.array(preds)
+
+
+def image_post_classifier(seed: int = 0) -> Pipeline:
+    return Pipeline([("clf", LogisticRegression(max_iter=1000, C=1.0, random_state=seed))])

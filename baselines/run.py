@@ -1,0 +1,175 @@
+"""`baselines run`: every baseline of Tables 1 and 2 on the store's features and splits.
+
+Writes DIR/results.json, DIR/results.md (the paper's layout) and DIR/predictions.csv (every
+test prediction, so the scores can be recomputed by anyone).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import numpy as np
+
+from baselines import features as fb
+from baselines.aggregate import influencer_means
+from baselines.models import MODEL_NAMES, candidates, select_and_fit
+from cache import schema
+from cache.readers import MODALITY_SETS, post_features, post_features_at, require_features
+from cache.store import StoreError, open_store
+from heads.metrics import classification_metrics
+from heads.report import table
+
+INPUT_NAMES = {"text": "Text", "image": "Image", "both": "Text & Image"}
+SLICES = {"image": slice(0, 1024), "text": slice(1024, 1792), "both": slice(0, 1792)}
+
+
+def _split_rows(split: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: np.flatnonzero((split == code) & keep) for name, code in (("train", 1), ("val", 2), ("test", 3))}
+
+
+def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inputs=("text", "image", "both"),
+                  feature_baselines: bool = True, scheduler: str | None = None, compare: list[str] | None = None,
+                  seed: int = 0, log=print) -> dict:
+    for m in models:
+        if m not in MODEL_NAMES:
+            raise ValueError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
+    for i in inputs:
+        if i not in INPUT_NAMES:
+            raise ValueError(f"unknown input {i!r}; choose from text, image, both")
+    store = open_store(url)
+    needed = sorted({m for i in inputs for m in MODALITY_SETS[i]})
+    for m in needed:
+        require_features(store, m)
+    icats, pcats = store.influencer_categories, store.post_categories
+    label, split = store["influencers/label"][:], store["influencers/split"][:]
+    labelled = np.flatnonzero(label >= 0)
+    if not len(labelled):
+        raise StoreError(f"{url}: no labelled influencers; run `cache labels` first")
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    have_both = all(store.has_features(m) and store[f"features/{m}_done"][:].any() for m in ("image", "text"))
+    agg = "both" if have_both else needed[0]
+    means, counts = influencer_means(url, agg, labelled, scheduler=scheduler)
+    log(f"per-influencer means of {len(labelled)} labelled influencers in {time.perf_counter() - t0:.1f}s (dask, "
+        f"{'scheduler ' + scheduler if scheduler else 'local threads'})")
+    usable = counts > 0
+    y_inf = label[labelled].astype(np.int64)
+    rows_inf = _split_rows(split[labelled], usable)
+    for name in ("train", "val"):
+        if not len(rows_inf[name]):
+            raise StoreError(f"{url}: no usable labelled influencers in the {name} split")
+
+    plabel, psplit = store["posts/label"][:], store["posts/split"][:]
+    prow = np.flatnonzero(plabel >= 0)
+    px, pok = post_features_at(store, prow, "both" if have_both else agg)
+    rows_post = _split_rows(psplit[prow], pok)
+    y_post = plabel[prow].astype(np.int64)
+
+    results: dict = {"influencer": [], "post": [], "store": url, "seed": seed,
+                     "test_influencers": [int(labelled[i]) for i in rows_inf["test"]]}
+    pred_rows: list[list] = []
+    jobs = [(m, i) for m in models for i in inputs]
+    total = len(jobs) * 2 + (3 if feature_baselines else 0)
+    done = 0
+
+    def record(task, model, inp, y_true, y_pred, rows, extra, cats):
+        nonlocal done
+        done += 1
+        metrics = classification_metrics(y_true, y_pred, cats)
+        results[task].append({"model": model, "input": inp, **extra, "metrics": metrics})
+        for r, t, p in zip(rows, y_true, y_pred):
+            pred_rows.append([task, model, inp, int(r), cats[t], cats[p]])
+        log(f"[{done}/{total}] {model} on {inp} ({task}s): test accuracy {100 * metrics['accuracy']:.2f}% "
+            f"(n={metrics['n']}) {extra.get('seconds', 0):.1f}s")
+
+    def slice_of(inp, x_all):
+        cols = SLICES[inp] if agg == "both" or x_all.shape[1] == 1792 else slice(0, x_all.shape[1])
+        return x_all[:, cols].astype(np.float32)
+
+    for model, inp in jobs:
+        for task, x_all, y, rows, base_rows, cats in (
+                ("influencer", means, y_inf, rows_inf, labelled, icats),
+                ("post", px, y_post, rows_post, prow, pcats)):
+            t = time.perf_counter()
+            x = slice_of(inp, x_all)
+            r = rows
+            if not len(r["train"]) or not len(r["val"]):
+                log(f"skip {model} on {inp} ({task}s): no labelled train/val rows")
+                continue
+            clf, params, val_acc = select_and_fit(candidates(model, seed), x[r["train"]], y[r["train"]],
+                                                  x[r["val"]], y[r["val"]])
+            pred = clf.predict(x[r["test"]]) if len(r["test"]) else np.zeros(0, np.int64)
+            record(task, MODEL_NAMES[model], INPUT_NAMES[inp], y[r["test"]], pred, base_rows[r["test"]],
+                   {"params": params, "val_accuracy": val_acc, "seconds": time.perf_counter() - t}, cats)
+
+    if feature_baselines:
+        t = time.perf_counter()
+        tags, texts, social = fb.influencer_texts(store, labelled)
+        tr, va, te = rows_inf["train"], rows_inf["val"], rows_inf["test"]
+        pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
+        tag = fb.tag_model(seed).fit(pick(tags, tr), y_inf[tr])
+        record("influencer", "Tag", "Hashtags", y_inf[te], tag.predict(pick(tags, te)), labelled[te],
+               {"seconds": time.perf_counter() - t}, icats)
+        t = time.perf_counter()
+        ts = fb.TextSocial(seed).fit(pick(texts, tr), social[tr], y_inf[tr])
+        record("influencer", "Text&Social", "Captions & social", y_inf[te], ts.predict(pick(texts, te), social[te]),
+               labelled[te], {"seconds": time.perf_counter() - t}, icats)
+        t = time.perf_counter()
+        if not (store.has_features("image") and store["features/image_done"][:].any()):
+            results["influencer"].append({"model": "Image", "input": "Post image votes",
+                                          "metrics": {"n": 0, "note": "n/a: no image features in the store"}})
+        else:
+            _image_baseline(store, px, agg, y_inf, y_post, rows_inf, rows_post, labelled, icats, pcats, seed, record, t)
+        results["influencer"].append({"model": "User", "input": "Profile & like graph",
+                                      "metrics": {"n": 0, "note": fb.USER_NOTE}})
+
+    for run in compare or []:
+        _add_compare(results, run, store)
+    with open(os.path.join(out, "predictions.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "model", "input", "row", "true", "predicted"])
+        w.writerows(pred_rows)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    md = ["# Baselines", "", f"store `{url}`; test split: {len(rows_inf['test'])} influencers, "
+          f"{len(rows_post['test'])} posts", "",
+          table("Table 1: influencer classification",
+                [(r["model"], r["input"], r["metrics"]) for r in results["influencer"]], icats), "",
+          table("Table 2: post classification",
+                [(r["model"], r["input"], r["metrics"]) for r in results["post"]], pcats)]
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(md))
+    results["seconds"] = time.perf_counter() - t0
+    return results
+
+
+def _image_baseline(store, px, agg, y_inf, y_post, rows_inf, rows_post, labelled, icats, pcats, seed, record, t):
+    """Table 1's Image baseline: a per-post image classifier whose votes decide per influencer."""
+    te = rows_inf["test"]
+    ximg = px[:, SLICES["image"]].astype(np.float32) if agg == "both" else px.astype(np.float32)
+    post_clf = fb.image_post_classifier(seed).fit(ximg[rows_post["train"]], y_post[rows_post["train"]])
+    post_to_infl = np.array([icats.index(c) if c in icats else -1 for c in pcats])
+    offsets = store.offsets()
+
+    def posts_of(j):
+        x, ok = post_features(store, slice(int(offsets[j]), int(offsets[j + 1])), "image")
+        return x[ok].astype(np.float32)
+    record("influencer", "Image", "Post image votes", y_inf[te],
+           fb.image_votes(post_clf, store, labelled[te], posts_of, post_to_infl, len(icats)), labelled[te],
+           {"seconds": time.perf_counter() - t}, icats)
+
+
+def _add_compare(results: dict, run: str, store) -> None:
+    """Rows of a `heads fit` run, refused unless it was scored on this store's test split."""
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    if config["store"].get("labels") != store.attrs.get("labels"):
+        raise StoreError(f"{run}: fit on other labels or splits than {store.url}; its scores are not comparable")
+    name = "Influencer Profiler" + ("" if config["fit"]["pooling"] == "attention" else " (mean pooling)")
+    inp = INPUT_NAMES[config["fit"]["modality"]]
+    results["influencer"].append({"model": name, "input": inp, "run": run, "metrics": metrics["influencer"]})
+    results["post"].append({"model": name, "input": inp, "run": run, "metrics": metrics["post"]})
