@@ -198,7 +198,7 @@ def load_text_encoder(name: str, store: Store | None = None, *, device: str = "a
     if name == "random":
         if store is None:
             raise ValueError("--model random trains its vocabulary on a store's captions")
-        print("WARNING: --model random: BERT-base shape with RANDOM weights and a vocabulary trained on this "
+        print("WARNING: --model random: BERT-base shape with RANDOM weights and a vocabulary built from this "
               "store's captions. Its features are UNTRAINED: fine for smoke runs, meaningless for results.",
               file=sys.stderr)
         tokenizer, model = _random_encoder(_store_captions(store, VOCAB_CAPTIONS))

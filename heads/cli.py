@@ -19,12 +19,15 @@ def fit(store: str = typer.Argument(..., help="store path or URL"),
         epochs: int = typer.Option(30),
         batch_size: int = typer.Option(32, help="bags per step"),
         lr: float = typer.Option(1e-3),
+        standardize: bool = typer.Option(False, help="standardise each feature on the train posts first "
+                                         "(not in the paper; helps untrained encoders' features)"),
         seed: int = typer.Option(0),
         device: str = typer.Option("auto")):
     """Train on the train split, select on validation, score on test; write the run folder."""
     from heads.train import FitConfig, fit as run_fit
     m = run_fit(store, out, FitConfig(modality=modality, pooling=pooling, aux_weight=aux_weight, epochs=epochs,
-                                      batch_size=batch_size, lr=lr, seed=seed, device=device), log=say)
+                                      batch_size=batch_size, lr=lr, seed=seed, device=device,
+                                      standardize=standardize), log=say)
     say(f"test: influencer accuracy {100 * m['influencer']['accuracy']:.2f}% (macro F1 "
         f"{m['influencer']['macro_f1']:.3f}, n={m['influencer']['n']}); post accuracy "
         f"{100 * m['post']['accuracy']:.2f}% (n={m['post']['n']}); report in {out}/report.md")

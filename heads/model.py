@@ -22,6 +22,7 @@ class HeadConfig:
     n_post: int = 10
     pooling: str = "attention"    # or "mean": the paper's no-attention ablation
     dropout: float = 0.5          # paper §5.1
+    segments: tuple = ()          # widths of the modality halves in x, e.g. (1024, 768); () = one segment
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,9 +42,29 @@ class InfluencerProfiler(nn.Module):
         self.infl_out = nn.Linear(cfg.hidden, cfg.n_influencer)             # F_I
         self.post_hidden = nn.Linear(cfg.hidden, cfg.hidden)                # F_s
         self.post_out = nn.Linear(cfg.hidden, cfg.n_post)                   # F_P
+        # Optional per-feature standardisation (`heads fit --standardize`), fitted on the training
+        # posts. Identity by default (the paper's model). It helps where cached features sit in a
+        # narrow band around a large common offset, as an untrained encoder's do.
+        self.register_buffer("in_mean", torch.zeros(cfg.in_dim))
+        self.register_buffer("in_std", torch.ones(cfg.in_dim))
+
+    def set_input_scaling(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.in_mean.copy_(mean)
+        self.in_std.copy_(std.clamp_min(1e-6))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardise each modality half; a half that is all zeros (input missing) stays zero."""
+        z = (x - self.in_mean) / self.in_std
+        widths = self.cfg.segments or (self.cfg.in_dim,)
+        parts, start = [], 0
+        for w in widths:
+            present = (x[..., start:start + w] != 0).any(dim=-1, keepdim=True)
+            parts.append(z[..., start:start + w] * present)
+            start += w
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def encode_posts(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.fuse(x))
+        return F.relu(self.fuse(self.normalise(x)))
 
     def post_logits(self, v: torch.Tensor) -> torch.Tensor:
         return self.post_out(self.drop(F.relu(self.post_hidden(self.drop(v)))))

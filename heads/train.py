@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cache import schema
-from cache.readers import feature_dim, load_bags, post_features_at, require_features
+from cache.readers import MODALITY_SETS, feature_dim, load_bags, post_features_at, require_features
 from cache.store import Store, StoreError, open_store
 from heads.metrics import classification_metrics
 from heads.model import HeadConfig, InfluencerProfiler, multitask_loss
@@ -35,6 +35,7 @@ class FitConfig:
     aux_batch: int = 256
     lr: float = 1e-3              # paper §5.1
     dropout: float = 0.5          # paper §5.1
+    standardize: bool = False     # per-feature scaling fitted on train posts (not in the paper)
     seed: int = 0
     device: str = "auto"
 
@@ -94,6 +95,26 @@ def predict_posts(model, x: np.ndarray, device, batch_size=4096) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, model.cfg.n_post))
 
 
+def input_scaling(train: dict, segments: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of each feature over the training posts whose half is present (float64 sums)."""
+    dim = sum(segments)
+    total, sq, count = np.zeros(dim), np.zeros(dim), np.zeros(dim)
+    for bag in train["bags"]:
+        x = bag.astype(np.float64)
+        start = 0
+        for w in segments:
+            seg = x[:, start:start + w]
+            present = (seg != 0).any(axis=1)
+            total[start:start + w] += seg[present].sum(0)
+            sq[start:start + w] += (seg[present] ** 2).sum(0)
+            count[start:start + w] += present.sum()
+            start += w
+    count = np.maximum(count, 1)
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean ** 2, 0))
+    return mean.astype(np.float32), np.where(std > 0, std, 1).astype(np.float32)
+
+
 def load_labelled(store: Store, modality: str):
     """Labelled influencers' bags and labelled posts, by split; unusable bags set aside."""
     label, split = store["influencers/label"][:], store["influencers/split"][:]
@@ -135,8 +156,11 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
         f"in {time.perf_counter() - t0:.1f}s" + (f"; {len(data['unusable'])} bags with no usable post set aside"
                                                  if data["unusable"] else ""))
     head = HeadConfig(in_dim=feature_dim(cfg.modality), pooling=cfg.pooling, dropout=cfg.dropout,
-                      n_influencer=len(store.influencer_categories), n_post=len(store.post_categories))
+                      n_influencer=len(store.influencer_categories), n_post=len(store.post_categories),
+                      segments=tuple(schema.MODALITIES[m] for m in MODALITY_SETS[cfg.modality]))
     model = InfluencerProfiler(head).to(device)
+    if cfg.standardize:
+        model.set_input_scaling(*[torch.from_numpy(v).to(device) for v in input_scaling(data["train"], head.segments)])
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     config = {"fit": asdict(cfg), "model": head.to_dict(), "store": store_fingerprint(store), "git_commit": git_commit(),
               "command": " ".join(sys.argv), "influencer_categories": store.influencer_categories,

@@ -171,3 +171,15 @@ def test_bag_with_no_usable_post_is_reported(tmp_path):
         assert m["unusable_bags"] == [0]
     row = next(csv.DictReader(open(os.path.join(str(tmp_path / "run"), "predictions", "influencers.csv"))))
     assert row["category"] == "" and "no usable post" in row["note"]
+
+
+def test_standardize_learns_from_features_in_a_narrow_band(tmp_path):
+    """Features = large constant offset + tiny informative variation, as an untrained encoder gives."""
+    path = str(tmp_path / "s.zarr")
+    planted_store(path, influencers=96, posts=20, seed=3, noise=0.5, on_topic=0.5)
+    s = open_store(path, "r+")
+    for m in ("image", "text"):
+        x = s[f"features/{m}"][:].astype(np.float32)
+        s[f"features/{m}"][:] = (20.0 + 0.01 * x).astype(np.float16)
+    m = fit(path, str(tmp_path / "run"), FitConfig(epochs=10, standardize=True), log=lambda *_: None)
+    assert m["influencer"]["accuracy"] > 0.5
