@@ -66,7 +66,7 @@ class TextSocial:
         return np.hstack([self.svd_.transform(self.tfidf_.transform(texts)), social])
 
     def fit(self, texts, social, y):
-        self.gbt_ = HistGradientBoostingClassifier(random_state=self.seed, max_iter=200)
+        self.gbt_ = HistGradientBoostingClassifier(random_state=self.seed, max_iter=200, min_samples_leaf=5)
         self.gbt_.fit(self._x(texts, social, True), y)
         return self
 

@@ -22,12 +22,13 @@ def fit(store: str = typer.Argument(..., help="store path or URL"),
         standardize: bool = typer.Option(False, help="standardise each feature on the train posts first "
                                          "(not in the paper; helps untrained encoders' features)"),
         seed: int = typer.Option(0),
-        device: str = typer.Option("auto")):
+        device: str = typer.Option("auto"),
+        precision: str = typer.Option("auto", help="auto (bf16 autocast where the hardware has it), fp32, bf16")):
     """Train on the train split, select on validation, score on test; write the run folder."""
     from heads.train import FitConfig, fit as run_fit
     m = run_fit(store, out, FitConfig(modality=modality, pooling=pooling, aux_weight=aux_weight, epochs=epochs,
                                       batch_size=batch_size, lr=lr, seed=seed, device=device,
-                                      standardize=standardize), log=say)
+                                      standardize=standardize, precision=precision), log=say)
     say(f"test: influencer accuracy {100 * m['influencer']['accuracy']:.2f}% (macro F1 "
         f"{m['influencer']['macro_f1']:.3f}, n={m['influencer']['n']}); post accuracy "
         f"{100 * m['post']['accuracy']:.2f}% (n={m['post']['n']}); report in {out}/report.md")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cache import schema
+from cache.hardware import cpu_has_bf16
 from cache.readers import MODALITY_SETS, feature_dim, load_bags, post_features_at, require_features
 from cache.store import Store, StoreError, open_store
 from heads.metrics import classification_metrics
@@ -36,6 +37,7 @@ class FitConfig:
     lr: float = 1e-3              # paper §5.1
     dropout: float = 0.5          # paper §5.1
     standardize: bool = False     # per-feature scaling fitted on train posts (not in the paper)
+    precision: str = "auto"       # bf16 autocast on GPUs and bf16-capable CPUs (2x the fp32 matmul rate), else fp32
     seed: int = 0
     device: str = "auto"
 
@@ -165,6 +167,10 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
     config = {"fit": asdict(cfg), "model": head.to_dict(), "store": store_fingerprint(store), "git_commit": git_commit(),
               "command": " ".join(sys.argv), "influencer_categories": store.influencer_categories,
               "post_categories": store.post_categories, "torch": torch.__version__, "device": str(device)}
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--precision must be auto, fp32 or bf16, got {cfg.precision!r}")
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and (device.type == "cuda" or cpu_has_bf16()))
+    config["precision"] = "bf16" if use_bf16 else "fp32"
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
 
@@ -180,13 +186,14 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
         for s in range(0, len(order), cfg.batch_size):
             idx = order[s:s + cfg.batch_size]
             x, m = pad_batch(train["bags"], train["masks"], idx, device)
-            out_ = model(x, m)
             post_logits = post_y = None
-            if cfg.aux_weight > 0 and len(ptrain["y"]):
-                pick = rng.integers(0, len(ptrain["y"]), size=min(cfg.aux_batch, len(ptrain["y"])))
-                px = torch.from_numpy(ptrain["x"][pick].astype(np.float32)).to(device)
-                post_logits = model.post_logits(model.encode_posts(px))
-                post_y = torch.from_numpy(ptrain["y"][pick]).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                out_ = model(x, m)
+                if cfg.aux_weight > 0 and len(ptrain["y"]):
+                    pick = rng.integers(0, len(ptrain["y"]), size=min(cfg.aux_batch, len(ptrain["y"])))
+                    px = torch.from_numpy(ptrain["x"][pick].astype(np.float32)).to(device)
+                    post_logits = model.post_logits(model.encode_posts(px))
+                    post_y = torch.from_numpy(ptrain["y"][pick]).to(device)
             loss, parts = multitask_loss(out_, torch.from_numpy(train["y"][idx]).to(device), post_logits, post_y,
                                          cfg.aux_weight)
             opt.zero_grad()

@@ -21,7 +21,7 @@ extract text "$OUT/store.zarr" --shard 0/2 --model random
 extract text "$OUT/store.zarr" --shard 1/2 --model random
 
 step "5. heads: Influencer Profiler on the text features (image features need \`extract images\`)"
-heads fit "$OUT/store.zarr" --out "$OUT/run-text" --modality text --epochs 15 --standardize
+heads fit "$OUT/store.zarr" --out "$OUT/run-text" --modality text --epochs 60 --standardize
 heads eval "$OUT/run-text" --posts 5,10,30
 heads predict "$OUT/run-text" "$OUT/store.zarr" --out "$OUT/predictions"
 step "report"
