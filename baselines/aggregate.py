@@ -24,11 +24,13 @@ def _block_sums(url: str, modality: str, rows: slice, wanted: np.ndarray | None)
     k = int(local[-1]) + 1
     parts, counts = [], []
     for m in MODALITY_SETS[modality]:
-        x = store[f"features/{m}"][rows].astype(np.float64)
+        # float32 sums: a bag is at most a few hundred posts, far inside float32's precision
+        x = store[f"features/{m}"][rows].astype(np.float32)
         ok = store[f"features/{m}_status"][rows] == schema.Status.OK
-        x[~ok] = 0
-        sums = np.zeros((k, x.shape[1]))
-        np.add.at(sums, local, x) if k < 64 else _segment_add(sums, local, x)
+        if not ok.all():
+            x[~ok] = 0
+        sums = np.zeros((k, x.shape[1]), dtype=np.float32)
+        _segment_add(sums, local, x)
         parts.append(sums)
         counts.append(np.bincount(local, weights=ok, minlength=k))
     if wanted is not None:

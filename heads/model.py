@@ -85,12 +85,15 @@ class InfluencerProfiler(nn.Module):
         h = torch.einsum("bp,bph->bh", weights.to(v.dtype), v)
         return weights, h
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x (B, P, in_dim), mask (B, P) true on real, usable posts."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, posts: bool = True) -> dict[str, torch.Tensor]:
+        """x (B, P, in_dim), mask (B, P) true on real, usable posts; `posts=False` skips the post head."""
         v = self.encode_posts(x)
         weights, h = self.pool(self.drop(v), mask)
         logits = self.infl_out(self.drop(F.relu(self.infl_hidden(h))))
-        return {"logits": logits, "weights": weights, "post_logits": self.post_logits(v)}
+        out = {"logits": logits, "weights": weights}
+        if posts:
+            out["post_logits"] = self.post_logits(v)
+        return out
 
 
 def multitask_loss(out: dict, y: torch.Tensor, post_logits: torch.Tensor | None, post_y: torch.Tensor | None,

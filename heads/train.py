@@ -80,7 +80,7 @@ def predict_bags(model, bags, masks, device, batch_size=64) -> tuple[np.ndarray,
     for s in range(0, len(bags), batch_size):
         idx = list(range(s, min(s + batch_size, len(bags))))
         x, m = pad_batch(bags, masks, idx, device)
-        out = model(x, m)
+        out = model(x, m, posts=False)
         probs.append(torch.softmax(out["logits"].float(), 1).cpu().numpy())
         w = out["weights"].cpu().numpy()
         weights += [w[k, :len(bags[i])] for k, i in enumerate(idx)]
@@ -188,7 +188,7 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
             x, m = pad_batch(train["bags"], train["masks"], idx, device)
             post_logits = post_y = None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                out_ = model(x, m)
+                out_ = model(x, m, posts=False)   # the aux loss uses its own batch of labelled posts
                 if cfg.aux_weight > 0 and len(ptrain["y"]):
                     pick = rng.integers(0, len(ptrain["y"]), size=min(cfg.aux_batch, len(ptrain["y"])))
                     px = torch.from_numpy(ptrain["x"][pick].astype(np.float32)).to(device)
