@@ -107,7 +107,7 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
     if feature_baselines:
         t = time.perf_counter()
         tags, texts, social = fb.influencer_texts(store, labelled)
-        tr, va, te = rows_inf["train"], rows_inf["val"], rows_inf["test"]
+        tr, te = rows_inf["train"], rows_inf["test"]
         pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
         tag = fb.tag_model(seed).fit(pick(tags, tr), y_inf[tr])
         record("influencer", "Tag", "Hashtags", y_inf[te], tag.predict(pick(tags, te)), labelled[te],

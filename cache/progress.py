@@ -13,7 +13,8 @@ from datetime import timedelta
 
 class Progress:
     def __init__(self, total: int, unit: str = "items", label: str = "", *, every: float = 10.0,
-                 stream=None, tty: bool | None = None):
+                 stream=None, tty: bool | None = None, quiet: bool = False):
+        self.quiet = quiet
         self.total = max(0, int(total))
         self.unit = unit
         self.label = label
@@ -53,6 +54,8 @@ class Progress:
                 f"ETA {eta} failures {self.failures}{tail}")
 
     def _emit(self, final: bool) -> None:
+        if self.quiet:
+            return
         if not final or self._shown != self.done:
             self._write(final)
         elif self.tty:
@@ -72,6 +75,6 @@ class Progress:
     def close(self) -> None:
         elapsed = time.perf_counter() - self.start
         self._emit(final=True)
-        if not self.tty:
+        if not self.tty and not self.quiet:
             self.stream.write(f"[{self.label}] finished in {elapsed:.1f}s\n")
             self.stream.flush()

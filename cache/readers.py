@@ -18,18 +18,23 @@ def feature_dim(modality: str) -> int:
     return sum(schema.MODALITIES[m] for m in MODALITY_SETS[modality])
 
 
-def post_features(store: Store, rows: slice, modality: str = "both") -> tuple[np.ndarray, np.ndarray]:
-    """Features of a contiguous range of posts, float16 (n, dim), and whether each post is usable."""
-    parts, usable = [], np.zeros(rows.stop - rows.start, dtype=bool)
+def _gather(store: Store, modality: str, n: int, read) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate the modalities' features read by `read(array)`, zeroing halves that are not ok."""
+    parts, usable = [], np.zeros(n, dtype=bool)
     for m in MODALITY_SETS[modality]:
         if not store.has_features(m):
             raise KeyError(m)
-        x = store[f"features/{m}"][rows]
-        ok = store[f"features/{m}_status"][rows] == schema.Status.OK
+        x = read(store[f"features/{m}"])
+        ok = read(store[f"features/{m}_status"]) == schema.Status.OK
         x[~ok] = 0
         parts.append(x)
         usable |= ok
     return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0], usable
+
+
+def post_features(store: Store, rows: slice, modality: str = "both") -> tuple[np.ndarray, np.ndarray]:
+    """Features of a contiguous range of posts, float16 (n, dim), and whether each post is usable."""
+    return _gather(store, modality, rows.stop - rows.start, lambda arr: arr[rows])
 
 
 def require_features(store: Store, modality: str) -> None:
@@ -93,14 +98,6 @@ def load_bags(store: Store, influencers: np.ndarray, modality: str = "both", max
 def post_features_at(store: Store, rows: np.ndarray, modality: str = "both") -> tuple[np.ndarray, np.ndarray]:
     """Features of scattered posts (e.g. the labelled ones): only their inner chunks are read."""
     rows = np.asarray(rows, dtype=np.int64)
-    dim = feature_dim(modality)
     if len(rows) == 0:
-        return np.zeros((0, dim), np.float16), np.zeros(0, bool)
-    parts, usable = [], np.zeros(len(rows), dtype=bool)
-    for m in MODALITY_SETS[modality]:
-        x = store[f"features/{m}"].oindex[rows, :]
-        ok = store[f"features/{m}_status"].oindex[rows] == schema.Status.OK
-        x[~ok] = 0
-        parts.append(x)
-        usable |= ok
-    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0], usable
+        return np.zeros((0, feature_dim(modality)), np.float16), np.zeros(0, bool)
+    return _gather(store, modality, len(rows), lambda arr: arr.oindex[(rows,) + (slice(None),) * (arr.ndim - 1)])

@@ -144,14 +144,12 @@ def _parse_group(root: str, group: list[tuple[int, str, list[tuple[str, str | No
                 problems.append(("caption_missing", rel, ""))
             if not post["id"]:
                 post["id"] = json_name.rsplit(".", 1)[0]
-            image_rel = ""
-            if image is None:
-                pass
-            elif not image:
+            image_rel = ""     # image None: found in info/ only, already listed as post_not_in_mapping
+            if image == "":
                 problems.append(("image_not_listed", rel, f"at {where}"))
-            elif not os.path.exists(os.path.join(root, release.image_relpath(user, image))):
+            elif image is not None and not os.path.exists(os.path.join(root, release.image_relpath(user, image))):
                 problems.append(("image_missing", release.image_relpath(user, image), f"listed at {where}"))
-            else:
+            elif image is not None:
                 image_rel = release.image_relpath(user, image)
             post["image"] = image_rel
             kept.append(post)
@@ -230,7 +228,7 @@ def run_index(dataset: str, url: str, *, max_posts: int = 300, block: int = sche
         _build_manifest(root, db, names, extra, problems)
         users = [r.username for r in rows] + extra
         total = db.execute("SELECT COUNT(*) FROM m").fetchone()[0]
-        progress = Progress(total, "posts", "index", stream=open(os.devnull, "w") if quiet else None)
+        progress = Progress(total, "posts", "index", quiet=quiet)
 
         offsets = np.zeros(len(users) + 1, dtype=np.int64)
         batch: dict[str, list] = {k: [] for k in schema.POST_STR + schema.POST_INT + ["influencer"]}

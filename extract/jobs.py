@@ -43,7 +43,7 @@ def run_shard(store: Store, modality: str, shard: Shard, fingerprint: dict,
     pending = pending_blocks(store, modality, shard)
     rows = [store.block_rows(b) for b in pending]
     progress = Progress(sum(r.stop - r.start for r in rows), unit, f"{modality} {shard}",
-                        stream=open("/dev/null", "w") if quiet else None)
+                        quiet=quiet)
     start = time.perf_counter()
     counts = np.zeros(4, dtype=np.int64)
     with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:

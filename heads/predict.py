@@ -48,7 +48,7 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
     users, ids, captions = store["influencers/username"], store["posts/id"], store["posts/caption"]
     infl_label = np.full(m, -1, np.int8)
     infl_prob = np.full(m, np.nan, np.float32)
-    progress = Progress(m, "influencers", "predict", stream=open(os.devnull, "w") if quiet else None)
+    progress = Progress(m, "influencers", "predict", quiet=quiet)
     t0 = time.perf_counter()
     unusable = 0
     with open(os.path.join(out, "influencers.csv"), "w", newline="") as fi, \
