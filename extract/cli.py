@@ -58,3 +58,63 @@ def text(store: str = typer.Argument(..., help="store path or URL"),
     except EncoderLoadError as e:
         raise ValueError(str(e)) from None
     say(f"text {shard}: {report.summary('captions')}")
+
+
+@app.command("finetune-images")
+@clean_errors
+def finetune_images(store: str = typer.Argument(..., help="store path or URL (labelled, see `cache labels`)"),
+                    out: str = typer.Option(..., help="encoder file to write"),
+                    weights: str = typer.Option("imagenet", help="imagenet (torchvision's), PATH to torchvision's "
+                                                "inception_v3 .pth or to an encoder file, or 'random'"),
+                    trainable_blocks: int = typer.Option(2, help="top inception blocks trained (0: only the new "
+                                                         "layers, the paper's no-fine-tuning ablation)"),
+                    epochs: int = typer.Option(10),
+                    batch_size: int = typer.Option(32),
+                    lr: float = typer.Option(1e-3, help="Adam learning rate (the paper's 1e-3)"),
+                    dropout: float = typer.Option(0.5),
+                    image_size: int = typer.Option(299, help="network input side; smaller is faster, for smoke runs"),
+                    augment: bool = typer.Option(True, help="rotation, shift, flip, zoom, channel shift"),
+                    workers: int = typer.Option(None, help="decoding processes (default: cores, at most 8)"),
+                    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+                    precision: str = typer.Option("auto", help="auto (bf16 where the hardware has it), fp32, bf16"),
+                    seed: int = typer.Option(0),
+                    dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`")):
+    """Train the image encoder on the labelled posts; keep the best epoch on validation; write one file."""
+    from extract.finetune import FinetuneConfig, finetune
+    from extract.text import EncoderLoadError
+    cfg = FinetuneConfig(weights=weights, trainable_blocks=trainable_blocks, epochs=epochs, batch_size=batch_size,
+                         lr=lr, dropout=dropout, image_size=image_size, augment=augment, workers=workers,
+                         device=device, precision=precision, seed=seed, dataset=dataset)
+    try:
+        finetune(store, out, cfg, log=say)
+    except EncoderLoadError as e:
+        raise ValueError(str(e)) from None
+
+
+@app.command()
+@clean_errors
+def images(store: str = typer.Argument(..., help="store path or URL"),
+           shard: str = typer.Option(..., help="i/N: this job's share of the blocks"),
+           encoder: str = typer.Option(..., help="encoder file from `extract finetune-images`"),
+           batch_size: int = typer.Option(None, help="images per model call (default 32 CPU, 256 GPU)"),
+           workers: int = typer.Option(None, help="decoding processes (default: cores, at most 16; 0 decodes "
+                                                  "in this process)"),
+           device: str = typer.Option("auto", help="auto, cpu or cuda"),
+           precision: str = typer.Option("auto", help="auto (bf16 on GPUs and bf16-capable CPUs), fp32, bf16, fp16"),
+           decoder: str = typer.Option("pil", help="pil (JPEG draft mode in the workers) or nvjpeg "
+                                                   "(torchvision.io.decode_jpeg on the device)"),
+           exact: bool = typer.Option(False, help="full decode and torchvision's resize, fp32: reference output"),
+           dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`"),
+           throttle: float = typer.Option(0.0, hidden=True)):
+    """1024-d image features of every post in the shard's blocks, resumable block by block."""
+    from extract.images import run_images
+    from extract.text import EncoderLoadError
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    try:
+        report = run_images(store, shard, encoder_path=encoder, batch_size=batch_size, workers=workers,
+                            device=device, precision=precision, decoder=decoder, exact=exact, dataset=dataset,
+                            throttle=throttle)
+    except EncoderLoadError as e:
+        raise ValueError(str(e)) from None
+    say(f"images {shard}: {report.summary('images')}")

@@ -1,0 +1,286 @@
+"""`extract finetune-images`: the paper's image encoder, trained on the store's labelled posts (§3.3, §5.1).
+
+Inception-v3 (ImageNet weights), only the top `trainable_blocks` inception blocks trained
+(the paper: two, torchvision's Mixed_7b and Mixed_7c), global average pooling, Linear
+2048→1024 + ReLU (the image feature), dropout 0.5, and a classifier over the ten post
+categories; Adam at 1e-3; heavy augmentation (rotation, shift, flip, zoom, channel shift).
+Trains on the train split, keeps the epoch with the best validation accuracy, and writes
+one encoder file. `trainable_blocks=0` trains the new layers only: the paper's "no
+fine-tuning" ablation.
+
+Images are decoded and augmented in DataLoader worker processes; the frozen stem runs under
+no_grad. After every epoch a checkpoint (`OUT.ckpt`) is written, so a killed run picks up
+after its last finished epoch when the same command is run again.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from cache.progress import Progress
+from cache.schema import SPLITS
+from cache.store import open_store
+from extract.imaging import ImageError, decode
+from extract.images import (EncoderLoadError, ImageEncoder, default_preprocessing, load_imagenet_backbone,
+                            save_encoder)
+from extract.text import DTYPES, pick_device, pick_precision
+
+
+@dataclass
+class FinetuneConfig:
+    weights: str = "imagenet"          # imagenet | PATH (torchvision .pth or an encoder file) | random
+    trainable_blocks: int = 2
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    dropout: float = 0.5
+    image_size: int = 299
+    augment: bool = True
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    dataset: str | None = None
+
+
+class Augment:
+    """Keras ImageDataGenerator's five, as the paper lists them: rotation, shift, flip, zoom, channel shift."""
+
+    def __init__(self, rotation=20.0, shift=0.1, zoom=0.15, channel_shift=20):
+        from torchvision.transforms import v2
+        self.affine = v2.RandomAffine(degrees=rotation, translate=(shift, shift), scale=(1 - zoom, 1 + zoom))
+        self.flip = v2.RandomHorizontalFlip()
+        self.channel_shift = channel_shift
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:   # (3, H, W) uint8
+        x = self.flip(self.affine(x))
+        shift = torch.randint(-self.channel_shift, self.channel_shift + 1, (3, 1, 1), dtype=torch.int16)
+        return (x.to(torch.int16) + shift).clamp_(0, 255).to(torch.uint8)
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """(pixels CHW uint8, label, ok) per labelled post; decoded (and augmented) in the worker."""
+
+    def __init__(self, root: str, paths: list[str], labels: np.ndarray, resize: int, crop: int, augment: bool):
+        self.root, self.paths, self.labels = root, paths, labels
+        self.resize, self.crop = resize, crop
+        self.augment = Augment() if augment else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            x = torch.from_numpy(decode(os.path.join(self.root, self.paths[i]), self.resize, self.crop)).permute(2, 0, 1)
+            ok = True
+        except ImageError:
+            x, ok = torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), False
+        if ok and self.augment is not None:
+            x = self.augment(x)
+        return x, int(self.labels[i]), ok
+
+
+def _split_rows(store, split: str) -> tuple[list[str], np.ndarray]:
+    label = store["posts/label"][:]
+    code = store["posts/split"][:]
+    rows = np.flatnonzero((label >= 0) & (code == SPLITS[split]))
+    if not len(rows):
+        return [], np.zeros(0, np.int64)
+    paths = store["posts/image"].get_orthogonal_selection((rows,))
+    keep = np.array([bool(str(p)) for p in paths], dtype=bool)
+    return [str(p) for p in paths[keep]], label[rows[keep]].astype(np.int64)
+
+
+def _loader(ds, batch_size, shuffle, workers, seed, device):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, drop_last=False, generator=g, num_workers=workers,
+        multiprocessing_context="spawn" if workers else None, persistent_workers=bool(workers),
+        prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
+
+
+def _to_input(x: torch.Tensor, device, pre) -> torch.Tensor:
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    m = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1)
+    s = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def calibrate_batchnorm(encoder: ImageEncoder, loader, device, pre, max_images: int = 512) -> int:
+    """A random Inception's batch-norm statistics from real images (a cumulative average over the
+    first batches), so its activations stay in range; without this they reach 1e10 and overflow
+    float16. Only for --weights random."""
+    bns = [m for m in encoder.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    encoder.backbone.train()
+    seen = 0
+    for x, _, ok in loader:
+        x = x[ok]
+        if len(x):
+            encoder.backbone(_to_input(x, device, pre))
+            seen += len(x)
+        if seen >= max_images:
+            break
+    for m in bns:
+        m.momentum = 0.1
+    encoder.eval()
+    return seen
+
+
+@torch.no_grad()
+def evaluate(encoder, loader, device, pre, autocast) -> tuple[float, np.ndarray, np.ndarray]:
+    encoder.eval()
+    ys, ps = [], []
+    for x, y, ok in loader:
+        x, y = x[ok], y[ok]
+        if not len(x):
+            continue
+        with autocast():
+            logits = encoder(_to_input(x, device, pre))
+        ys.append(y.numpy())
+        ps.append(logits.float().argmax(1).cpu().numpy())
+    y = np.concatenate(ys) if ys else np.zeros(0, np.int64)
+    p = np.concatenate(ps) if ps else np.zeros(0, np.int64)
+    return (float((y == p).mean()) if len(y) else float("nan")), y, p
+
+
+def _trainable_state(encoder: ImageEncoder) -> dict:
+    names = tuple(f"backbone.{n}." for n in encoder.trainable_names) + ("proj.", "classifier.")
+    return {k: v.detach().clone() for k, v in encoder.state_dict().items() if k.startswith(names)}
+
+
+def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = False) -> dict:
+    device = pick_device(cfg.device)
+    prec = pick_precision(cfg.precision, device)
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise ValueError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    pre = default_preprocessing(cfg.image_size)
+    store = open_store(url, "r")
+    root = cfg.dataset or store.attrs.get("dataset_root") or ""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"dataset root {root!r} (recorded in {url}) is not a folder; pass --dataset PATH")
+    if "posts/label" not in store:
+        raise ValueError(f"{url} has no labels: run `cache labels` first")
+    categories = store.post_categories
+    train_paths, train_y = _split_rows(store, "train")
+    val_paths, val_y = _split_rows(store, "val")
+    if len(train_paths) < 2 or len(val_paths) < 1:
+        raise ValueError(f"{url}: {len(train_paths)} labelled train posts and {len(val_paths)} val posts have an "
+                         f"image; fine-tuning needs some of each (see `cache info`)")
+    workers = min(os.cpu_count() or 1, 8) if cfg.workers is None else cfg.workers
+
+    torch.manual_seed(cfg.seed)
+    transform_input = cfg.weights != "random"
+    encoder = ImageEncoder(len(categories), cfg.trainable_blocks, transform_input, cfg.dropout,
+                           init_weights=cfg.weights == "random")
+    if cfg.weights == "random":
+        source = "random (untrained)"
+        log("WARNING: --weights random: Inception-v3 with RANDOM weights. Its features are UNTRAINED below the "
+            "trained blocks: fine for smoke runs, meaningless for results.")
+    else:
+        source = load_imagenet_backbone(encoder, cfg.weights)
+    encoder.to(device).to(memory_format=torch.channels_last)
+
+    train_ds = LabelledImages(root, train_paths, train_y, pre["resize"], pre["crop"], cfg.augment)
+    val_ds = LabelledImages(root, val_paths, val_y, pre["resize"], pre["crop"], False)
+    train_loader = _loader(train_ds, cfg.batch_size, True, workers, cfg.seed, device)
+    val_loader = _loader(val_ds, cfg.batch_size, False, workers, cfg.seed, device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=DTYPES[prec], enabled=prec != "fp32")
+
+    if cfg.weights == "random":
+        calibrate_batchnorm(encoder, val_loader if len(val_ds) >= len(train_ds) else train_loader, device, pre)
+    optimizer = torch.optim.Adam(encoder.trainable_parameters(), lr=cfg.lr)
+    settings = dict(asdict(cfg), store=os.path.abspath(url) if "://" not in url else url,
+                    labels=store.attrs.get("labels", {}).get("posts", {}).get("sha256"), workers=None)
+    settings.pop("workers")
+    ckpt_path = f"{out}.ckpt"
+    history: list[dict] = []
+    best = {"val_accuracy": -1.0, "epoch": 0, "state": None}
+    first_epoch = 1
+    if os.path.exists(ckpt_path):
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt["settings"] != settings:
+            diff = sorted(k for k in settings if ckpt["settings"].get(k) != settings[k])
+            raise ValueError(f"{ckpt_path} is a checkpoint of a run with other options ({', '.join(diff)}); "
+                             f"rerun with the same options to resume, or delete it to start over")
+        encoder.load_state_dict(ckpt["encoder"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        history, best = ckpt["history"], ckpt["best"]
+        first_epoch = ckpt["epoch"] + 1
+        log(f"resuming from {ckpt_path} after epoch {ckpt['epoch']}")
+
+    n_train = sum(p.numel() for p in encoder.trainable_parameters())
+    log(f"fine-tuning {', '.join(encoder.trainable_names) or 'no inception blocks'} + proj + classifier "
+        f"({n_train:,} trainable parameters) on {len(train_ds)} train posts, selecting on {len(val_ds)} val "
+        f"posts; {device}, {prec}, input {pre['crop']}px, {workers} decoding workers")
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1000 + epoch)
+        train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
+        encoder.train()
+        progress = Progress(len(train_ds), "images", f"finetune epoch {epoch}/{cfg.epochs}", quiet=quiet)
+        total, correct, seen, skipped = 0.0, 0, 0, 0
+        for x, y, ok in train_loader:
+            skipped += int((~ok).sum())
+            x, y = x[ok], y[ok].to(device)
+            if len(x) < 2:       # batch norm in the trained blocks needs two images
+                progress.update(len(ok))
+                continue
+            with autocast():
+                logits = encoder(_to_input(x, device, pre))
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            progress.update(len(ok), failures=int((~ok).sum()))
+        progress.close()
+        val_acc, _, _ = evaluate(encoder, val_loader, device, pre, autocast)
+        row = {"epoch": epoch, "loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+               "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 1), "unreadable": skipped}
+        history.append(row)
+        improved = val_acc > best["val_accuracy"]
+        if improved:
+            best = {"val_accuracy": val_acc, "epoch": epoch, "state": _trainable_state(encoder)}
+        log(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.3f}, train acc {row['train_accuracy']:.3f}, "
+            f"val acc {val_acc:.3f}{' (best)' if improved else ''}, {row['seconds']} s")
+        tmp = f"{ckpt_path}.tmp-{os.getpid()}"
+        torch.save({"settings": settings, "epoch": epoch, "encoder": encoder.state_dict(),
+                    "optimizer": optimizer.state_dict(), "history": history, "best": best}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    encoder.load_state_dict(best["state"], strict=False)
+    val_acc, y, p = evaluate(encoder, val_loader, device, pre, lambda: torch.autocast(device.type, enabled=False))
+    encoder.to("cpu").to(memory_format=torch.contiguous_format)
+    per_class = {categories[c]: float((p[y == c] == c).mean()) for c in range(len(categories)) if (y == c).any()}
+    majority = float(np.bincount(val_y, minlength=len(categories)).max() / len(val_y))
+    metrics = {"val_accuracy": val_acc, "best_epoch": best["epoch"], "val_accuracy_per_class": per_class,
+               "val_majority_baseline": majority, "train_posts": len(train_ds), "val_posts": len(val_ds)}
+    meta = {"categories": categories, "weights_source": source,
+            "model": {"arch": "inception_v3", "trainable_blocks": cfg.trainable_blocks,
+                      "trainable": encoder.trainable_names, "transform_input": transform_input,
+                      "dropout": cfg.dropout, "feature": "relu(Linear(2048, 1024)(avgpool))"},
+            "preprocessing": pre, "training": settings, "history": history, "metrics": metrics,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    save_encoder(out, encoder, meta)
+    os.remove(ckpt_path)
+    log(f"wrote {out}: val post accuracy {val_acc:.3f} (fp32, best epoch {best['epoch']}; majority class "
+        f"{majority:.3f})")
+    return metrics
+
+
+__all__ = ["FinetuneConfig", "finetune", "EncoderLoadError"]

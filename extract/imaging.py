@@ -1,0 +1,141 @@
+"""Decoding the release's images into the network's input, without wasting the CPU.
+
+One function, `decode`, turns a file into a `crop`×`crop`×3 uint8 array the way
+torchvision's Inception-v3 preset does (shorter side resized to `resize`, bilinear with
+antialiasing, centre crop of `crop`), or says why it cannot:
+- fast (default): a JPEG is decoded at reduced size by the decoder itself (libjpeg's DCT
+  scaling, PIL's draft mode) to just above the size that is needed, and only the crop's
+  box is resampled, so a 1080×1080 post is never decoded whole;
+- exact: full decode, then torchvision's own resize and centre crop, pixel for pixel.
+
+Everything the release can throw at it is handled: CMYK, grayscale, palette and alpha
+images (composited on white), PNG or other formats behind a .jpg name, tiny and very
+elongated images, truncated or empty files, decompression bombs. A missing file is
+status 2 (no input); anything else that fails is status 3 (unreadable), with a reason.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from cache.schema import Status
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's Inception_V3_Weights.IMAGENET1K_V1.transforms(): resize 342, crop 299, bilinear.
+DEFAULT_RESIZE, DEFAULT_CROP = 342, 299
+# Decompression-bomb limit. Instagram serves at most 1080×1350; a real photo above 64 Mpx is
+# not something a post holds. Checked from the header, before any pixel is decoded.
+MAX_PIXELS = 64_000_000
+# Exact mode resizes the whole image first, as torchvision does; past this many resized pixels
+# (a 1×100000 strip) it resamples only the crop's box instead, which gives the same pixels.
+MAX_RESIZED_PIXELS = 50_000_000
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageError(Exception):
+    """An image that gives no features: status is Status.NO_INPUT or Status.UNREADABLE."""
+
+    def __init__(self, status: Status, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _open(path: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)     # reads the header only; PIL owns and closes the file
+    except FileNotFoundError:
+        raise ImageError(Status.NO_INPUT, "file missing") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(Status.UNREADABLE, f"decompression bomb: {_short(e)}") from None
+    except OSError as e:
+        if e.strerror:   # permission denied, is a directory, I/O error
+            raise ImageError(Status.UNREADABLE, f"cannot open: {e.strerror}") from None
+        raise ImageError(Status.UNREADABLE, f"not a readable image ({_size_of(path)} bytes): {_short(e)}") from None
+    except Exception as e:   # SyntaxError, struct.error, ValueError from broken headers
+        raise ImageError(Status.UNREADABLE, f"not a readable image ({_size_of(path)} bytes): {_short(e)}") from None
+    w, h = img.size
+    if w < 1 or h < 1 or w * h > MAX_PIXELS:
+        img.close()
+        raise ImageError(Status.UNREADABLE, f"decompression bomb or bad header: {w}x{h} pixels "
+                                            f"(limit {MAX_PIXELS:,})")
+    return img
+
+
+def _size_of(path: str) -> int:
+    import os
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:160]
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16- or 32-bit grayscale: scale to 8 bits instead of clipping.
+        a = np.asarray(img, dtype=np.float64)
+        top = a.max() if a.size and a.max() > 0 else 1.0
+        return Image.fromarray((a * (255.0 / top)).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")     # L, 1, P, CMYK, YCbCr, LAB, HSV, F
+
+
+def decode(path: str, resize: int = DEFAULT_RESIZE, crop: int = DEFAULT_CROP, exact: bool = False) -> np.ndarray:
+    """The network's input for one image file: (crop, crop, 3) uint8, or ImageError."""
+    src = img = _open(path)
+    try:
+        w, h = img.size
+        if not exact and img.format == "JPEG":
+            # DCT scaling: decode at 1/2, 1/4 or 1/8 while the shorter side stays >= resize.
+            short = min(w, h)
+            img.draft("RGB", (max(1, w * resize // short), max(1, h * resize // short)))
+        img = _to_rgb(img)     # decodes (load) here
+        w, h = img.size
+        short = min(w, h)
+        if exact and (w * h * (resize / short) ** 2) <= MAX_RESIZED_PIXELS:
+            from torchvision.transforms import InterpolationMode
+            from torchvision.transforms import functional as F
+            out = F.center_crop(F.resize(img, resize, InterpolationMode.BILINEAR, antialias=True), crop)
+        else:
+            # Resize-then-centre-crop, resampling only the crop's box of the source.
+            side = crop * short / resize
+            left, top = (w - side) / 2, (h - side) / 2
+            out = img.resize((crop, crop), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+        arr = np.array(out, dtype=np.uint8)   # a writable copy
+        if arr.shape != (crop, crop, 3):
+            raise ValueError(f"decoded to shape {arr.shape}")
+        return arr
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(Status.UNREADABLE, "out of memory decoding it") from None
+    except Exception as e:          # truncated data, broken tables, bad palettes …
+        raise ImageError(Status.UNREADABLE, f"cannot decode ({_size_of(path)} bytes): {_short(e)}") from None
+    finally:
+        src.close()
+
+
+def normalize(pixels, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """uint8 NHWC tensor → float NCHW (channels-last in memory), scaled as torchvision's preset."""
+    import torch
+    x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s)
