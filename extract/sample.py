@@ -10,7 +10,11 @@ A fair stand-in for the real thing, small enough for a 2-core demo:
 - the bad inputs of the real release are planted (unless --clean): a malformed .info, a
   mapping row whose files are missing, duplicate mapping rows, an influencer with no posts,
   posts of an influencer not in influencers.txt, a missing #Posts, the `fasion` typo, a
-  caption with no caption edge, a post with no mapping row.
+  caption with no caption edge, a post with no mapping row;
+- and the images the release can throw at an image job (PLANTED_IMAGES): CMYK, grayscale,
+  palette-with-transparency and RGBA PNGs behind a .jpg name, 1×1 and 4000×60 images, a
+  truncated JPEG, an empty file, a text file, a decompression bomb. labels/planted_images.csv
+  says which post holds which and what status an image job must give it.
 Everything is a function of --seed.
 """
 from __future__ import annotations
@@ -108,6 +112,57 @@ def _jpeg(arr: np.ndarray, quality: int = 88) -> bytes:
     return buf.getvalue()
 
 
+# kind -> the status an image job must give it ("ok" or "unreadable").
+PLANTED_IMAGES = {
+    "cmyk_jpeg": "ok", "grayscale_jpeg": "ok", "palette_alpha_png": "ok", "rgba_png": "ok",
+    "progressive_jpeg": "ok", "tiny_1x1": "ok", "strip_4000x60": "ok",
+    "truncated_jpeg": "unreadable", "empty_file": "unreadable", "text_file": "unreadable",
+    "decompression_bomb": "unreadable",
+}
+
+
+def _bad_image(kind: str, rng: np.random.Generator, size: int) -> bytes:
+    arr = _pattern(int(rng.integers(len(POST_CATEGORIES))), rng, size, size)
+    buf = io.BytesIO()
+    if kind == "cmyk_jpeg":
+        Image.fromarray(arr).convert("CMYK").save(buf, format="JPEG", quality=90)
+    elif kind == "grayscale_jpeg":
+        Image.fromarray(arr).convert("L").save(buf, format="JPEG", quality=90)
+    elif kind == "palette_alpha_png":
+        img = Image.fromarray(arr).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+        img.info["transparency"] = 0
+        img.save(buf, format="PNG", transparency=0)
+    elif kind == "rgba_png":
+        alpha = (np.arange(size)[None, :].repeat(size, 0) * 255 // max(size - 1, 1)).astype(np.uint8)
+        Image.fromarray(np.dstack([arr, alpha]), "RGBA").save(buf, format="PNG")
+    elif kind == "progressive_jpeg":
+        Image.fromarray(arr).save(buf, format="JPEG", quality=85, progressive=True)
+    elif kind == "tiny_1x1":
+        Image.fromarray(arr[:1, :1]).save(buf, format="JPEG")
+    elif kind == "strip_4000x60":
+        Image.fromarray(_pattern(1, rng, 60, 4000)).save(buf, format="JPEG")
+    elif kind == "truncated_jpeg":
+        return _jpeg(arr)[: len(_jpeg(arr)) // 2]
+    elif kind == "empty_file":
+        return b""
+    elif kind == "text_file":
+        return b"<html><body>404 Not Found</body></html>\n"
+    elif kind == "decompression_bomb":
+        # A real one: a 1-bit PNG of 20000 x 20000 pixels (400 Mpx) that compresses to about 50 KB.
+        import struct
+        import zlib
+        w = h = 20000
+        raw = zlib.compress(b"".join(b"\x00" + bytes(w // 8) for _ in range(h)), 9)
+
+        def chunk(tag: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+                + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    else:
+        raise ValueError(kind)
+    return buf.getvalue()
+
+
 def _media_node(post_id: str, user: str, owner_id: int, caption: str | None, ts: int, kind: str,
                 size: tuple[int, int], rng: np.random.Generator) -> dict:
     likes = int(rng.lognormal(6, 1.5))
@@ -149,6 +204,8 @@ def make_sample(out: str, influencers: int = 48, posts: int = 30, seed: int = 0,
     next_id = 1_700_000_000_000_000_000
     t0 = 1_546_300_800  # 2019-01-01
 
+    first_image: dict[str, str] = {}   # post id -> its first image file
+
     def write_post(user: str, owner: int, cat: str, ts: int, list_in_mapping: bool = True) -> str:
         nonlocal next_id, n_images
         next_id += int(rng.integers(10**6, 10**9))
@@ -164,6 +221,7 @@ def make_sample(out: str, influencers: int = 48, posts: int = 30, seed: int = 0,
             with open(os.path.join(out, release.IMAGE_DIR, f"{user}-{image_id}.jpg"), "wb") as f:
                 f.write(_jpeg(_pattern(POST_CATEGORIES.index(icat), rng, h, w)))
             n_images += 1
+        first_image[post_id] = os.path.join(out, release.IMAGE_DIR, f"{user}-{ids[0]}.jpg")
         node = _media_node(post_id, user, owner, _caption(cat, rng), ts, kind, (h, w), rng)
         with open(os.path.join(out, release.INFO_DIR, f"{user}-{post_id}.info"), "w", encoding="utf-8") as f:
             json.dump(node, f, ensure_ascii=False)
@@ -210,6 +268,19 @@ def make_sample(out: str, influencers: int = 48, posts: int = 30, seed: int = 0,
         mapping_rows.append(mapping_rows[len(mapping_rows) // 2])
         # A post whose .info exists but which the mapping does not list.
         write_post(users[-1], 10_000 + influencers - 1, "other", t0 + 3, list_in_mapping=False)
+        # The bad images, as the first images of posts of the second influencer (or the first).
+        owner = users[1 % influencers]
+        planted_posts = [pid for pid, path in first_image.items()
+                         if os.path.basename(path).startswith(owner + "-")][:len(PLANTED_IMAGES)]
+        planted = []
+        for pid, kind in zip(planted_posts, PLANTED_IMAGES):
+            with open(first_image[pid], "wb") as f:
+                f.write(_bad_image(kind, rng, image_size))
+            planted.append((pid, os.path.relpath(first_image[pid], out), kind, PLANTED_IMAGES[kind]))
+        with open(os.path.join(out, "labels", "planted_images.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["post_id", "image", "kind", "expected"])
+            w.writerows(planted)
 
     with open(os.path.join(out, release.MAPPING_FILE), "w", encoding="utf-8") as f:
         f.write("influencer_name\tJSON_PostMetadata_file_name\tImage_file_name\n")

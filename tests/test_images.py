@@ -1,0 +1,310 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cache.inspect import verify
+from cache.schema import Status
+from cache.store import StoreError, open_store
+from extract.cli import app as extract_app
+from extract.finetune import FinetuneConfig, finetune
+from extract.images import ImageEncoder, load_encoder, run_images
+from extract.imaging import ImageError, decode
+from extract.sample import make_sample
+from tests.conftest import build_store
+
+QUIET = dict(log=lambda *a, **k: None, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def encoder_file(store_path, tmp_path_factory):
+    """The sample's encoder: random Inception-v3 (batch norm calibrated), top two blocks trained at 107 px."""
+    path = str(tmp_path_factory.mktemp("enc") / "encoder.pt")
+    metrics = finetune(store_path, path, FinetuneConfig(weights="random", epochs=5, image_size=107, batch_size=16,
+                                                        workers=0, seed=0), **QUIET)
+    return path, metrics
+
+
+def _planted(sample):
+    with open(os.path.join(sample, "labels", "planted_images.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------ decoding
+
+def test_every_planted_image_decodes_or_says_why(sample):
+    planted = _planted(sample)
+    assert {r["kind"] for r in planted} >= {"cmyk_jpeg", "grayscale_jpeg", "palette_alpha_png", "rgba_png",
+                                           "tiny_1x1", "strip_4000x60", "truncated_jpeg", "empty_file",
+                                           "decompression_bomb"}
+    for r in planted:
+        path = os.path.join(sample, r["image"])
+        for exact in (False, True):
+            if r["expected"] == "ok":
+                a = decode(path, exact=exact)
+                assert a.shape == (299, 299, 3) and a.dtype == np.uint8 and a.std() > 0 or r["kind"] == "tiny_1x1"
+            else:
+                with pytest.raises(ImageError) as e:
+                    decode(path, exact=exact)
+                assert e.value.status == Status.UNREADABLE and e.value.reason
+    with pytest.raises(ImageError) as e:
+        decode(os.path.join(sample, "image", "nobody-1.jpg"))
+    assert e.value.status == Status.NO_INPUT and "missing" in e.value.reason
+
+
+def test_png_behind_jpg_name_and_alpha_composited_on_white(tmp_path):
+    p = str(tmp_path / "x.jpg")
+    Image.new("RGBA", (400, 300), (255, 0, 0, 0)).save(p, format="PNG")     # fully transparent red
+    a = decode(p)
+    assert (a == 255).all(), "transparent pixels become white, not red or black"
+
+
+def test_fast_decoding_is_close_to_torchvision_preset(tmp_path):
+    """Draft mode + box resampling against torchvision's own Resize(342)+CenterCrop(299) on the full image."""
+    from torchvision.models import Inception_V3_Weights
+    from torchvision.transforms import functional as F
+    rng = np.random.default_rng(0)
+    from extract.sample import _pattern
+    preset = Inception_V3_Weights.IMAGENET1K_V1.transforms()
+    for (h, w) in [(1080, 1080), (1350, 1080), (720, 1280), (400, 300)]:
+        p = str(tmp_path / f"{h}x{w}.jpg")
+        Image.fromarray(_pattern(3, rng, h, w)).save(p, quality=90)
+        img = Image.open(p).convert("RGB")
+        ref = np.asarray(F.center_crop(F.resize(img, preset.resize_size, preset.interpolation, antialias=True),
+                                       preset.crop_size)).astype(np.float32)
+        fast = decode(p).astype(np.float32)
+        exact = decode(p, exact=True).astype(np.float32)
+        np.testing.assert_array_equal(exact, ref)
+        psnr = 10 * np.log10(255.0 ** 2 / np.mean((fast - ref) ** 2))
+        assert psnr >= 30.0, (h, w, psnr)    # noisy patterns: JPEG DCT scaling differs in the noise only
+
+
+# ------------------------------------------------------------------ encoder and fine-tuning
+
+def _pretend_imagenet_file(path):
+    """A torchvision-format Inception-v3 state dict (AuxLogits and fc included, as torchvision's file is),
+    random weights with batch-norm statistics from noise: stands in for the ImageNet download."""
+    from torchvision.models import inception_v3
+    torch.manual_seed(1)
+    m = inception_v3(weights=None, aux_logits=True, init_weights=True)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = None
+    m.train()
+    aux, m.AuxLogits = m.AuxLogits, None   # the auxiliary head needs 299-px inputs; it stays as initialised
+    with torch.no_grad():
+        for _ in range(2):
+            m(torch.randn(4, 3, 107, 107))
+    m.AuxLogits = aux
+    torch.save(m.state_dict(), path)
+    return m.state_dict()
+
+
+@pytest.mark.parametrize("blocks", [2, 0])
+def test_finetuning_changes_only_trainable_blocks_and_new_layers(store_path, tmp_path, blocks):
+    src = _pretend_imagenet_file(str(tmp_path / "inception_v3_google.pth"))
+    out = str(tmp_path / "enc.pt")
+    finetune(store_path, out, FinetuneConfig(weights=str(tmp_path / "inception_v3_google.pth"), epochs=1,
+                                             trainable_blocks=blocks, image_size=107, batch_size=16, workers=0),
+             **QUIET)
+    ef = load_encoder(out)
+    got = ef.encoder.state_dict()
+    trained = {"Mixed_7b", "Mixed_7c"} if blocks == 2 else set()
+    changed, same = set(), set()
+    for k, v in src.items():
+        if k.startswith(("AuxLogits.", "fc.")):
+            assert f"backbone.{k}" not in got
+            continue
+        block = k.split(".")[0]
+        (same if torch.equal(got[f"backbone.{k}"], v) else changed).add(block)
+    assert changed == trained, (changed, trained)
+    assert ef.meta["model"]["trainable"] == sorted(trained, key=["Mixed_7b", "Mixed_7c"].index)
+    assert ef.meta["weights_source"].startswith("file") and ef.meta["model"]["transform_input"] is True
+
+
+def test_finetuning_learns_the_post_categories(encoder_file):
+    _, m = encoder_file
+    assert m["val_posts"] > 20
+    # ten categories; the most common one is about 18 % of the val posts
+    assert m["val_accuracy"] >= max(0.35, 2 * m["val_majority_baseline"]), m
+
+
+def test_encoder_file_is_self_describing(encoder_file):
+    ef = load_encoder(encoder_file[0])
+    assert ef.meta["categories"][:2] == ["beauty", "family"] and len(ef.meta["categories"]) == 10
+    assert ef.preprocessing["crop"] == 107 and ef.meta["metrics"]["best_epoch"] >= 1
+    assert ef.meta["history"] and len(ef.meta["weights_sha256"]) == 20
+    x = torch.zeros(2, 3, 107, 107)
+    with torch.no_grad():
+        f = ef.encoder.features(x)
+    assert f.shape == (2, 1024) and (f >= 0).all()
+
+
+def test_imagenet_without_network_fails_at_once_saying_what_to_pass(store_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    start = time.time()
+    r = CliRunner().invoke(extract_app, ["finetune-images", store_path, "--out", str(tmp_path / "e.pt"),
+                                         "--epochs", "1", "--workers", "0"])
+    if r.exit_code == 0:
+        pytest.skip("this machine can download torchvision's weights")
+    assert r.exit_code == 2 and "--weights PATH" in r.output and "--weights random" in r.output, r.output
+    assert time.time() - start < 120
+
+
+def test_trainable_blocks_out_of_range():
+    with pytest.raises(ValueError, match="between 0 and 11"):
+        ImageEncoder(10, trainable_blocks=12)
+
+
+# ------------------------------------------------------------------ extraction
+
+@pytest.fixture(scope="module")
+def extracted(sample, encoder_file, tmp_path_factory):
+    path = build_store(sample, str(tmp_path_factory.mktemp("i") / "s.zarr"))
+    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", encoder_file[0],
+                                         "--workers", "2", "--batch-size", "16"])
+    assert r.exit_code == 0, r.output
+    return path, r.output
+
+
+def test_every_bad_image_gets_its_status_and_is_listed(sample, extracted):
+    path, output = extracted
+    s = open_store(path)
+    ids = [str(x) for x in s["posts/id"][:]]
+    status = s["features/image_status"][:]
+    feats = s["features/image"][:].astype(np.float32)
+    for r in _planted(sample):
+        row = ids.index(r["post_id"])
+        want = Status.OK if r["expected"] == "ok" else Status.UNREADABLE
+        assert status[row] == want, (r["kind"], status[row])
+        if want == Status.UNREADABLE:
+            assert (feats[row] == 0).all()
+            assert f"post {r['post_id']} ({r['image']})" in output, r["kind"]
+        else:
+            assert np.abs(feats[row]).sum() > 0, r["kind"]
+    no_image = np.array([not str(x) for x in s["posts/image"][:]])
+    assert no_image.any() and (status[no_image] == Status.NO_INPUT).all()
+    assert (feats[status != Status.OK] == 0).all() and np.isfinite(feats).all()
+    assert verify(s) == []
+    assert "unreadable 4" in output
+
+
+def test_stored_features_equal_the_encoder_applied_directly(tmp_path):
+    """torchvision's preset (Resize 342, CenterCrop 299, fp32) and torchvision's own Inception forward,
+    against the store: cosine >= 0.99 per row in the default mode, float16 rounding in --exact."""
+    from torchvision.models import Inception_V3_Weights
+    data = str(tmp_path / "big")
+    make_sample(data, influencers=8, posts=5, seed=5, image_size=720, clean=True)
+    path = build_store(data, str(tmp_path / "s.zarr"), block=32)
+    enc = str(tmp_path / "enc.pt")
+    finetune(path, enc, FinetuneConfig(weights="random", epochs=1, batch_size=8, workers=0), **QUIET)
+    ef = load_encoder(enc)
+    s = open_store(path)
+    preset = Inception_V3_Weights.IMAGENET1K_V1.transforms()
+    model = ef.encoder.eval()
+    with torch.no_grad():
+        ref = np.stack([
+            torch.relu(model.proj(model.backbone(preset(Image.open(os.path.join(data, str(p))).convert("RGB"))[None])))
+            [0].numpy() for p in s["posts/image"][:]])
+    run_images(path, "0/1", encoder_path=enc, workers=0, batch_size=8, quiet=True)
+    fast = s["features/image"][:].astype(np.float32)
+    cos = (fast * ref).sum(1) / np.linalg.norm(fast, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.99, cos.min()
+    # The check has teeth: another post's features are much further away than the same post's.
+    shuffled = np.roll(ref, 1, axis=0)
+    cos_other = (fast * shuffled).sum(1) / np.linalg.norm(fast, axis=1) / np.linalg.norm(shuffled, axis=1)
+    assert np.median(cos_other) < cos.min() - 0.005, (np.median(cos_other), cos.min())
+
+    path2 = build_store(data, str(tmp_path / "exact.zarr"), block=32)
+    run_images(path2, "0/1", encoder_path=enc, workers=0, batch_size=8, exact=True, quiet=True)
+    exact = open_store(path2)["features/image"][:].astype(np.float32)
+    np.testing.assert_allclose(exact, ref.astype(np.float16).astype(np.float32), rtol=2e-3,
+                               atol=2e-3 * float(np.abs(ref).max()))
+    assert open_store(path2)["features/image"].attrs["encoder"]["decode"] == "exact"
+
+
+def test_file_missing_at_extraction_time_is_status_2(sample, encoder_file, tmp_path):
+    import shutil
+    data = str(tmp_path / "data")
+    shutil.copytree(sample, data)
+    path = build_store(data, str(tmp_path / "s.zarr"))
+    s = open_store(path)
+    images = [str(x) for x in s["posts/image"][:]]
+    gone = next(i for i, p in enumerate(images) if p)
+    os.remove(os.path.join(data, images[gone]))
+    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
+    assert s["features/image_status"][gone] == Status.NO_INPUT
+    assert verify(s) == []
+
+
+def test_other_encoder_is_refused(extracted, encoder_file):
+    with pytest.raises(StoreError, match="another encoder.*precision"):
+        run_images(extracted[0], "0/1", encoder_path=encoder_file[0], precision="fp32", quiet=True)
+
+
+def _cmd(store, shard, encoder, *extra):
+    return [sys.executable, "-m", "extract.cli_main", "images", store, "--shard", shard, "--encoder", encoder,
+            "--workers", "1", "--batch-size", "16", *extra]
+
+
+def _shard_files(store):
+    base = os.path.join(store, "features", "image", "c")
+    return {b: os.stat(os.path.join(base, b, "0")).st_mtime_ns for b in os.listdir(base)}
+
+
+def test_sigkill_then_rerun_redoes_only_unfinished_blocks(sample, encoder_file, extracted, tmp_path):
+    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
+    proc = subprocess.Popen(_cmd(path, "0/1", encoder_file[0], "--throttle", "0.5"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if open_store(path)["features/image_done"][:].sum() >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done_before = open_store(path)["features/image_done"][:]
+    assert 2 <= done_before.sum() < len(done_before), "killed mid-run"
+    assert verify(open_store(path)) == []
+    before = _shard_files(path)
+    time.sleep(0.05)
+    out = subprocess.run(_cmd(path, "0/1", encoder_file[0]), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"{int(done_before.sum())} already done" in out.stderr
+    s = open_store(path)
+    assert verify(s) == [] and s["features/image_done"][:].all()
+    after = _shard_files(path)
+    for b in np.flatnonzero(done_before):
+        assert after[str(b)] == before[str(b)], f"block {b} was recomputed"
+    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
+
+
+def test_two_shards_at_once(sample, encoder_file, extracted, tmp_path):
+    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
+    procs = [subprocess.Popen(_cmd(path, f"{i}/2", encoder_file[0]), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    s = open_store(path)
+    assert verify(s) == [] and s["features/image_done"][:].all()
+    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
+    np.testing.assert_array_equal(s["features/image_status"][:], open_store(extracted[0])["features/image_status"][:])
+
+
+def test_cli_errors_are_one_line(store_path, tmp_path):
+    r = CliRunner().invoke(extract_app, ["images", store_path, "--shard", "0/1", "--encoder", str(tmp_path / "no.pt")])
+    assert r.exit_code == 2 and "no such encoder file" in r.output
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not torch")
+    r = CliRunner().invoke(extract_app, ["images", store_path, "--shard", "0/1", "--encoder", str(bad)])
+    assert r.exit_code == 2 and "not a readable encoder file" in r.output
