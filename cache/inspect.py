@@ -19,19 +19,35 @@ def _problem_counts(store: Store) -> Counter:
     return Counter(str(k) for k in kinds)
 
 
+SHOW_UNREADABLE = 10     # unreadable posts named per modality by `cache info`
+
+
 def progress(store: Store, modality: str) -> dict:
-    """Done blocks, and row statuses over the whole array (a block at a time)."""
+    """Done blocks, row statuses over the whole array (a block at a time), the first unreadable posts."""
     done = store[f"features/{modality}_done"][:]
     status = store[f"features/{modality}_status"]
     counts = Counter()
+    unreadable: list[int] = []
     for b in range(store.n_blocks):
-        values, n = np.unique(status[store.block_rows(b)], return_counts=True)
+        rows = store.block_rows(b)
+        st = status[rows]
+        values, n = np.unique(st, return_counts=True)
         counts.update(dict(zip(values.tolist(), n.tolist())))
+        if len(unreadable) < SHOW_UNREADABLE:
+            unreadable += (rows.start + np.flatnonzero(st == schema.Status.UNREADABLE))[:SHOW_UNREADABLE].tolist()
+    unreadable = unreadable[:SHOW_UNREADABLE]
+    source = "image" if modality == "image" else "caption"
+    named = []
+    if unreadable:
+        idx = np.array(unreadable)
+        ids = store["posts/id"].get_orthogonal_selection((idx,))
+        what = store[f"posts/{source}"].get_orthogonal_selection((idx,))
+        named = [{"row": int(r), "post": str(i), source: str(w)[:80]} for r, i, w in zip(idx, ids, what)]
     enc = store[f"features/{modality}"].attrs.get("encoder")
     return {
         "blocks_done": int(done.sum()), "blocks": int(len(done)),
         "rows": {s.name.lower(): int(counts.get(int(s), 0)) for s in schema.Status},
-        "encoder": enc,
+        "encoder": enc, "unreadable_first": named,
     }
 
 
@@ -74,6 +90,11 @@ def format_info(d: dict) -> str:
         lines.append(f"{modality:<10} {p['blocks_done']}/{p['blocks']} blocks done ({pct:.0f}%); rows ok {rows['ok']:,}, "
                      f"no input {rows['no_input']:,}, unreadable {rows['unreadable']:,}, pending {rows['pending']:,}"
                      + (f"; encoder {enc.get('model', '?')}" if enc else ""))
+        for u in p.get("unreadable_first", []):
+            lines.append(f"{'':<10}   unreadable: post {u['post']} (row {u['row']}) "
+                         f"{u.get('image', u.get('caption', ''))!r}")
+        if rows["unreadable"] > len(p.get("unreadable_first", [])):
+            lines.append(f"{'':<10}   … {rows['unreadable'] - len(p['unreadable_first'])} more")
     if d["problems"]:
         lines.append("problems   " + ", ".join(f"{k} {v}" for k, v in d["problems"].items()))
     else:

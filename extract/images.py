@@ -33,6 +33,9 @@ MIXED = ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
 TRUNK = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
          "maxpool2"] + MIXED
 IMAGENET_FILE = "inception_v3_google-0cc3c7bd.pth"   # torchvision's file for IMAGENET1K_V1
+# A batch not decoded in this long (a hung network filesystem) stops the job with an error instead
+# of hanging it; done blocks are kept and a rerun goes on from there.
+DECODE_TIMEOUT = 600
 
 
 class ImageEncoder(nn.Module):
@@ -359,7 +362,8 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
     loader = torch.utils.data.DataLoader(
         ds, batch_size=None, shuffle=False, num_workers=workers,
         multiprocessing_context="spawn" if workers else None,
-        prefetch_factor=4 if workers else None, pin_memory=dev.type == "cuda")
+        prefetch_factor=4 if workers else None, pin_memory=dev.type == "cuda",
+        timeout=DECODE_TIMEOUT if workers else 0)
     it = iter(loader)
     ids = store["posts/id"]
     def autocast():

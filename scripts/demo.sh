@@ -20,17 +20,25 @@ step "4. text features, two shards (BERT-base shape, random weights: offline dem
 extract text "$OUT/store.zarr" --shard 0/2 --model random
 extract text "$OUT/store.zarr" --shard 1/2 --model random
 
-step "5. heads: Influencer Profiler on the text features (image features need \`extract images\`)"
-heads fit "$OUT/store.zarr" --out "$OUT/run-text" --modality text --epochs 60 --standardize
-heads eval "$OUT/run-text" --posts 5,10,30
-heads predict "$OUT/run-text" "$OUT/store.zarr" --out "$OUT/predictions"
+step "5. image encoder: Inception-v3, top two blocks + 1024-d ReLU layer trained on the labelled posts"
+echo "(random starting weights and 139 px input: offline and quick; real runs use --weights imagenet and 299 px)"
+extract finetune-images "$OUT/store.zarr" --out "$OUT/image-encoder.pt" --weights random --image-size 139 --epochs 8
+
+step "6. image features, two shards (the sample's planted bad images are listed and get status 3)"
+extract images "$OUT/store.zarr" --shard 0/2 --encoder "$OUT/image-encoder.pt"
+extract images "$OUT/store.zarr" --shard 1/2 --encoder "$OUT/image-encoder.pt"
+
+step "7. heads: Influencer Profiler on image and text features"
+heads fit "$OUT/store.zarr" --out "$OUT/run" --modality both --epochs 60 --standardize
+heads eval "$OUT/run" --posts 5,10,30
+heads predict "$OUT/run" "$OUT/store.zarr" --out "$OUT/predictions"
 step "report"
-cat "$OUT/run-text/report.md"
+cat "$OUT/run/report.md"
 step "first predictions (every influencer in $OUT/predictions/influencers.csv)"
 head -5 "$OUT/predictions/influencers.csv" | cut -c1-220
 
-step "6. baselines on the same store and splits (text inputs; Tag and Text&Social from captions)"
-baselines run "$OUT/store.zarr" --out "$OUT/baselines" --inputs text --compare "$OUT/run-text"
+step "8. baselines on the same store and splits"
+baselines run "$OUT/store.zarr" --out "$OUT/baselines" --inputs text,image,both --compare "$OUT/run"
 
 step "store information"
 cache info "$OUT/store.zarr"

@@ -195,6 +195,11 @@ def test_every_bad_image_gets_its_status_and_is_listed(sample, extracted):
     assert (feats[status != Status.OK] == 0).all() and np.isfinite(feats).all()
     assert verify(s) == []
     assert "unreadable 4" in output
+    from cache.cli import app as cache_app
+    info = CliRunner().invoke(cache_app, ["info", path])
+    assert info.exit_code == 0 and "unreadable 4" in info.output
+    for r in _planted(sample):
+        assert (f"unreadable: post {r['post_id']}" in info.output) == (r["expected"] == "unreadable"), info.output
 
 
 def test_stored_features_equal_the_encoder_applied_directly(tmp_path):
