@@ -97,23 +97,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")     # L, 1, P, CMYK, YCbCr, LAB, HSV, F
 
 
+def _crop_box(w: int, h: int, resize: int, crop: int) -> tuple[float, float, float, float]:
+    """The source box that torchvision's Resize(resize) + CenterCrop(crop) keeps, with its exact
+    integer sizes and rounded offsets (in resized pixels), mapped back to source coordinates."""
+    if w <= h:
+        new_w, new_h = resize, int(resize * h / w)
+    else:
+        new_w, new_h = int(resize * w / h), resize
+    top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
+    sx, sy = new_w / w, new_h / h
+    return left / sx, top / sy, (left + crop) / sx, (top + crop) / sy
+
+
 def _box_resize(img: Image.Image, resize: int, crop: int) -> np.ndarray:
     """Resize-shorter-side-then-centre-crop, done as one antialiased bilinear resize of the crop's
     box alone. Shrinking by 1.5x or more (the common case: a large photo), the box is cut at whole
     pixels and torch's uint8 resize kernel does it, about 4x faster than PIL's; otherwise PIL
     resamples the exact fractional box, where half a pixel of rounding would show."""
     w, h = img.size
-    exact_side = crop * min(w, h) / resize
-    if exact_side < 1.5 * crop:
-        left, top = (w - exact_side) / 2, (h - exact_side) / 2
-        out = img.resize((crop, crop), Image.Resampling.BILINEAR, box=(left, top, left + exact_side, top + exact_side))
-        return np.array(out, dtype=np.uint8)
+    box = _crop_box(w, h, resize, crop)
+    if box[2] - box[0] < 1.5 * crop or box[3] - box[1] < 1.5 * crop:
+        return np.array(img.resize((crop, crop), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
     import torch
+    left, top = int(round(box[0])), int(round(box[1]))
+    right, bottom = max(left + 1, min(w, int(round(box[2])))), max(top + 1, min(h, int(round(box[3]))))
     a = np.asarray(img)
-    side = min(h, w, int(round(exact_side)))
-    top, left = (h - side) // 2, (w - side) // 2
-    box = torch.from_numpy(np.array(a[top:top + side, left:left + side], dtype=np.uint8))
-    out = torch.nn.functional.interpolate(box.permute(2, 0, 1)[None], size=(crop, crop), mode="bilinear",
+    cut = torch.from_numpy(np.array(a[top:bottom, left:right], dtype=np.uint8))
+    out = torch.nn.functional.interpolate(cut.permute(2, 0, 1)[None], size=(crop, crop), mode="bilinear",
                                           antialias=True, align_corners=False)
     return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
 

@@ -84,7 +84,8 @@ def test_fast_decoding_is_close_to_torchvision_preset(tmp_path):
         exact = decode(p, exact=True).astype(np.float32)
         np.testing.assert_array_equal(exact, ref)
         psnr = 10 * np.log10(255.0 ** 2 / np.mean((fast - ref) ** 2))
-        assert psnr >= 30.0, (h, w, psnr)    # noisy patterns: JPEG DCT scaling differs in the noise only
+        print(f"{h}x{w}: fast decoding PSNR {psnr:.1f} dB against torchvision's preset")
+        assert psnr >= 36.0, (h, w, psnr)    # noisy patterns: JPEG DCT scaling differs in the noise only
 
 
 # ------------------------------------------------------------------ encoder and fine-tuning
@@ -223,10 +224,12 @@ def test_stored_features_equal_the_encoder_applied_directly(tmp_path):
     fast = s["features/image"][:].astype(np.float32)
     cos = (fast * ref).sum(1) / np.linalg.norm(fast, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() >= 0.99, cos.min()
+    print(f"default mode: cosine min {cos.min():.5f}, median {np.median(cos):.5f} over {len(cos)} rows")
     # The check has teeth: another post's features are much further away than the same post's.
     shuffled = np.roll(ref, 1, axis=0)
     cos_other = (fast * shuffled).sum(1) / np.linalg.norm(fast, axis=1) / np.linalg.norm(shuffled, axis=1)
     assert np.median(cos_other) < cos.min() - 0.005, (np.median(cos_other), cos.min())
+    print(f"another post's features: median cosine {np.median(cos_other):.5f}")
 
     path2 = build_store(data, str(tmp_path / "exact.zarr"), block=32)
     run_images(path2, "0/1", encoder_path=enc, workers=0, batch_size=8, exact=True, quiet=True)
@@ -313,3 +316,18 @@ def test_cli_errors_are_one_line(store_path, tmp_path):
     bad.write_bytes(b"not torch")
     r = CliRunner().invoke(extract_app, ["images", store_path, "--shard", "0/1", "--encoder", str(bad)])
     assert r.exit_code == 2 and "not a readable encoder file" in r.output
+
+
+def test_nvjpeg_decoder_path_agrees_with_pil(sample, encoder_file, extracted, tmp_path):
+    """--decoder nvjpeg: torchvision.io.decode_jpeg on the model's device (here the CPU, libjpeg-turbo;
+    nvJPEG on a GPU), non-JPEG and CMYK files still through PIL. Same statuses, near-identical features."""
+    path = build_store(sample, str(tmp_path / "s.zarr"))
+    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, decoder="nvjpeg", quiet=True)
+    s, ref = open_store(path), open_store(extracted[0])
+    np.testing.assert_array_equal(s["features/image_status"][:], ref["features/image_status"][:])
+    ok = s["features/image_status"][:] == Status.OK
+    a = s["features/image"][:].astype(np.float32)[ok]
+    b = ref["features/image"][:].astype(np.float32)[ok]
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.98, cos.min()
+    assert verify(s) == []
