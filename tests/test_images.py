@@ -331,3 +331,26 @@ def test_nvjpeg_decoder_path_agrees_with_pil(sample, encoder_file, extracted, tm
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= 0.98, cos.min()
     assert verify(s) == []
+
+
+def test_finetuning_killed_mid_run_resumes_after_its_last_epoch(store_path, encoder_file, tmp_path):
+    """SIGKILL after the first epoch's checkpoint; the same command resumes and ends with the very
+    weights an uninterrupted run gets (per-epoch seeding, optimizer state in the checkpoint)."""
+    out = str(tmp_path / "enc.pt")
+    cmd = [sys.executable, "-m", "extract.cli_main", "finetune-images", store_path, "--out", out,
+           "--weights", "random", "--epochs", "5", "--image-size", "107", "--batch-size", "16", "--workers", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not os.path.exists(out + ".ckpt") and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert os.path.exists(out + ".ckpt") and not os.path.exists(out), "killed after a checkpoint, before the end"
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr and not os.path.exists(out + ".ckpt")
+    resumed = load_encoder(out).meta
+    assert resumed["weights_sha256"] == load_encoder(encoder_file[0]).meta["weights_sha256"]
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
