@@ -118,3 +118,31 @@ def images(store: str = typer.Argument(..., help="store path or URL"),
     except EncoderLoadError as e:
         raise ValueError(str(e)) from None
     say(f"images {shard}: {report.summary('images')}")
+
+
+@app.command()
+@clean_errors
+def plan(store: str = typer.Argument(..., help="store path or URL, as the jobs will see it"),
+         shards: int = typer.Option(..., help="number of shard jobs (one per GPU)"),
+         out: str = typer.Option("launch", help="folder for the launcher files"),
+         stages: str = typer.Option("images,text", help="images and/or text"),
+         encoder: str = typer.Option("encoder.pt", help="the image encoder file, as the jobs will see it"),
+         model: str = typer.Option("bert-base-uncased", help="the text model, as the jobs will see it"),
+         container: str = typer.Option("influencer-profiler:latest", help="container image (Kubernetes)"),
+         cpus: int = typer.Option(16, help="CPU cores per job (image decoding workers)"),
+         memory: str = typer.Option("64G", help="memory per job"),
+         time_limit: str = typer.Option("08:00:00", "--time", help="SLURM time limit per task")):
+    """Print the shard commands; write a SLURM job array script and a Kubernetes Indexed Job per stage."""
+    from cache.store import open_store
+    from extract.plan import PlanSettings, write_plan
+    settings = PlanSettings(shards=shards, stages=tuple(x.strip() for x in stages.split(",") if x.strip()),
+                            encoder=encoder, model=model, container=container, cpus=cpus, memory=memory,
+                            time=time_limit)
+    result = write_plan(open_store(store, "r"), store, out, settings)
+    for stage, cmds in result["commands"].items():
+        pending = result["pending_blocks"][stage]
+        typer.echo(f"# {stage}: {sum(pending)} blocks pending over {shards} shards "
+                   f"({min(pending)}-{max(pending)} per shard)")
+        for c in cmds:
+            typer.echo(c)
+    say("wrote " + ", ".join(result["files"]) + "; progress of all shards: cache info " + store)

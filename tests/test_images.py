@@ -354,3 +354,29 @@ def test_finetuning_killed_mid_run_resumes_after_its_last_epoch(store_path, enco
     resumed = load_encoder(out).meta
     assert resumed["weights_sha256"] == load_encoder(encoder_file[0]).meta["weights_sha256"]
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
+
+
+def test_plan_launchers_run_the_shards(sample, encoder_file, extracted, tmp_path):
+    """`extract plan` writes a SLURM array script and a Kubernetes Indexed Job; running shard 0 through
+    the SLURM script and shard 1 through the Job's command fills the store as one job does."""
+    import yaml
+    path = build_store(sample, str(tmp_path / "s.zarr"))
+    out = tmp_path / "launch"
+    r = CliRunner().invoke(extract_app, ["plan", path, "--shards", "2", "--out", str(out), "--stages", "images",
+                                         "--encoder", encoder_file[0], "--cpus", "1"])
+    assert r.exit_code == 0, r.output
+    assert f"--shard 1/2" in r.output and "blocks pending over 2 shards" in r.output
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    slurm = subprocess.run(["bash", str(out / "slurm_images.sh")], cwd=tmp_path, capture_output=True, text=True,
+                           env=dict(env, SLURM_ARRAY_TASK_ID="0", SLURM_CPUS_PER_TASK="1"))
+    assert slurm.returncode == 0, slurm.stderr
+    job = yaml.safe_load((out / "k8s_images.yaml").read_text())
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    k8s = subprocess.run(container["command"] + container["args"], capture_output=True, text=True,
+                         env=dict(env, JOB_COMPLETION_INDEX="1"))
+    assert k8s.returncode == 0, k8s.stderr
+    s = open_store(path)
+    assert verify(s) == [] and s["features/image_done"][:].all()
+    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
