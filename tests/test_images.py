@@ -380,3 +380,43 @@ def test_plan_launchers_run_the_shards(sample, encoder_file, extracted, tmp_path
     s = open_store(path)
     assert verify(s) == [] and s["features/image_done"][:].all()
     np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
+
+
+def test_same_shard_given_to_two_jobs_at_once_is_still_correct(sample, encoder_file, extracted, tmp_path):
+    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
+    procs = [subprocess.Popen(_cmd(path, "0/1", encoder_file[0]), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    s = open_store(path)
+    assert verify(s) == [] and s["features/image_done"][:].all()
+    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
+
+
+@pytest.mark.parametrize("error", [(28, "No space left on device"), (13, "Permission denied")])
+def test_disk_full_or_permission_error_mid_block(sample, encoder_file, extracted, tmp_path, monkeypatch, error):
+    """The storage fails after a block's features went out and before its statuses did: the job stops
+    with one clear line, the store still verifies (the block is not flagged done), a rerun completes."""
+    from zarr.storage import LocalStore
+    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
+    real_set = LocalStore.set
+
+    async def failing_set(self, key, value, *a, **k):
+        if key.startswith("features/image_status/c/") and key != "features/image_status/c/0":
+            raise OSError(error[0], error[1])
+        return await real_set(self, key, value, *a, **k)
+
+    monkeypatch.setattr(LocalStore, "set", failing_set)
+    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", encoder_file[0],
+                                         "--workers", "0", "--batch-size", "16"])
+    assert r.exit_code == 2 and error[1] in r.output.strip().splitlines()[-1], r.output
+    assert r.output.strip().splitlines()[-1].startswith("error:")
+    monkeypatch.setattr(LocalStore, "set", real_set)
+    s = open_store(path)
+    done = s["features/image_done"][:]
+    assert done[0] and not done[1:].any()
+    assert verify(s) == []
+    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
+    s = open_store(path)
+    assert verify(s) == [] and s["features/image_done"][:].all()
+    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
