@@ -352,8 +352,14 @@ def test_finetuning_killed_mid_run_resumes_after_its_last_epoch(store_path, enco
     assert r.returncode == 0, r.stderr
     assert "resuming from" in r.stderr and not os.path.exists(out + ".ckpt")
     resumed = load_encoder(out).meta
-    assert resumed["weights_sha256"] == load_encoder(encoder_file[0]).meta["weights_sha256"]
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
+    whole = str(tmp_path / "whole.pt")
+    r = subprocess.run(cmd[:cmd.index("--out") + 1] + [whole] + cmd[cmd.index("--out") + 2:],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert resumed["weights_sha256"] == load_encoder(whole).meta["weights_sha256"]
+    assert resumed["history"][1:] == [dict(h, seconds=r_["seconds"]) for h, r_ in
+                                      zip(load_encoder(whole).meta["history"][1:], resumed["history"][1:])]
 
 
 def test_plan_launchers_run_the_shards(sample, encoder_file, extracted, tmp_path):
