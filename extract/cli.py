@@ -49,14 +49,11 @@ def text(store: str = typer.Argument(..., help="store path or URL"),
          precision: str = typer.Option("auto", help="auto (bf16 on GPUs and bf16-capable CPUs), fp32, bf16, fp16"),
          throttle: float = typer.Option(0.0, hidden=True)):
     """BERT [CLS] features of every caption in the shard's blocks, resumable block by block."""
-    from extract.text import EncoderLoadError, run_text
+    from extract.text import run_text
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    try:
-        report = run_text(store, shard, model=model, max_length=max_length, batch_tokens=batch_tokens,
-                          device=device, precision=precision, throttle=throttle)
-    except EncoderLoadError as e:
-        raise ValueError(str(e)) from None
+    report = run_text(store, shard, model=model, max_length=max_length, batch_tokens=batch_tokens,
+                      device=device, precision=precision, throttle=throttle)
     say(f"text {shard}: {report.summary('captions')}")
 
 
@@ -81,14 +78,10 @@ def finetune_images(store: str = typer.Argument(..., help="store path or URL (la
                     dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`")):
     """Train the image encoder on the labelled posts; keep the best epoch on validation; write one file."""
     from extract.finetune import FinetuneConfig, finetune
-    from extract.text import EncoderLoadError
     cfg = FinetuneConfig(weights=weights, trainable_blocks=trainable_blocks, epochs=epochs, batch_size=batch_size,
                          lr=lr, dropout=dropout, image_size=image_size, augment=augment, workers=workers,
                          device=device, precision=precision, seed=seed, dataset=dataset)
-    try:
-        finetune(store, out, cfg, log=say)
-    except EncoderLoadError as e:
-        raise ValueError(str(e)) from None
+    finetune(store, out, cfg, log=say)
 
 
 @app.command()
@@ -108,15 +101,11 @@ def images(store: str = typer.Argument(..., help="store path or URL"),
            throttle: float = typer.Option(0.0, hidden=True)):
     """1024-d image features of every post in the shard's blocks, resumable block by block."""
     from extract.images import run_images
-    from extract.text import EncoderLoadError
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    try:
-        report = run_images(store, shard, encoder_path=encoder, batch_size=batch_size, workers=workers,
-                            device=device, precision=precision, decoder=decoder, exact=exact, dataset=dataset,
-                            throttle=throttle)
-    except EncoderLoadError as e:
-        raise ValueError(str(e)) from None
+    report = run_images(store, shard, encoder_path=encoder, batch_size=batch_size, workers=workers,
+                        device=device, precision=precision, decoder=decoder, exact=exact, dataset=dataset,
+                        throttle=throttle)
     say(f"images {shard}: {report.summary('images')}")
 
 

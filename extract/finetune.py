@@ -25,9 +25,8 @@ from torch import nn
 from cache.progress import Progress
 from cache.schema import SPLITS
 from cache.store import open_store
-from extract.imaging import ImageError, decode
-from extract.images import (EncoderLoadError, ImageEncoder, default_preprocessing, load_imagenet_backbone,
-                            save_encoder)
+from extract.imaging import ImageError, decode, normalize
+from extract.images import ImageEncoder, default_preprocessing, load_imagenet_backbone, save_encoder
 from extract.text import DTYPES, pick_device, pick_precision
 
 
@@ -64,7 +63,7 @@ class Augment:
 
 
 class LabelledImages(torch.utils.data.Dataset):
-    """(pixels CHW uint8, label, ok) per labelled post; decoded (and augmented) in the worker."""
+    """(pixels HWC uint8, label, ok) per labelled post; decoded (and augmented) in the worker."""
 
     def __init__(self, root: str, paths: list[str], labels: np.ndarray, resize: int, crop: int, augment: bool):
         self.root, self.paths, self.labels = root, paths, labels
@@ -82,7 +81,7 @@ class LabelledImages(torch.utils.data.Dataset):
             x, ok = torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), False
         if ok and self.augment is not None:
             x = self.augment(x)
-        return x, int(self.labels[i]), ok
+        return x.permute(1, 2, 0), int(self.labels[i]), ok
 
 
 def _split_rows(store, split: str) -> tuple[list[str], np.ndarray]:
@@ -106,10 +105,8 @@ def _loader(ds, batch_size, shuffle, workers, seed, device):
 
 
 def _to_input(x: torch.Tensor, device, pre) -> torch.Tensor:
-    x = x.to(device, non_blocking=True).float().div_(255.0)
-    m = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1)
-    s = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
+    return normalize(x.to(device, non_blocking=True), pre["mean"], pre["std"]).contiguous(
+        memory_format=torch.channels_last)
 
 
 @torch.no_grad()
@@ -201,9 +198,10 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = F
     if cfg.weights == "random":
         calibrate_batchnorm(encoder, val_loader if len(val_ds) >= len(train_ds) else train_loader, device, pre)
     optimizer = torch.optim.Adam(encoder.trainable_parameters(), lr=cfg.lr)
-    settings = dict(asdict(cfg), store=os.path.abspath(url) if "://" not in url else url,
-                    labels=store.attrs.get("labels", {}).get("posts", {}).get("sha256"), workers=None)
-    settings.pop("workers")
+    # What a checkpoint must agree on to be resumed (the number of decoding workers need not).
+    settings = {k: v for k, v in asdict(cfg).items() if k != "workers"}
+    settings.update(store=os.path.abspath(url) if "://" not in url else url,
+                    labels=store.attrs.get("labels", {}).get("posts", {}).get("sha256"))
     ckpt_path = f"{out}.ckpt"
     history: list[dict] = []
     best = {"val_accuracy": -1.0, "epoch": 0, "state": None}
@@ -282,5 +280,3 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = F
         f"{majority:.3f})")
     return metrics
 
-
-__all__ = ["FinetuneConfig", "finetune", "EncoderLoadError"]

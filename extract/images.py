@@ -295,15 +295,6 @@ def _gpu_decode(raw: dict[int, bytes], device: torch.device, resize: int, crop: 
     return out
 
 
-@dataclass
-class ImageJob:
-    encoder: ImageEncoder
-    device: torch.device
-    precision: str
-    fingerprint: dict
-    preprocessing: dict
-
-
 def image_fingerprint(ef: EncoderFile, precision: str, exact: bool, decoder: str) -> dict:
     p = ef.preprocessing
     return {
@@ -349,7 +340,8 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
     if batch_size < 1 or workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
 
-    # Claim first (refuses a different encoder before any decoding starts), then plan the batches.
+    # Claim first (refuses a different encoder before any decoding starts), then plan the batches
+    # from one read of the done flags, which run_shard then follows block for block.
     from cache.blocks import claim_fingerprint
     claim_fingerprint(store, "image", fingerprint)
     pending = pending_blocks(store, "image", sh)
@@ -364,7 +356,7 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
         multiprocessing_context="spawn" if workers else None,
         prefetch_factor=4 if workers else None, pin_memory=dev.type == "cuda",
         timeout=DECODE_TIMEOUT if workers else 0)
-    it = iter(loader)
+    it = iter(loader) if batches else iter(())    # no worker processes for a shard with nothing to do
     ids = store["posts/id"]
     def autocast():
         return torch.autocast(dev.type, dtype=DTYPES[prec]) if prec != "fp32" else contextlib.nullcontext()
@@ -407,16 +399,6 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
                       file=sys.stderr)
         return feats, status
 
-    try:
-        return run_shard(store, "image", sh, fingerprint, lambda rows: rows, compute, unit="images",
-                         throttle=throttle, quiet=quiet)
-    finally:
-        del it
-
-
-def encoder_summary(meta: dict) -> str:
-    m = meta.get("metrics", {})
-    return (f"Inception-v3 ({meta.get('weights_source')}), top {meta['model']['trainable_blocks']} blocks trained, "
-            f"input {meta['preprocessing']['crop']}px; val post accuracy {m.get('val_accuracy', float('nan')):.3f} "
-            f"(epoch {m.get('best_epoch')})")
-
+    # The worker processes end with the loader's iterator, when this function returns.
+    return run_shard(store, "image", sh, fingerprint, lambda rows: rows, compute, unit="images",
+                     throttle=throttle, quiet=quiet, pending=pending)

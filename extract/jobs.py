@@ -37,10 +37,14 @@ class JobReport:
 
 def run_shard(store: Store, modality: str, shard: Shard, fingerprint: dict,
               prepare: Callable[[slice], Any], compute: Callable[[Any], tuple[np.ndarray, np.ndarray]],
-              *, unit: str, throttle: float = 0.0, quiet: bool = False) -> JobReport:
+              *, unit: str, throttle: float = 0.0, quiet: bool = False,
+              pending: list[int] | None = None) -> JobReport:
+    """`pending`: the blocks to do, when the caller planned its inputs from them (extract images
+    lays out its decoding batches ahead); by default the shard's blocks not yet done."""
     claim_fingerprint(store, modality, fingerprint)
     mine = shard.blocks(store.n_blocks)
-    pending = pending_blocks(store, modality, shard)
+    if pending is None:
+        pending = pending_blocks(store, modality, shard)
     rows = [store.block_rows(b) for b in pending]
     progress = Progress(sum(r.stop - r.start for r in rows), unit, f"{modality} {shard}",
                         quiet=quiet)

@@ -142,7 +142,8 @@ def _bad_image(kind: str, rng: np.random.Generator, size: int) -> bytes:
     elif kind == "strip_4000x60":
         Image.fromarray(_pattern(1, rng, 60, 4000)).save(buf, format="JPEG")
     elif kind == "truncated_jpeg":
-        return _jpeg(arr)[: len(_jpeg(arr)) // 2]
+        data = _jpeg(arr)
+        return data[: len(data) // 2]
     elif kind == "empty_file":
         return b""
     elif kind == "text_file":

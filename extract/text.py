@@ -23,8 +23,8 @@ DEFAULT_MODEL = "bert-base-uncased"
 VOCAB_CAPTIONS = 200_000   # captions the `random` mode trains its WordPiece vocabulary on
 
 
-class EncoderLoadError(RuntimeError):
-    pass
+class EncoderLoadError(ValueError):
+    """Weights that cannot be loaded: a user error, reported in one line by every command."""
 
 
 def pick_device(device: str) -> torch.device:

@@ -37,3 +37,24 @@ def store_path(sample, tmp_path_factory):
 def fresh_store(sample, tmp_path):
     """An indexed, labelled store of one's own."""
     return build_store(sample, str(tmp_path / "s.zarr"))
+
+
+def kill_after_blocks(cmd: list[str], path: str, modality: str, blocks: int = 2) -> None:
+    """Start a shard job and SIGKILL it once `blocks` of its blocks are flagged done."""
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and open_store(path)[f"features/{modality}_done"][:].sum() < blocks:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
+def shard_files(path: str, modality: str) -> dict[str, int]:
+    """Modification time of each block's feature shard file: unchanged means not rewritten."""
+    base = os.path.join(path, "features", modality, "c")
+    return {b: os.stat(os.path.join(base, b, "0")).st_mtime_ns for b in os.listdir(base)}

@@ -19,7 +19,7 @@ from extract.finetune import FinetuneConfig, finetune
 from extract.images import ImageEncoder, load_encoder, run_images
 from extract.imaging import ImageError, decode
 from extract.sample import make_sample
-from tests.conftest import build_store
+from tests.conftest import build_store, kill_after_blocks, shard_files
 
 QUIET = dict(log=lambda *a, **k: None, quiet=True)
 
@@ -263,35 +263,20 @@ def _cmd(store, shard, encoder, *extra):
             "--workers", "1", "--batch-size", "16", *extra]
 
 
-def _shard_files(store):
-    base = os.path.join(store, "features", "image", "c")
-    return {b: os.stat(os.path.join(base, b, "0")).st_mtime_ns for b in os.listdir(base)}
-
-
 def test_sigkill_then_rerun_redoes_only_unfinished_blocks(sample, encoder_file, extracted, tmp_path):
     path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
-    proc = subprocess.Popen(_cmd(path, "0/1", encoder_file[0], "--throttle", "0.5"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if open_store(path)["features/image_done"][:].sum() >= 2:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_after_blocks(_cmd(path, "0/1", encoder_file[0], "--throttle", "0.5"), path, "image")
     done_before = open_store(path)["features/image_done"][:]
     assert 2 <= done_before.sum() < len(done_before), "killed mid-run"
     assert verify(open_store(path)) == []
-    before = _shard_files(path)
+    before = shard_files(path, "image")
     time.sleep(0.05)
     out = subprocess.run(_cmd(path, "0/1", encoder_file[0]), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert f"{int(done_before.sum())} already done" in out.stderr
     s = open_store(path)
     assert verify(s) == [] and s["features/image_done"][:].all()
-    after = _shard_files(path)
+    after = shard_files(path, "image")
     for b in np.flatnonzero(done_before):
         assert after[str(b)] == before[str(b)], f"block {b} was recomputed"
     np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
@@ -371,7 +356,7 @@ def test_plan_launchers_run_the_shards(sample, encoder_file, extracted, tmp_path
     r = CliRunner().invoke(extract_app, ["plan", path, "--shards", "2", "--out", str(out), "--stages", "images",
                                          "--encoder", encoder_file[0], "--cpus", "1"])
     assert r.exit_code == 0, r.output
-    assert f"--shard 1/2" in r.output and "blocks pending over 2 shards" in r.output
+    assert "--shard 1/2" in r.output and "blocks pending over 2 shards" in r.output
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     slurm = subprocess.run(["bash", str(out / "slurm_images.sh")], cwd=tmp_path, capture_output=True, text=True,
                            env=dict(env, SLURM_ARRAY_TASK_ID="0", SLURM_CPUS_PER_TASK="1"))
@@ -422,6 +407,20 @@ def test_disk_full_or_permission_error_mid_block(sample, encoder_file, extracted
     done = s["features/image_done"][:]
     assert done[0] and not done[1:].any()
     assert verify(s) == []
+    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
+    s = open_store(path)
+    assert verify(s) == [] and s["features/image_done"][:].all()
+    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
+
+
+def test_block_finished_elsewhere_after_planning_does_not_shift_batches(sample, encoder_file, extracted, tmp_path,
+                                                                         monkeypatch):
+    """The decoding batches are laid out from one read of the done flags; the job loop must follow that
+    plan even if another job meanwhile finishes a block (else block 1 would get block 0's images)."""
+    import extract.jobs
+    path = build_store(sample, str(tmp_path / "s.zarr"))
+    real = extract.jobs.pending_blocks
+    monkeypatch.setattr(extract.jobs, "pending_blocks", lambda *a, **k: real(*a, **k)[1:])
     run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
     s = open_store(path)
     assert verify(s) == [] and s["features/image_done"][:].all()

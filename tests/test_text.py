@@ -1,5 +1,4 @@
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from cache.schema import Status
 from cache.store import StoreError, open_store
 from extract.cli import app as extract_app
 from extract.text import load_text_encoder, run_text
-from tests.conftest import build_store
+from tests.conftest import build_store, kill_after_blocks, shard_files
 
 
 @pytest.fixture(scope="session")
@@ -115,35 +114,19 @@ def _cmd(store, shard, model, *extra):
             "--device", "cpu", "--precision", "fp32", "--batch-tokens", "512", *extra]
 
 
-def _shard_files(store):
-    base = os.path.join(store, "features", "text", "c")
-    return {b: os.stat(os.path.join(base, b, "0")).st_mtime_ns for b in os.listdir(base)}
-
-
 def test_sigkill_then_rerun_redoes_only_unfinished_blocks(sample, tiny_bert, fp32_store, tmp_path):
     path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
-    proc = subprocess.Popen(_cmd(path, "0/1", tiny_bert, "--throttle", "0.5"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            done = open_store(path)["features/text_done"][:]
-            if done.sum() >= 2:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_after_blocks(_cmd(path, "0/1", tiny_bert, "--throttle", "0.5"), path, "text")
     done_before = open_store(path)["features/text_done"][:]
     assert 2 <= done_before.sum() < len(done_before), "killed mid-run"
-    before = _shard_files(path)
+    before = shard_files(path, "text")
     time.sleep(0.05)
     out = subprocess.run(_cmd(path, "0/1", tiny_bert), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert f"{int(done_before.sum())} already done" in out.stderr
     s = open_store(path)
     assert verify(s) == [] and s["features/text_done"][:].all()
-    after = _shard_files(path)
+    after = shard_files(path, "text")
     for b in np.flatnonzero(done_before):
         assert after[str(b)] == before[str(b)], f"block {b} was recomputed"
     np.testing.assert_array_equal(s["features/text"][:], open_store(fp32_store)["features/text"][:])
