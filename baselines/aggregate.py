@@ -4,14 +4,14 @@ Each task opens the store itself (inside the worker), reads one block of rows of
 modality asked for, and returns the sums and counts of the influencers whose posts lie
 in that block (a contiguous run, since posts are sorted by influencer). Only posts whose
 status is ok count; an influencer with no usable post gets NaN. Runs on dask's local
-threaded scheduler by default, or on a dask.distributed cluster given its address.
+threaded scheduler by default, or on a dask.distributed cluster (cache/compute.py).
 """
 from __future__ import annotations
 
-import dask
 import numpy as np
 
 from cache import schema
+from cache.compute import ordered_results
 from cache.readers import MODALITY_SETS
 from cache.store import open_store
 
@@ -65,17 +65,11 @@ def influencer_means(url: str, modality: str = "both", influencers: np.ndarray |
             if b > a:
                 need[a // store.block:(b - 1) // store.block + 1] = True
         blocks = np.flatnonzero(need)
-    tasks = [dask.delayed(_block_sums)(url, modality, store.block_rows(int(b)), wanted) for b in blocks]
-    if scheduler:
-        from distributed import Client
-        with Client(scheduler) as client:
-            results = client.compute(tasks, sync=True)
-    else:
-        results = dask.compute(*tasks, scheduler="threads")
+    tasks = ((store.location, modality, store.block_rows(int(b)), wanted) for b in blocks)
     dims = [schema.MODALITIES[m] for m in MODALITY_SETS[modality]]
     sums = np.zeros((m_all, sum(dims)))
     counts = np.zeros((m_all, len(dims)))
-    for j0, s, c, keep in results:
+    for j0, s, c, keep in ordered_results(_block_sums, tasks, scheduler):
         idx = np.arange(j0, j0 + len(s))[keep]
         sums[idx] += s[keep]
         counts[idx] += c[keep]

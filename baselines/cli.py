@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from cache.console import clean_errors, say
+from cache.console import SCHEDULER_HELP, clean_errors, say
 
 app = typer.Typer(help="The paper's Table 1 and 2 baselines on the store's features and splits.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -21,7 +21,7 @@ def run(store: str = typer.Argument(..., help="store path or URL"),
         models: str = typer.Option("gnb,knn,svc,rf", help="comma-separated: gnb, knn, svc, rf"),
         inputs: str = typer.Option("text,image,both", help="comma-separated: text, image, both"),
         feature_baselines: bool = typer.Option(True, help="also the Tag, Text&Social and Image baselines"),
-        scheduler: str = typer.Option(None, help="dask.distributed scheduler address, e.g. tcp://HOST:8786"),
+        scheduler: str = typer.Option(None, help=SCHEDULER_HELP),
         compare: list[str] = typer.Option(None, help="a `heads fit` run folder to add to the tables (repeatable)"),
         seed: int = typer.Option(0)):
     """Model baselines (GaussianNB, KNN, SVC, RandomForest) and feature baselines, test-scored."""

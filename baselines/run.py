@@ -15,7 +15,7 @@ import numpy as np
 from baselines import features as fb
 from baselines.aggregate import influencer_means
 from baselines.models import MODEL_NAMES, candidates, select_and_fit
-from cache import schema
+from cache.compute import describe
 from cache.readers import MODALITY_SETS, post_features, post_features_at, require_features
 from cache.store import StoreError, open_store
 from heads.metrics import classification_metrics
@@ -52,8 +52,8 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
     have_both = all(store.has_features(m) and store[f"features/{m}_done"][:].any() for m in ("image", "text"))
     agg = "both" if have_both else needed[0]
     means, counts = influencer_means(url, agg, labelled, scheduler=scheduler)
-    log(f"per-influencer means of {len(labelled)} labelled influencers in {time.perf_counter() - t0:.1f}s (dask, "
-        f"{'scheduler ' + scheduler if scheduler else 'local threads'})")
+    log(f"per-influencer means of {len(labelled)} labelled influencers in {time.perf_counter() - t0:.1f}s "
+        f"({describe(scheduler)})")
     usable = counts > 0
     y_inf = label[labelled].astype(np.int64)
     rows_inf = _split_rows(split[labelled], usable)

@@ -5,7 +5,7 @@ import json
 
 import typer
 
-from cache.console import clean_errors, say
+from cache.console import SCHEDULER_HELP, clean_errors, say
 from cache.inspect import format_info, info as store_info, verify as store_verify
 from cache.labels import apply_labels
 from cache.store import open_store
@@ -31,17 +31,19 @@ def labels(store: str = typer.Argument(..., help="store path or URL"),
 @app.command()
 @clean_errors
 def info(store: str = typer.Argument(..., help="store path or URL"),
-         as_json: bool = typer.Option(False, "--json", help="print JSON instead of text")):
+         as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
+         scheduler: str = typer.Option(None, help=SCHEDULER_HELP)):
     """Sizes, extraction progress per modality, failures, problems, labels and splits."""
-    d = store_info(open_store(store))
+    d = store_info(open_store(store), scheduler)
     typer.echo(json.dumps(d, indent=2) if as_json else format_info(d))
 
 
 @app.command()
 @clean_errors
-def verify(store: str = typer.Argument(..., help="store path or URL")):
+def verify(store: str = typer.Argument(..., help="store path or URL"),
+           scheduler: str = typer.Option(None, help=SCHEDULER_HELP)):
     """Check done blocks hold no NaN rows, statuses agree, tables are consistent. Exit 1 if not."""
-    errors = store_verify(open_store(store))
+    errors = store_verify(open_store(store), scheduler)
     for e in errors:
         typer.echo(f"FAIL {e}")
     if errors:

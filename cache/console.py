@@ -9,6 +9,9 @@ import typer
 from cache.labels import LabelError
 from cache.store import StoreError
 
+SCHEDULER_HELP = ("dask.distributed scheduler address, e.g. tcp://HOST:8786 (default: dask's local threads); "
+                  "its workers must reach the store and any run folder at the same path or URL")
+
 USER_ERRORS = (StoreError, LabelError, ValueError, FileNotFoundError, PermissionError, OSError)
 
 

@@ -1,6 +1,7 @@
 """`cache info` and `cache verify`: what a store holds, and whether it is consistent.
 
-Both read the store a block at a time, so they run in bounded memory on 10 M posts.
+Both read the store a block at a time, one dask task per block (local threads, or a
+dask.distributed cluster with `--scheduler`), so they run in bounded memory on 10 M posts.
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections import Counter
 import numpy as np
 
 from cache import schema
-from cache.store import Store
+from cache.compute import ordered_results
+from cache.store import Store, open_store
 
 
 def _problem_counts(store: Store) -> Counter:
@@ -22,19 +24,24 @@ def _problem_counts(store: Store) -> Counter:
 SHOW_UNREADABLE = 10     # unreadable posts named per modality by `cache info`
 
 
-def progress(store: Store, modality: str) -> dict:
-    """Done blocks, row statuses over the whole array (a block at a time), the first unreadable posts."""
+def _block_progress(url: str, modality: str, rows: slice) -> tuple[dict, list[int]]:
+    """Row status counts of one block and its first unreadable rows (a task: opens the store itself)."""
+    st = open_store(url)[f"features/{modality}_status"][rows]
+    values, n = np.unique(st, return_counts=True)
+    bad = rows.start + np.flatnonzero(st == schema.Status.UNREADABLE)[:SHOW_UNREADABLE]
+    return dict(zip(values.tolist(), n.tolist())), bad.tolist()
+
+
+def progress(store: Store, modality: str, scheduler=None) -> dict:
+    """Done blocks, row statuses over the whole array (a task per block), the first unreadable posts."""
     done = store[f"features/{modality}_done"][:]
-    status = store[f"features/{modality}_status"]
     counts = Counter()
     unreadable: list[int] = []
-    for b in range(store.n_blocks):
-        rows = store.block_rows(b)
-        st = status[rows]
-        values, n = np.unique(st, return_counts=True)
-        counts.update(dict(zip(values.tolist(), n.tolist())))
+    tasks = ((store.location, modality, store.block_rows(b)) for b in range(store.n_blocks))
+    for c, bad in ordered_results(_block_progress, tasks, scheduler):
+        counts.update(c)
         if len(unreadable) < SHOW_UNREADABLE:
-            unreadable += (rows.start + np.flatnonzero(st == schema.Status.UNREADABLE))[:SHOW_UNREADABLE].tolist()
+            unreadable += bad
     unreadable = unreadable[:SHOW_UNREADABLE]
     source = "image" if modality == "image" else "caption"
     named = []
@@ -51,7 +58,7 @@ def progress(store: Store, modality: str) -> dict:
     }
 
 
-def info(store: Store) -> dict:
+def info(store: Store, scheduler=None) -> dict:
     out = {
         "url": store.url,
         "schema_version": store.attrs["schema_version"],
@@ -64,10 +71,14 @@ def info(store: Store) -> dict:
         "problems": dict(sorted(_problem_counts(store).items())),
         "features": {},
         "labels": {},
+        "predictions": None,
     }
     for modality in schema.MODALITIES:
         if store.has_features(modality):
-            out["features"][modality] = progress(store, modality)
+            out["features"][modality] = progress(store, modality, scheduler)
+    if "predictions" in store.group:
+        a = dict(store.group["predictions"].attrs)
+        out["predictions"] = {k: a.get(k) for k in ("complete", "run", "modality", "influencers", "posts")}
     for table, cats in (("influencers", store.influencer_categories), ("posts", store.post_categories)):
         if f"{table}/label" not in store:
             continue
@@ -95,6 +106,10 @@ def format_info(d: dict) -> str:
                          f"{u.get('image', u.get('caption', ''))!r}")
         if rows["unreadable"] > len(p.get("unreadable_first", [])):
             lines.append(f"{'':<10}   … {rows['unreadable'] - len(p['unreadable_first'])} more")
+    if d.get("predictions"):
+        p = d["predictions"]
+        state = "complete" if p["complete"] else "INCOMPLETE (an interrupted `heads predict`: rerun it)"
+        lines.append(f"predicted  {state}; {p['modality']} run {p['run']}")
     if d["problems"]:
         lines.append("problems   " + ", ".join(f"{k} {v}" for k, v in d["problems"].items()))
     else:
@@ -106,8 +121,35 @@ def format_info(d: dict) -> str:
     return "\n".join(lines)
 
 
-def verify(store: Store) -> list[str]:
-    """Every inconsistency found, as one sentence each; an empty list means the store is sound."""
+def _verify_block(url: str, b: int, modalities: list[str]) -> list[str]:
+    """The checks of one block (a task: opens the store itself); one sentence per problem."""
+    store = open_store(url)
+    rows = store.block_rows(b)
+    errors = []
+    offsets = store.offsets()
+    expect = np.searchsorted(offsets, np.arange(rows.start, rows.stop), side="right") - 1
+    if not np.array_equal(store["posts/influencer"][rows], expect):
+        errors.append(f"posts/influencer disagrees with influencers/offsets in block {b}")
+    for modality in modalities:
+        if not store[f"features/{modality}_done"][b]:
+            continue
+        st = store[f"features/{modality}_status"][rows]
+        if (st == schema.Status.PENDING).any() or (st > max(schema.Status)).any():
+            errors.append(f"{modality} block {b} is flagged done but has rows with status pending or invalid")
+        x = store[f"features/{modality}"][rows]
+        nan_rows = np.isnan(x).any(axis=1)
+        if nan_rows.any():
+            errors.append(f"{modality} block {b} is flagged done but rows {rows.start + int(np.flatnonzero(nan_rows)[0])}"
+                          f"… ({int(nan_rows.sum())} rows) hold NaN: it was half-written")
+    return errors
+
+
+def verify(store: Store, scheduler=None) -> list[str]:
+    """Every inconsistency found, as one sentence each; an empty list means the store is sound.
+
+    The whole-table checks run here; the per-block ones (owners, statuses, NaN rows of done
+    blocks) run as one task per block on dask (`scheduler`: see cache/compute.py).
+    """
     errors: list[str] = []
     n, m = store.n_posts, store.n_influencers
     if not store.attrs.get("complete"):
@@ -116,16 +158,9 @@ def verify(store: Store) -> list[str]:
         if f"posts/{name}" in store and store[f"posts/{name}"].shape[0] != n:
             errors.append(f"posts/{name} has {store[f'posts/{name}'].shape[0]} rows, expected {n}")
     offsets = store.offsets()
-    if len(offsets) != m + 1 or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 0).any():
+    offsets_ok = not (len(offsets) != m + 1 or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 0).any())
+    if not offsets_ok:
         errors.append("influencers/offsets is not a non-decreasing 0..N partition of the posts")
-    else:
-        infl = store["posts/influencer"]
-        for b in range(store.n_blocks):
-            rows = store.block_rows(b)
-            expect = np.searchsorted(offsets, np.arange(rows.start, rows.stop), side="right") - 1
-            if not np.array_equal(infl[rows], expect):
-                errors.append(f"posts/influencer disagrees with influencers/offsets in block {b}")
-                break
     for table, k in (("posts", len(store.post_categories)), ("influencers", len(store.influencer_categories))):
         if f"{table}/label" in store:
             label, split = store[f"{table}/label"][:], store[f"{table}/split"][:]
@@ -133,26 +168,29 @@ def verify(store: Store) -> list[str]:
                 errors.append(f"{table}/label holds values outside -1..{k - 1}")
             if ((label == -1) != (split == 0)).any():
                 errors.append(f"{table}: labelled rows without a split, or splits on unlabelled rows")
+    checked = []
     for modality in schema.MODALITIES:
         if not store.has_features(modality):
             errors.append(f"features/{modality} is missing")
             continue
-        feats = store[f"features/{modality}"]
-        status = store[f"features/{modality}_status"]
         done = store[f"features/{modality}_done"][:]
-        if len(done) != store.n_blocks or feats.shape[0] != n or status.shape[0] != n:
+        if (len(done) != store.n_blocks or store[f"features/{modality}"].shape[0] != n
+                or store[f"features/{modality}_status"].shape[0] != n):
             errors.append(f"features/{modality}: arrays are not sized for {n} posts in {store.n_blocks} blocks")
             continue
-        for b in np.flatnonzero(done):
-            rows = store.block_rows(int(b))
-            st = status[rows]
-            if (st == schema.Status.PENDING).any() or (st > max(schema.Status)).any():
-                errors.append(f"{modality} block {b} is flagged done but has rows with status pending or invalid")
-            x = feats[rows]
-            nan_rows = np.isnan(x).any(axis=1)
-            if nan_rows.any():
-                errors.append(f"{modality} block {b} is flagged done but rows {rows.start + int(np.flatnonzero(nan_rows)[0])}"
-                              f"… ({int(nan_rows.sum())} rows) hold NaN: it was half-written")
         if done.any() and store[f"features/{modality}"].attrs.get("encoder") is None:
             errors.append(f"features/{modality} has done blocks but no encoder fingerprint")
+        checked.append(modality)
+    if offsets_ok:
+        owner_reported = False
+        tasks = ((store.location, b, checked) for b in range(store.n_blocks))
+        for block_errors in ordered_results(_verify_block, tasks, scheduler):
+            for e in block_errors:
+                if e.startswith("posts/influencer"):
+                    if owner_reported:
+                        continue
+                    owner_reported = True
+                errors.append(e)
+    if "predictions" in store.group and not store.group["predictions"].attrs.get("complete", False):
+        errors.append("predictions/ is incomplete: a `heads predict` was interrupted; rerun it")
     return errors

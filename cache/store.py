@@ -1,6 +1,8 @@
 """Creating and opening the store: a Zarr v3 group at a local path or an fsspec URL."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
@@ -48,6 +50,11 @@ class Store:
     def post_categories(self) -> list[str]:
         return list(self.group.attrs["post_categories"])
 
+    @property
+    def location(self) -> str:
+        """The URL, or the absolute path of a local store: what tasks in other processes open."""
+        return location(self.url)
+
     def __getitem__(self, name: str) -> zarr.Array:
         try:
             return self.group[name]
@@ -69,6 +76,10 @@ class Store:
 
     def block_rows(self, b: int) -> slice:
         return slice(b * self.block, min((b + 1) * self.block, self.n_posts))
+
+
+def location(url: str) -> str:
+    return url if "://" in url else os.path.abspath(url)
 
 
 def _open_group(url: str, mode: str) -> zarr.Group:

@@ -200,7 +200,7 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = F
     optimizer = torch.optim.Adam(encoder.trainable_parameters(), lr=cfg.lr)
     # What a checkpoint must agree on to be resumed (the number of decoding workers need not).
     settings = {k: v for k, v in asdict(cfg).items() if k != "workers"}
-    settings.update(store=os.path.abspath(url) if "://" not in url else url,
+    settings.update(store=store.location,
                     labels=store.attrs.get("labels", {}).get("posts", {}).get("sha256"))
     ckpt_path = f"{out}.ckpt"
     history: list[dict] = []

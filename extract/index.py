@@ -11,7 +11,6 @@ import multiprocessing as mp
 import os
 import shutil
 import sqlite3
-import sys
 import tempfile
 import time
 from collections import Counter, deque

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from cache.console import clean_errors, say
+from cache.console import SCHEDULER_HELP, clean_errors, say
 
 app = typer.Typer(help="Stage two: the Influencer Profiler trained from the cache.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -54,11 +54,14 @@ def eval_(run: str = typer.Argument(..., help="a `heads fit` run folder"),
 @clean_errors
 def predict(run: str = typer.Argument(..., help="a `heads fit` run folder"),
             store: str = typer.Argument(..., help="store to label (every influencer and post)"),
-            out: str = typer.Option(None, help="folder for influencers.csv and posts.csv (default RUN/predictions)")):
+            out: str = typer.Option(None, help="folder for influencers.csv and posts.csv (default RUN/predictions)"),
+            scheduler: str = typer.Option(None, help=SCHEDULER_HELP),
+            device: str = typer.Option("cpu", help="cpu, cuda or auto (on each worker)"),
+            batch_size: int = typer.Option(64, help="influencers per forward pass")):
     """Label every influencer and post of the store; keep the posts that drove each decision."""
     from heads.predict import predict as run_predict
-    r = run_predict(run, store, out)
-    say(f"predicted {r['influencers']} influencers and {r['posts']} posts in {r['seconds']:.1f}s "
+    r = run_predict(run, store, out, scheduler=scheduler, device=device, batch_size=batch_size)
+    say(f"predicted {r['influencers']} influencers and {r['posts']} posts in {r['seconds']:.1f}s ({r['scheduler']}) "
         f"({r['unusable_influencers']} influencers with no usable post); CSVs in {r['out']}; "
         f"arrays in {store}/predictions")
 

@@ -1,25 +1,39 @@
-"""`heads predict RUN STORE`: every influencer and every post of a store, streamed a group at a time.
+"""`heads predict RUN STORE`: every influencer and every post of a store, as one task per group.
 
-Memory stays flat as the store grows: influencers are processed in consecutive runs of
-about one block of posts; only the per-influencer outputs (M rows) are kept whole.
-Writes predictions/* arrays into the store, influencers.csv (category, probability, the
-posts that drove the decision) and posts.csv (category and probability of every post).
+Influencers are cut into consecutive groups of about one block of posts. Each group is a
+dask task (local threads, or the workers of a dask.distributed cluster with `--scheduler`)
+that opens the store and loads the run itself, and returns the group's outputs. This
+process writes them in group order: the predictions/* arrays of the store, influencers.csv
+(category, probability, the posts that drove the decision) and posts.csv (category and
+probability of every post). Memory stays flat as the store grows: only a window of groups
+is in flight, and only the per-influencer outputs (M rows) are kept whole.
+
+Crash safety: the CSVs are written as *.partial and renamed when complete, so a killed
+run never leaves a truncated file under the final name (a previous run's files stay as
+they were); `predictions/` carries `complete=false` until the last group is written, and
+`cache verify` and `cache info` report it. Rerunning the command redoes the whole store.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import time
 
 import numpy as np
 import torch
 
+from cache.compute import describe, ordered_results
 from cache.progress import Progress
 from cache.readers import influencer_groups, post_features, require_features
 from cache.store import open_store
 from heads.train import load_run, pad_batch
 
 TOP_POSTS = 3
+GROUP_ROWS = 16384      # posts per task at least: a task's fixed cost (opening the store, arrays) is amortised
+INFLUENCER_HEADER = (["username", "category", "probability", "posts", "note"] +
+                     [f"top{k}_{f}" for k in range(1, TOP_POSTS + 1) for f in ("post_id", "weight", "caption")])
+POST_HEADER = ["post_id", "username", "category", "probability", "attention"]
 
 
 def _create(store, name, n, dtype, fill):
@@ -27,13 +41,89 @@ def _create(store, name, n, dtype, fill):
                                     chunks=(max(1, min(n, 65536)),), fill_value=fill, overwrite=True)
 
 
+@functools.lru_cache(maxsize=2)
+def _loaded(run: str, stamp: int, device: str):
+    """The run's model, loaded once per worker process (`stamp`: model.pt's mtime, so a refit reloads)."""
+    return load_run(run, device)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, batch_size: int, device: str) -> dict:
+    """Outputs of influencers j0 … j0+len(offs)-2, whose posts are rows offs[0]:offs[-1]."""
+    model, config = _loaded(run, stamp, resolve_device(device))
+    dev = next(model.parameters()).device
+    icats, pcats = config["influencer_categories"], config["post_categories"]
+    store = open_store(url)
+    rows = slice(int(offs[0]), int(offs[-1]))
+    x, ok = post_features(store, rows, config["fit"]["modality"])
+    k_infl, n_rows = len(offs) - 1, rows.stop - rows.start
+    local = offs - offs[0]
+    bags = [x[local[i]:local[i + 1]] for i in range(k_infl)]
+    masks = [ok[local[i]:local[i + 1]] for i in range(k_infl)]
+    post_label = np.full(n_rows, -1, np.int8)
+    post_prob = np.full(n_rows, np.nan, np.float32)
+    attention = np.full(n_rows, np.nan, np.float32)
+    infl_label = np.full(k_infl, -1, np.int8)
+    infl_prob = np.full(k_infl, np.nan, np.float32)
+    with torch.no_grad():
+        for s in range(0, k_infl, batch_size):
+            idx = [i for i in range(s, min(s + batch_size, k_infl)) if len(bags[i])]
+            if not idx:
+                continue
+            xb, mb = pad_batch(bags, masks, idx, dev)
+            o = model(xb, mb)
+            pi = torch.softmax(o["logits"].float(), 1).cpu().numpy()
+            pp = torch.softmax(o["post_logits"].float(), 2).cpu().numpy()
+            w = o["weights"].float().cpu().numpy()
+            for k, i in enumerate(idx):
+                a, cnt, usable = local[i], len(bags[i]), masks[i]
+                post_label[a:a + cnt] = np.where(usable, pp[k, :cnt].argmax(1), -1)
+                post_prob[a:a + cnt] = np.where(usable, pp[k, :cnt].max(1), np.nan)
+                attention[a:a + cnt] = np.where(usable, w[k, :cnt], np.nan)
+                if usable.any():
+                    infl_label[i] = pi[k].argmax()
+                    infl_prob[i] = pi[k].max()
+    ids = store["posts/id"][rows]
+    caps = store["posts/caption"][rows]
+    users = store["influencers/username"][j0:j0 + k_infl]
+    infl_rows, post_rows, unusable = [], [], 0
+    for i in range(k_infl):
+        a, b = local[i], local[i + 1]
+        top = []
+        if infl_label[i] >= 0:
+            order = np.argsort(-np.nan_to_num(attention[a:b], nan=-1.0), kind="stable")[:TOP_POSTS]
+            for t in order:
+                cap = str(caps[a + t]).replace("\n", " ")
+                top += [str(ids[a + t]), f"{attention[a + t]:.4f}", cap[:200]]
+            note = ""
+        else:
+            unusable += 1
+            note = "no posts" if b == a else "no usable post (no features ok)"
+        top += [""] * (3 * TOP_POSTS - len(top))
+        label = icats[infl_label[i]] if infl_label[i] >= 0 else ""
+        prob = f"{infl_prob[i]:.4f}" if infl_label[i] >= 0 else ""
+        infl_rows.append([str(users[i]), label, prob, b - a, note] + top)
+        for t in range(a, b):
+            labelled = post_label[t] >= 0
+            post_rows.append([str(ids[t]), str(users[i]), pcats[post_label[t]] if labelled else "",
+                              f"{post_prob[t]:.4f}" if labelled else "", f"{attention[t]:.4f}" if labelled else ""])
+    return {"j0": j0, "rows": rows, "post_label": post_label, "post_prob": post_prob.astype(np.float16),
+            "attention": attention.astype(np.float16), "infl_label": infl_label, "infl_prob": infl_prob,
+            "infl_rows": infl_rows, "post_rows": post_rows, "unusable": unusable}
+
+
 def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64, device: str = "cpu",
-            quiet: bool = False) -> dict:
-    model, config = load_run(run, device)
+            scheduler=None, quiet: bool = False) -> dict:
+    model, config = load_run(run, "cpu")      # fails here, clearly, before anything is written
+    del model
     modality = config["fit"]["modality"]
     store = open_store(url, "r+")
     require_features(store, modality)
-    icats, pcats = config["influencer_categories"], config["post_categories"]
     out = out or os.path.join(run, "predictions")
     os.makedirs(out, exist_ok=True)
     n, m = store.n_posts, store.n_influencers
@@ -42,81 +132,39 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
               "post_label": _create(store, "post_label", n, "int8", -1),
               "post_prob": _create(store, "post_prob", n, "float16", np.nan),
               "attention": _create(store, "attention", n, "float16", np.nan)}
-    store.group["predictions"].attrs.update(run=os.path.abspath(run), modality=modality,
-                                             git_commit=config.get("git_commit"))
+    run_abs = os.path.abspath(run)
+    store.group["predictions"].attrs.update(run=run_abs, modality=modality, git_commit=config.get("git_commit"),
+                                             complete=False)
     offsets = store.offsets()
-    users, ids, captions = store["influencers/username"], store["posts/id"], store["posts/caption"]
+    stamp = os.stat(os.path.join(run_abs, "model.pt")).st_mtime_ns
     infl_label = np.full(m, -1, np.int8)
     infl_prob = np.full(m, np.nan, np.float32)
     progress = Progress(m, "influencers", "predict", quiet=quiet)
     t0 = time.perf_counter()
     unusable = 0
-    with open(os.path.join(out, "influencers.csv"), "w", newline="") as fi, \
-            open(os.path.join(out, "posts.csv"), "w", newline="") as fp:
+    paths = {name: os.path.join(out, f"{name}.csv") for name in ("influencers", "posts")}
+    tasks = ((run_abs, stamp, store.location, j0, offsets[j0:j1 + 1], batch_size, device)
+             for j0, j1, _ in influencer_groups(offsets, max(store.block, GROUP_ROWS)))
+    with open(paths["influencers"] + ".partial", "w", newline="") as fi, \
+            open(paths["posts"] + ".partial", "w", newline="") as fp:
         wi, wp = csv.writer(fi), csv.writer(fp)
-        wi.writerow(["username", "category", "probability", "posts", "note"] +
-                    [f"top{k}_{f}" for k in range(1, TOP_POSTS + 1) for f in ("post_id", "weight", "caption")])
-        wp.writerow(["post_id", "username", "category", "probability", "attention"])
-        for j0, j1, rows in influencer_groups(offsets, store.block):
-            x, ok = post_features(store, rows, modality)
-            base = rows.start
-            bags = [x[offsets[j] - base:offsets[j + 1] - base] for j in range(j0, j1)]
-            masks = [ok[offsets[j] - base:offsets[j + 1] - base] for j in range(j0, j1)]
-            g_ids = ids[rows]
-            g_caps = captions[rows]
-            g_users = users[j0:j1]
-            post_label = np.full(rows.stop - rows.start, -1, np.int8)
-            post_prob = np.full(rows.stop - rows.start, np.nan, np.float32)
-            attention = np.full(rows.stop - rows.start, np.nan, np.float32)
-            with torch.no_grad():
-                for s in range(0, len(bags), batch_size):
-                    idx = [i for i in range(s, min(s + batch_size, len(bags))) if len(bags[i])]
-                    if not idx:
-                        continue
-                    xb, mb = pad_batch(bags, masks, idx, device)
-                    o = model(xb, mb)
-                    pi = torch.softmax(o["logits"].float(), 1).cpu().numpy()
-                    pp = torch.softmax(o["post_logits"].float(), 2).cpu().numpy()
-                    w = o["weights"].cpu().numpy()
-                    for k, i in enumerate(idx):
-                        j = j0 + i
-                        a = offsets[j] - base
-                        cnt = len(bags[i])
-                        usable = masks[i]
-                        post_label[a:a + cnt] = np.where(usable, pp[k, :cnt].argmax(1), -1)
-                        post_prob[a:a + cnt] = np.where(usable, pp[k, :cnt].max(1), np.nan)
-                        attention[a:a + cnt] = np.where(usable, w[k, :cnt], np.nan)
-                        if usable.any():
-                            infl_label[j] = pi[k].argmax()
-                            infl_prob[j] = pi[k].max()
-            for i in range(j1 - j0):
-                j = j0 + i
-                a, b = offsets[j] - base, offsets[j + 1] - base
-                top = []
-                if infl_label[j] >= 0:
-                    order = np.argsort(-np.nan_to_num(attention[a:b], nan=-1.0), kind="stable")[:TOP_POSTS]
-                    for t in order:
-                        cap = str(g_caps[a + t]).replace("\n", " ")
-                        top += [str(g_ids[a + t]), f"{attention[a + t]:.4f}", cap[:200]]
-                    note = ""
-                else:
-                    unusable += 1
-                    note = "no posts" if b == a else "no usable post (no features ok)"
-                top += [""] * (3 * TOP_POSTS - len(top))
-                label = icats[infl_label[j]] if infl_label[j] >= 0 else ""
-                prob = f"{infl_prob[j]:.4f}" if infl_label[j] >= 0 else ""
-                wi.writerow([str(g_users[i]), label, prob, b - a, note] + top)
-                for t in range(a, b):
-                    wp.writerow([str(g_ids[t]), str(g_users[i]),
-                                 pcats[post_label[t]] if post_label[t] >= 0 else "",
-                                 f"{post_prob[t]:.4f}" if post_label[t] >= 0 else "",
-                                 f"{attention[t]:.4f}" if post_label[t] >= 0 else ""])
-            arrays["post_label"][rows] = post_label
-            arrays["post_prob"][rows] = post_prob.astype(np.float16)
-            arrays["attention"][rows] = attention.astype(np.float16)
-            progress.update(j1 - j0)
+        wi.writerow(INFLUENCER_HEADER)
+        wp.writerow(POST_HEADER)
+        for r in ordered_results(_predict_group, tasks, scheduler):
+            wi.writerows(r["infl_rows"])
+            wp.writerows(r["post_rows"])
+            for name in ("post_label", "post_prob", "attention"):
+                arrays[name][r["rows"]] = r[name]
+            k = len(r["infl_label"])
+            infl_label[r["j0"]:r["j0"] + k] = r["infl_label"]
+            infl_prob[r["j0"]:r["j0"] + k] = r["infl_prob"]
+            unusable += r["unusable"]
+            progress.update(k)
     arrays["influencer_label"][:] = infl_label
     arrays["influencer_prob"][:] = infl_prob
+    for path in paths.values():
+        os.replace(path + ".partial", path)
+    store.group["predictions"].attrs.update(complete=True, influencers=m, posts=n)
     progress.close()
     return {"influencers": m, "posts": n, "unusable_influencers": unusable, "out": out,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "scheduler": describe(scheduler)}

@@ -55,7 +55,7 @@ def git_commit() -> str:
 
 def store_fingerprint(store: Store) -> dict:
     enc = {m: store[f"features/{m}"].attrs.get("encoder") for m in schema.MODALITIES if store.has_features(m)}
-    return {"url": os.path.abspath(store.url) if "://" not in store.url else store.url,
+    return {"url": store.location,
             "posts": store.n_posts, "influencers": store.n_influencers,
             "index": store.attrs.get("index_stats"), "labels": store.attrs.get("labels"), "encoders": enc}
 

@@ -39,6 +39,44 @@ def fresh_store(sample, tmp_path):
     return build_store(sample, str(tmp_path / "s.zarr"))
 
 
+@pytest.fixture(scope="session")
+def tiny_bert(sample, tmp_path_factory):
+    """A 2-layer BERT (768 wide, as the store's text features are) with a WordPiece vocabulary of
+    the sample's captions, saved locally."""
+    import json
+
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizer
+    captions = []
+    for name in sorted(os.listdir(os.path.join(sample, "info"))):
+        try:
+            node = json.load(open(os.path.join(sample, "info", name), encoding="utf-8"))
+            captions += [e["node"]["text"] for e in node["edge_media_to_caption"]["edges"]]
+        except ValueError:
+            pass
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(captions, vocab_size=1500, min_frequency=1, show_progress=False)
+    tokenizer = BertTokenizer(vocab=wp.get_vocab())
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=2,
+                                 num_attention_heads=12, intermediate_size=256), add_pooling_layer=False)
+    path = str(tmp_path_factory.mktemp("bert") / "tiny-bert")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def encoder_file(store_path, tmp_path_factory):
+    """The sample's encoder: random Inception-v3 (batch norm calibrated), top two blocks trained at 107 px."""
+    from extract.finetune import FinetuneConfig, finetune
+    path = str(tmp_path_factory.mktemp("enc") / "encoder.pt")
+    metrics = finetune(store_path, path, FinetuneConfig(weights="random", epochs=5, image_size=107, batch_size=16,
+                                                        workers=0, seed=0), log=lambda *a, **k: None, quiet=True)
+    return path, metrics
+
+
 def kill_after_blocks(cmd: list[str], path: str, modality: str, blocks: int = 2) -> None:
     """Start a shard job and SIGKILL it once `blocks` of its blocks are flagged done."""
     import signal

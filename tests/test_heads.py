@@ -183,3 +183,48 @@ def test_standardize_learns_from_features_in_a_narrow_band(tmp_path):
         s[f"features/{m}"][:] = (20.0 + 0.01 * x).astype(np.float16)
     m = fit(path, str(tmp_path / "run"), FitConfig(epochs=10, standardize=True), log=lambda *_: None)
     assert m["influencer"]["accuracy"] > 0.5
+
+
+def test_predict_killed_midway_leaves_old_outputs_and_reruns_to_the_same_result(tmp_path):
+    """Crash drill: SIGKILL during `heads predict`. The previous CSVs stay whole under their names,
+    the store says its predictions are incomplete, and the same command redoes them identically."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    path = str(tmp_path / "s.zarr")
+    planted_store(path, influencers=3000, posts=40, seed=2, block=512, labelled_influencers=160)
+    run = str(tmp_path / "run")
+    fit(path, run, FitConfig(epochs=1), log=lambda *_: None)
+    out = str(tmp_path / "pred")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "heads"), "predict", run, path, "--out", out]
+    subprocess.run(cmd, check=True, capture_output=True)
+    reference = str(tmp_path / "reference")
+    shutil.copytree(out, reference)
+    s = open_store(path)
+    ref_arrays = {k: s[f"predictions/{k}"][:] for k in ("post_label", "post_prob", "attention", "influencer_label")}
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = os.path.join(out, "posts.csv.partial")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (os.path.exists(partial) and os.path.getsize(partial) > 100_000):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.getsize(partial) < os.path.getsize(os.path.join(reference, "posts.csv")), "killed after the end"
+    for name in ("influencers.csv", "posts.csv"):
+        assert open(os.path.join(out, name)).read() == open(os.path.join(reference, name)).read(), name
+    from cache.cli import app as cache_app
+    r = CliRunner().invoke(cache_app, ["verify", path])
+    assert r.exit_code == 1 and "predictions/ is incomplete" in r.output, r.output
+    assert "INCOMPLETE" in CliRunner().invoke(cache_app, ["info", path]).output
+
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert not os.path.exists(partial)
+    for name in ("influencers.csv", "posts.csv"):
+        assert open(os.path.join(out, name)).read() == open(os.path.join(reference, name)).read(), name
+    s = open_store(path)
+    for k, v in ref_arrays.items():
+        np.testing.assert_array_equal(s[f"predictions/{k}"][:], v)
+    assert CliRunner().invoke(cache_app, ["verify", path]).exit_code == 0

@@ -24,15 +24,6 @@ from tests.conftest import build_store, kill_after_blocks, shard_files
 QUIET = dict(log=lambda *a, **k: None, quiet=True)
 
 
-@pytest.fixture(scope="session")
-def encoder_file(store_path, tmp_path_factory):
-    """The sample's encoder: random Inception-v3 (batch norm calibrated), top two blocks trained at 107 px."""
-    path = str(tmp_path_factory.mktemp("enc") / "encoder.pt")
-    metrics = finetune(store_path, path, FinetuneConfig(weights="random", epochs=5, image_size=107, batch_size=16,
-                                                        workers=0, seed=0), **QUIET)
-    return path, metrics
-
-
 def _planted(sample):
     with open(os.path.join(sample, "labels", "planted_images.csv")) as f:
         return list(csv.DictReader(f))

@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 import time
@@ -14,32 +13,6 @@ from cache.store import StoreError, open_store
 from extract.cli import app as extract_app
 from extract.text import load_text_encoder, run_text
 from tests.conftest import build_store, kill_after_blocks, shard_files
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(sample, tmp_path_factory):
-    """A 2-layer BERT (768 wide, as the store's text features are) with a WordPiece vocabulary of
-    the sample's captions, saved locally."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizer
-    import json
-    captions = []
-    for name in sorted(os.listdir(os.path.join(sample, "info"))):
-        try:
-            node = json.load(open(os.path.join(sample, "info", name), encoding="utf-8"))
-            captions += [e["node"]["text"] for e in node["edge_media_to_caption"]["edges"]]
-        except ValueError:
-            pass
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(captions, vocab_size=1500, min_frequency=1, show_progress=False)
-    tokenizer = BertTokenizer(vocab=wp.get_vocab())
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=2,
-                                 num_attention_heads=12, intermediate_size=256), add_pooling_layer=False)
-    path = str(tmp_path_factory.mktemp("bert") / "tiny-bert")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _reference(path, captions):
