@@ -93,6 +93,11 @@ def open_store(url: str, mode: str = "r") -> Store:
         group = _open_group(url, mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         raise StoreError(f"{url}: no store here (run `extract index DATASET {url}` first)") from None
+    except Exception as e:
+        if "://" not in url:
+            raise
+        # object stores fail in their own ways (credentials, endpoint, bucket): one line, the cause named
+        raise StoreError(f"{url}: cannot open the store ({type(e).__name__}: {e})") from None
     version = group.attrs.get("schema_version")
     if version is None:
         raise StoreError(f"{url}: this Zarr group is not an Influencer Profiler store (no schema_version)")
