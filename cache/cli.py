@@ -43,7 +43,7 @@ def info(store: str = typer.Argument(..., help="store path or URL"),
 def verify(store: str = typer.Argument(..., help="store path or URL"),
            scheduler: str = typer.Option(None, help=SCHEDULER_HELP)):
     """Check done blocks hold no NaN rows, statuses agree, tables are consistent. Exit 1 if not."""
-    errors = store_verify(open_store(store), scheduler)
+    errors = store_verify(open_store(store), scheduler, quiet=False)
     for e in errors:
         typer.echo(f"FAIL {e}")
     if errors:

@@ -11,6 +11,7 @@ import numpy as np
 
 from cache import schema
 from cache.compute import ordered_results
+from cache.progress import Progress
 from cache.store import Store, open_store
 
 
@@ -144,7 +145,7 @@ def _verify_block(url: str, b: int, modalities: list[str]) -> list[str]:
     return errors
 
 
-def verify(store: Store, scheduler=None) -> list[str]:
+def verify(store: Store, scheduler=None, quiet: bool = True) -> list[str]:
     """Every inconsistency found, as one sentence each; an empty list means the store is sound.
 
     The whole-table checks run here; the per-block ones (owners, statuses, NaN rows of done
@@ -184,13 +185,16 @@ def verify(store: Store, scheduler=None) -> list[str]:
     if offsets_ok:
         owner_reported = False
         tasks = ((store.location, b, checked) for b in range(store.n_blocks))
+        bar = Progress(store.n_blocks, "blocks", "verify", quiet=quiet)
         for block_errors in ordered_results(_verify_block, tasks, scheduler):
+            bar.update(1, failures=len(block_errors))
             for e in block_errors:
                 if e.startswith("posts/influencer"):
                     if owner_reported:
                         continue
                     owner_reported = True
                 errors.append(e)
+        bar.close()
     if "predictions" in store.group and not store.group["predictions"].attrs.get("complete", False):
         errors.append("predictions/ is incomplete: a `heads predict` was interrupted; rerun it")
     return errors

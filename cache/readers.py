@@ -65,10 +65,14 @@ def influencer_groups(offsets: np.ndarray, target_rows: int, subset: np.ndarray 
         j = k
 
 
-def load_bags(store: Store, influencers: np.ndarray, modality: str = "both", max_posts: int | None = None):
+def load_bags(store: Store, influencers: np.ndarray, modality: str = "both", max_posts: int | None = None,
+              gap: int = 1024):
     """Bags of the given influencers: a list of (posts, dim) float16 arrays and their usable masks.
 
-    Reads each needed run of rows once (influencers are sorted first), never per post.
+    Influencers are sorted, then read in runs: consecutive ones whose rows lie within one
+    block's span and at most `gap` rows apart share one read, never one read per post. Each bag
+    is copied out of its run, so a run's rows of other influencers are freed at once: memory is
+    the bags themselves, however sparse the chosen influencers are in the store.
     """
     order = np.argsort(influencers)
     bags: list = [None] * len(influencers)
@@ -77,10 +81,10 @@ def load_bags(store: Store, influencers: np.ndarray, modality: str = "both", max
     sorted_j = influencers[order]
     i = 0
     while i < len(sorted_j):
-        # gather a run of influencers whose rows span at most one block's worth
         start = offsets[sorted_j[i]]
         k = i
-        while k + 1 < len(sorted_j) and offsets[sorted_j[k + 1] + 1] - start <= store.block:
+        while (k + 1 < len(sorted_j) and offsets[sorted_j[k + 1] + 1] - start <= store.block
+               and offsets[sorted_j[k + 1]] - offsets[sorted_j[k] + 1] <= gap):
             k += 1
         rows = slice(int(start), int(offsets[sorted_j[k] + 1]))
         x, ok = post_features(store, rows, modality)
@@ -89,15 +93,31 @@ def load_bags(store: Store, influencers: np.ndarray, modality: str = "both", max
             a, b = offsets[j] - start, offsets[j + 1] - start
             if max_posts is not None:
                 b = min(b, a + max_posts)
-            bags[order[t]] = x[a:b]
-            masks[order[t]] = ok[a:b]
+            bags[order[t]] = x[a:b].copy()
+            masks[order[t]] = ok[a:b].copy()
         i = k + 1
     return bags, masks
 
 
 def post_features_at(store: Store, rows: np.ndarray, modality: str = "both") -> tuple[np.ndarray, np.ndarray]:
-    """Features of scattered posts (e.g. the labelled ones): only their inner chunks are read."""
+    """Features of scattered posts (e.g. the labelled ones), in the order given.
+
+    Read one block at a time (only the inner chunks holding the rows), so memory is the
+    result plus one block's touched chunks, not every touched chunk of the store at once.
+    """
     rows = np.asarray(rows, dtype=np.int64)
+    dim = feature_dim(modality)
+    x = np.zeros((len(rows), dim), np.float16)
+    ok = np.zeros(len(rows), bool)
     if len(rows) == 0:
-        return np.zeros((0, feature_dim(modality)), np.float16), np.zeros(0, bool)
-    return _gather(store, modality, len(rows), lambda arr: arr.oindex[(rows,) + (slice(None),) * (arr.ndim - 1)])
+        return x, ok
+    order = np.argsort(rows, kind="stable")
+    srt = rows[order]
+    cuts = np.flatnonzero(np.diff(srt // store.block)) + 1
+    for part in np.split(np.arange(len(srt)), cuts):
+        sel = srt[part]
+        px, pok = _gather(store, modality, len(sel),
+                          lambda arr: arr.oindex[(sel,) + (slice(None),) * (arr.ndim - 1)])
+        x[order[part]] = px
+        ok[order[part]] = pok
+    return x, ok

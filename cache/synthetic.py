@@ -18,8 +18,14 @@ from cache.store import create_features, create_labels, create_store, write_infl
 def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int = 0, block: int = 512,
                   on_topic: float = 0.3, noise: float = 1.0, label_posts: float = 0.2,
                   labelled_influencers: int | None = None, post_counts: np.ndarray | None = None,
-                  write_features: bool = True) -> dict:
-    """Create the store; returns the ground truth (post categories, dominant categories)."""
+                  write_features: bool = True, spread_labels: bool = False, fast_noise: bool = False) -> dict:
+    """Create the store; returns the ground truth (post categories, dominant categories).
+
+    `spread_labels`: the labelled influencers are spread evenly over the store (as in the
+    release) instead of being the first ones. `fast_noise`: each block's noise is a random
+    window of one pre-drawn pool instead of fresh draws (for full-scale benchmark stores,
+    where drawing 18 G normals would dominate).
+    """
     rng = np.random.default_rng(seed)
     counts = post_counts if post_counts is not None else np.full(influencers, posts, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -57,10 +63,12 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
     create_labels(store)
     create_features(store)
     n_lab = influencers if labelled_influencers is None else labelled_influencers
+    lab = (np.unique(np.linspace(0, influencers - 1, n_lab).round().astype(np.int64)) if spread_labels and n_lab
+           else np.arange(n_lab))
     il = np.full(influencers, -1, np.int8)
-    il[:n_lab] = dominant[:n_lab]
+    il[lab] = dominant[lab]
     isplit = np.zeros(influencers, np.int8)
-    isplit[:n_lab] = assign_splits(il[:n_lab], np.zeros(n_lab, np.int8), seed)
+    isplit[lab] = assign_splits(il[lab], np.zeros(len(lab), np.int8), seed)
     store["influencers/label"][:] = il
     store["influencers/split"][:] = isplit
     labelled = np.flatnonzero(rng.random(n) < label_posts)
@@ -75,6 +83,8 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
     if write_features:
         distractors = [schema.POST_CATEGORIES.index("other"), schema.POST_CATEGORIES.index("product")]
         protos = {m: rng.normal(0, 1, (n_cat, d)).astype(np.float32) for m, d in schema.MODALITIES.items()}
+        pools = {m: rng.normal(0, 1, (block + 4093, d)).astype(np.float32) for m, d in schema.MODALITIES.items()} \
+            if fast_noise else None
         for m, d in schema.MODALITIES.items():
             claim_fingerprint(store, m, {"kind": m, "model": "planted", "seed": seed})
             for b in range(store.n_blocks):
@@ -84,7 +94,12 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
                 # larger, so averaging them in drowns the on-topic signal; attention can learn to
                 # look past them.
                 scale = np.where(np.isin(cats, distractors), 4 * noise, noise).astype(np.float32)[:, None]
-                x = protos[m][cats] + rng.normal(0, 1, (len(cats), d)).astype(np.float32) * scale
+                if pools is not None:
+                    start = int(rng.integers(0, 4093))
+                    noise_rows = pools[m][start:start + len(cats)]
+                else:
+                    noise_rows = rng.normal(0, 1, (len(cats), d)).astype(np.float32)
+                x = protos[m][cats] + noise_rows * scale
                 if m == "image":
                     x = np.maximum(x, 0)   # image features come out of a ReLU
                 commit_block(store, m, b, x.astype(np.float16), np.ones(len(cats), np.uint8))

@@ -63,13 +63,14 @@ def store_fingerprint(store: Store) -> dict:
 def pad_batch(bags, masks, idx, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(1, max(len(bags[i]) for i in idx))
     dim = bags[idx[0]].shape[1]
-    x = np.zeros((len(idx), width, dim), dtype=np.float32)
+    # padded in the bags' own dtype (float16 from the store); torch widens to float32 far faster than numpy
+    x = np.zeros((len(idx), width, dim), dtype=bags[idx[0]].dtype)
     m = np.zeros((len(idx), width), dtype=bool)
     for k, i in enumerate(idx):
         n = len(bags[i])
         x[k, :n] = bags[i]
         m[k, :n] = masks[i]
-    return torch.from_numpy(x).to(device), torch.from_numpy(m).to(device)
+    return torch.from_numpy(x).to(device).float(), torch.from_numpy(m).to(device)
 
 
 @torch.no_grad()

@@ -53,6 +53,29 @@ def test_dask_means_equal_numpy(ragged):
     np.testing.assert_allclose(got_s, _numpy_means(path, "text")[subset], rtol=1e-5, atol=1e-5)
 
 
+def test_readers_equal_direct_slices_and_hold_no_more_than_the_bags(ragged):
+    """load_bags (sparse, unsorted influencers, bags across blocks) and post_features_at (scattered
+    rows in any order, repeated) equal plain slicing of the whole arrays, with statuses applied."""
+    from cache.readers import load_bags, post_features_at
+    path, counts = ragged
+    s = open_store(path)
+    x = np.concatenate([s["features/image"][:], s["features/text"][:]], axis=1)
+    ok_i, ok_t = s["features/image_status"][:] == 1, s["features/text_status"][:] == 1
+    x[~ok_i, :1024] = 0
+    x[~ok_t, 1024:] = 0
+    offsets = s.offsets()
+    chosen = np.array([37, 2, 9, 0, 21, 5, 33, 11, 19])
+    bags, masks = load_bags(s, chosen, "both")
+    for j, bag, mask in zip(chosen, bags, masks):
+        np.testing.assert_array_equal(bag, x[offsets[j]:offsets[j + 1]])
+        np.testing.assert_array_equal(mask, (ok_i | ok_t)[offsets[j]:offsets[j + 1]])
+        assert bag.base is None or bag.base.shape[0] == len(bag), "a bag must not keep its whole read alive"
+    rows = np.array([900, 3, 3, 64, 63, 1500, 128, 0, 777])
+    got, ok = post_features_at(s, rows, "both")
+    np.testing.assert_array_equal(got, x[rows])
+    np.testing.assert_array_equal(ok, (ok_i | ok_t)[rows])
+
+
 def test_one_task_per_block(ragged, monkeypatch):
     import baselines.aggregate as agg
     calls = []
