@@ -157,29 +157,37 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     print(f"\nThe release's size: {FULL_POSTS:,} posts of {RELEASE_INFLUENCERS:,} influencers")
-    if fractions[-1] >= 1.0:
-        full = results[fractions[-1]]
-        print(f"measured at full size ({full['disk'] / 2**30:.1f} GiB on disk)")
+    full = results[fractions[-1]] if fractions[-1] >= 1.0 else None
+    small = [f for f in fractions if f < 1.0]
+    if full:
+        print(f"measured at full size ({full['disk'] / 2**30:.1f} GiB on disk):")
+        read_full = full["stages"]["read"]["seconds"]
         for name, r in full["stages"].items():
-            print(f"  {name:<10} {r['seconds'] / 60:7.1f} min  peak {r['peak_mib']:8.0f} MiB  (measured)")
+            print(f"  {name:<10} {r['seconds'] / 60:7.1f} min ({r['seconds'] / read_full:4.1f}× the plain read)  "
+                  f"{full['posts'] / r['seconds']:>10,.0f} posts/s  peak {r['peak_mib']:8.0f} MiB  (measured)")
+    if len(small) < 2:
+        if not full:
+            print(f"one fraction only: times scale by about {1 / small[0]:.0f}× to full size (not extrapolated)")
         return
-    if len(fractions) < 2:
-        f = fractions[0]
-        print(f"one fraction only: times scale by about {1 / f:.0f}× to full size (not extrapolated)")
-        return
-    f1, f2 = fractions[-2], fractions[-1]
+    f1, f2 = small[-2], small[-1]
     a, b = results[f1], results[f2]
     disk = extrapolate(f1, a["disk"], f2, b["disk"])
-    print(f"extrapolated from f = {f1:g} and f = {f2:g} to f = 1 (store {disk / 2**30:.1f} GiB on disk):")
+    print(f"extrapolated from f = {f1:g} and f = {f2:g} to f = 1 (store {disk / 2**30:.1f} GiB on disk)"
+          + (", against the measurement:" if full else ":"))
     read_t = extrapolate(f1, a["stages"]["read"]["seconds"], f2, b["stages"]["read"]["seconds"])
     for name in STAGES:
         ta, tb = a["stages"][name]["seconds"], b["stages"][name]["seconds"]
         ma, mb = a["stages"][name]["peak_mib"], b["stages"][name]["peak_mib"]
         t = extrapolate(f1, ta, f2, tb)
-        m = max(mb, extrapolate(f1, ma, f2, mb))
-        grows = "grows with the store" if mb > ma * 1.15 else "flat"
-        print(f"  {name:<10} {t / 60:7.1f} min ({t / read_t:4.1f}× the plain read)  peak {m:8.0f} MiB "
-              f"(measured {ma:.0f} → {mb:.0f} MiB: {grows})")
+        grows = mb > ma * 1.15
+        m = extrapolate(f1, ma, f2, mb) if grows else mb
+        grows = "grows with the store" if grows else "flat"
+        line = (f"  {name:<10} {t / 60:7.1f} min ({t / read_t:4.1f}× the plain read)  peak {m:8.0f} MiB "
+                f"(measured {ma:.0f} → {mb:.0f} MiB: {grows})")
+        if full:
+            r = full["stages"][name]
+            line += f"; measured {r['seconds'] / 60:.1f} min, {r['peak_mib']:.0f} MiB"
+        print(line)
 
 
 if __name__ == "__main__":
