@@ -14,15 +14,12 @@ caller's memory stays flat however many tasks there are.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 import dask
-
-
-def default_window() -> int:
-    return 2 * (os.cpu_count() or 2)
 
 
 @contextlib.contextmanager
@@ -45,17 +42,12 @@ def connect(scheduler):
 
 def ordered_results(fn: Callable, args: Iterable[tuple], scheduler=None, *, window: int | None = None) -> Iterator[Any]:
     """fn(*a) for every a in args, in order; at most `window` computed ahead of the consumer."""
-    window = window or default_window()
+    window = window or 2 * (os.cpu_count() or 2)
     with connect(scheduler) as client:
         if client is None:
-            pending: list[tuple] = []
-            for a in args:
-                pending.append(a)
-                if len(pending) == window:
-                    yield from dask.compute(*[dask.delayed(fn, pure=False)(*p) for p in pending], scheduler="threads")
-                    pending = []
-            if pending:
-                yield from dask.compute(*[dask.delayed(fn, pure=False)(*p) for p in pending], scheduler="threads")
+            args = iter(args)
+            while batch := list(itertools.islice(args, window)):
+                yield from dask.compute(*[dask.delayed(fn, pure=False)(*a) for a in batch], scheduler="threads")
             return
         futures: deque = deque()
         for a in args:
@@ -76,6 +68,4 @@ def _result(future):
 def describe(scheduler) -> str:
     if scheduler is None or scheduler == "":
         return "dask, local threads"
-    if isinstance(scheduler, str):
-        return f"dask scheduler {scheduler}"
-    return f"dask scheduler {getattr(scheduler, 'scheduler', None) and scheduler.scheduler.address}"
+    return f"dask scheduler {scheduler if isinstance(scheduler, str) else scheduler.scheduler.address}"

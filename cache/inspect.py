@@ -122,18 +122,19 @@ def format_info(d: dict) -> str:
     return "\n".join(lines)
 
 
-def _verify_block(url: str, b: int, modalities: list[str]) -> list[str]:
-    """The checks of one block (a task: opens the store itself); one sentence per problem."""
+def _verify_block(url: str, b: int, j0: int, offsets: np.ndarray, done: list[str]) -> list[str]:
+    """The checks of one block (a task: opens the store itself); one sentence per problem.
+
+    `offsets` are those of influencers j0… whose posts cover the block; `done`, the
+    modalities whose done flag is set for it (both read once, by the caller).
+    """
     store = open_store(url)
     rows = store.block_rows(b)
     errors = []
-    offsets = store.offsets()
-    expect = np.searchsorted(offsets, np.arange(rows.start, rows.stop), side="right") - 1
+    expect = j0 + np.searchsorted(offsets, np.arange(rows.start, rows.stop), side="right") - 1
     if not np.array_equal(store["posts/influencer"][rows], expect):
         errors.append(f"posts/influencer disagrees with influencers/offsets in block {b}")
-    for modality in modalities:
-        if not store[f"features/{modality}_done"][b]:
-            continue
+    for modality in done:
         st = store[f"features/{modality}_status"][rows]
         if (st == schema.Status.PENDING).any() or (st > max(schema.Status)).any():
             errors.append(f"{modality} block {b} is flagged done but has rows with status pending or invalid")
@@ -169,7 +170,7 @@ def verify(store: Store, scheduler=None, quiet: bool = True) -> list[str]:
                 errors.append(f"{table}/label holds values outside -1..{k - 1}")
             if ((label == -1) != (split == 0)).any():
                 errors.append(f"{table}: labelled rows without a split, or splits on unlabelled rows")
-    checked = []
+    done_flags = {}
     for modality in schema.MODALITIES:
         if not store.has_features(modality):
             errors.append(f"features/{modality} is missing")
@@ -181,10 +182,16 @@ def verify(store: Store, scheduler=None, quiet: bool = True) -> list[str]:
             continue
         if done.any() and store[f"features/{modality}"].attrs.get("encoder") is None:
             errors.append(f"features/{modality} has done blocks but no encoder fingerprint")
-        checked.append(modality)
+        done_flags[modality] = done
     if offsets_ok:
         owner_reported = False
-        tasks = ((store.location, b, checked) for b in range(store.n_blocks))
+
+        def task(b):
+            rows = store.block_rows(b)
+            j0 = int(np.searchsorted(offsets, rows.start, side="right")) - 1
+            j1 = int(np.searchsorted(offsets, rows.stop - 1, side="right"))
+            return (store.location, b, j0, offsets[j0:j1 + 1], [m for m, d in done_flags.items() if d[b]])
+        tasks = (task(b) for b in range(store.n_blocks))
         bar = Progress(store.n_blocks, "blocks", "verify", quiet=quiet)
         for block_errors in ordered_results(_verify_block, tasks, scheduler):
             bar.update(1, failures=len(block_errors))

@@ -53,7 +53,7 @@ class Store:
     @property
     def location(self) -> str:
         """The URL, or the absolute path of a local store: what tasks in other processes open."""
-        return location(self.url)
+        return self.url if "://" in self.url else os.path.abspath(self.url)
 
     def __getitem__(self, name: str) -> zarr.Array:
         try:
@@ -76,10 +76,6 @@ class Store:
 
     def block_rows(self, b: int) -> slice:
         return slice(b * self.block, min((b + 1) * self.block, self.n_posts))
-
-
-def location(url: str) -> str:
-    return url if "://" in url else os.path.abspath(url)
 
 
 def _open_group(url: str, mode: str) -> zarr.Group:

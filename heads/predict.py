@@ -1,6 +1,6 @@
 """`heads predict RUN STORE`: every influencer and every post of a store, as one task per group.
 
-Influencers are cut into consecutive groups of about one block of posts. Each group is a
+Influencers are cut into consecutive groups of at least GROUP_ROWS posts (one block, if larger). Each group is a
 dask task (local threads, or the workers of a dask.distributed cluster with `--scheduler`)
 that opens the store and loads the run itself, and returns the group's outputs. This
 process writes them in group order: the predictions/* arrays of the store, influencers.csv
@@ -27,7 +27,7 @@ from cache.compute import describe, ordered_results
 from cache.progress import Progress
 from cache.readers import influencer_groups, post_features, require_features
 from cache.store import open_store
-from heads.train import load_run, pad_batch
+from heads.train import load_run, pad_batch, resolve_device
 
 TOP_POSTS = 3
 GROUP_ROWS = 16384      # posts per task at least: a task's fixed cost (opening the store, arrays) is amortised
@@ -45,12 +45,6 @@ def _create(store, name, n, dtype, fill):
 def _loaded(run: str, stamp: int, device: str):
     """The run's model, loaded once per worker process (`stamp`: model.pt's mtime, so a refit reloads)."""
     return load_run(run, device)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, batch_size: int, device: str) -> dict:

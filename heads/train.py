@@ -60,6 +60,13 @@ def store_fingerprint(store: Store) -> dict:
             "index": store.attrs.get("index_stats"), "labels": store.attrs.get("labels"), "encoders": enc}
 
 
+def resolve_device(device: str) -> str:
+    """'auto' is CUDA where there is one, else the CPU; any other name is taken as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def pad_batch(bags, masks, idx, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(1, max(len(bags[i]) for i in idx))
     dim = bags[idx[0]].shape[1]
@@ -147,8 +154,7 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
         raise ValueError(f"--modality must be both, image or text, got {cfg.modality!r}")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(resolve_device(cfg.device))
     store = open_store(url)
     require_features(store, cfg.modality)
     os.makedirs(out, exist_ok=True)
