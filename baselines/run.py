@@ -16,6 +16,7 @@ from baselines import features as fb
 from baselines.aggregate import influencer_means
 from baselines.models import MODEL_NAMES, candidates, select_and_fit
 from cache.compute import describe
+from cache.labels import require_sound_labels
 from cache.readers import MODALITY_SETS, post_features, post_features_at, require_features
 from cache.store import StoreError, open_store
 from heads.metrics import classification_metrics
@@ -42,6 +43,7 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
     needed = sorted({m for i in inputs for m in MODALITY_SETS[i]})
     for m in needed:
         require_features(store, m)
+    require_sound_labels(store)
     icats, pcats = store.influencer_categories, store.post_categories
     label, split = store["influencers/label"][:], store["influencers/split"][:]
     labelled = np.flatnonzero(label >= 0)

@@ -75,7 +75,7 @@ def main() -> None:
             from cache.synthetic import planted_store
             from cache.readers import post_features
             from cache.store import open_store
-            from heads.train import load_run
+            from heads.infer import load_run
             planted_store({os.path.join(tmp, 'ref.zarr')!r}, {args.influencers}, {args.predict_posts}, seed=1,
                           block=16384, label_posts=0.0, labelled_influencers=0)
             model, _ = load_run({run!r})

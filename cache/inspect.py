@@ -11,6 +11,7 @@ import numpy as np
 
 from cache import schema
 from cache.compute import ordered_results
+from cache.labels import label_state_errors
 from cache.progress import Progress
 from cache.store import Store, open_store
 
@@ -152,10 +153,11 @@ def verify(store: Store, scheduler=None, quiet: bool = True) -> list[str]:
     The whole-table checks run here; the per-block ones (owners, statuses, NaN rows of done
     blocks) run as one task per block on dask (`scheduler`: see cache/compute.py).
     """
-    errors: list[str] = []
-    n, m = store.n_posts, store.n_influencers
     if not store.attrs.get("complete"):
-        errors.append("index did not finish (root attribute complete is false): rerun `extract index`")
+        # the tables are partial: nothing else can be checked
+        return ["the index did not finish (`extract index` was stopped before the end): rerun `extract index`"]
+    errors: list[str] = label_state_errors(store)
+    n, m = store.n_posts, store.n_influencers
     for name in schema.POST_STR + schema.POST_INT + ["label", "split"]:
         if f"posts/{name}" in store and store[f"posts/{name}"].shape[0] != n:
             errors.append(f"posts/{name} has {store[f'posts/{name}'].shape[0]} rows, expected {n}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 
 import numpy as np
@@ -23,7 +24,16 @@ def _read_csv(path: str, key: str) -> list[tuple[int, str, str, str]]:
     """Rows as (line number, key, category, split) with whitespace stripped, case folded."""
     if not os.path.exists(path):
         raise LabelError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    if not os.path.isfile(path):
+        raise LabelError(f"{path}: not a regular file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise LabelError(f"{path}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8")
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         fields = [h.strip().lower() for h in (reader.fieldnames or [])]
         if key not in fields or "category" not in fields:
@@ -106,6 +116,14 @@ def apply_labels(store: Store, influencers_csv: str | None, posts_csv: str | Non
         plans.append(("posts", posts_csv, {where[k]: v for k, v in labels.items()},
                       store.n_posts, store.post_categories))
     for table, path, by_row, n, categories in plans:
+        if not by_row:
+            raise LabelError(f"{path}: no label rows (a header only?); nothing was changed")
+    previous = dict(store.group.attrs.get("labels") or {})
+    # The write protocol, as for feature blocks: flip a marker, write the arrays, then record what was
+    # written and clear the marker in one metadata write. A killed run leaves the marker set, which
+    # `cache verify` and every reader of labels report, instead of new labels beside old splits.
+    store.group.attrs["labels_pending"] = [p[0] for p in plans]
+    for table, path, by_row, n, categories in plans:
         rows_idx = np.fromiter(by_row.keys(), dtype=np.int64, count=len(by_row))
         cats = np.array([v[0] for v in by_row.values()], dtype=np.int8)
         given = np.array([schema.SPLITS[v[1]] if v[1] else 0 for v in by_row.values()], dtype=np.int8)
@@ -121,8 +139,40 @@ def apply_labels(store: Store, influencers_csv: str | None, posts_csv: str | Non
         counts = {name: int((split == code).sum()) for name, code in schema.SPLITS.items() if code}
         per_class = {categories[c]: int((cats == c).sum()) for c in range(len(categories))}
         summary[table] = {"file": os.path.abspath(path), "sha256": digest, "seed": seed, "labelled": len(by_row),
-                          "splits": counts, "per_class": per_class}
-    labels_attr = dict(store.group.attrs.get("labels") or {})
+                          "splits": counts, "per_class": per_class, "arrays": arrays_digest(label_arr, split_arr)}
+    labels_attr = dict(previous)
     labels_attr.update(summary)
-    store.group.attrs["labels"] = labels_attr
+    store.group.attrs.update(labels=labels_attr, labels_pending=[])
+    for table in summary:
+        if isinstance(previous.get(table), dict) and "labelled" in previous[table]:
+            summary[table]["replaced"] = {"file": previous[table].get("file"), "labelled": previous[table]["labelled"]}
     return summary
+
+
+def arrays_digest(label: np.ndarray, split: np.ndarray) -> str:
+    """What `cache labels` wrote into a table's label and split arrays (checked by `cache verify`)."""
+    return hashlib.sha256(np.asarray(label, np.int8).tobytes() + np.asarray(split, np.int8).tobytes()).hexdigest()[:16]
+
+
+def label_state_errors(store: Store) -> list[str]:
+    """Half-written or altered label sets, one sentence each (empty when sound)."""
+    errors = []
+    pending = store.group.attrs.get("labels_pending") or []
+    if pending:
+        errors.append(f"labels are half-written: a `cache labels` writing {' and '.join(pending)} was interrupted; "
+                      f"rerun `cache labels`")
+    for table, rec in (store.group.attrs.get("labels") or {}).items():
+        if isinstance(rec, dict) and rec.get("arrays") and f"{table}/label" in store and table not in pending:
+            got = arrays_digest(store[f"{table}/label"][:], store[f"{table}/split"][:])
+            if got != rec["arrays"]:
+                errors.append(f"{table}/label and {table}/split differ from what `cache labels` wrote "
+                              f"(from {rec.get('file')}); rerun `cache labels`")
+    return errors
+
+
+def require_sound_labels(store: Store) -> None:
+    """For readers of labels (heads, baselines): refuse a half-written label set with one sentence."""
+    errors = label_state_errors(store)
+    if errors:
+        from cache.store import StoreError
+        raise StoreError(f"{store.url}: {errors[0]}")

@@ -83,15 +83,19 @@ def _open_group(url: str, mode: str) -> zarr.Group:
     return zarr.open_group(store=url, mode=mode)
 
 
-def open_store(url: str, mode: str = "r") -> Store:
-    """Open an existing store; `mode` is 'r' or 'r+'."""
+def open_store(url: str, mode: str = "r", allow_incomplete: bool = False) -> Store:
+    """Open an existing store; `mode` is 'r' or 'r+'. A store whose `extract index` did not finish
+    is refused (its tables are partial) unless `allow_incomplete`."""
     try:
         group = _open_group(url, mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         raise StoreError(f"{url}: no store here (run `extract index DATASET {url}` first)") from None
     except Exception as e:
         if "://" not in url:
-            raise
+            # a corrupted zarr.json and the like: name the store and the cause, in one line
+            raise StoreError(f"{url}: cannot read the store's metadata ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it a store written by "
+                             f"`extract index`?") from None
         # object stores fail in their own ways (credentials, endpoint, bucket): one line, the cause named
         raise StoreError(f"{url}: cannot open the store ({type(e).__name__}: {e})") from None
     version = group.attrs.get("schema_version")
@@ -99,16 +103,19 @@ def open_store(url: str, mode: str = "r") -> Store:
         raise StoreError(f"{url}: this Zarr group is not an Influencer Profiler store (no schema_version)")
     if version != schema.SCHEMA_VERSION:
         raise StoreError(f"{url}: store schema {version}, this code reads schema {schema.SCHEMA_VERSION}")
+    if group.attrs.get("complete") is False and not allow_incomplete:
+        raise StoreError(f"{url}: the index did not finish (`extract index` was stopped before the end); "
+                         f"rerun `extract index DATASET {url} --overwrite`")
     return Store(group, url)
 
 
-def create_store(url: str, dataset_root: str, block: int) -> Store:
+def create_store(url: str, dataset_root: str, block: int, mode: str = "w") -> Store:
     """A new, empty store: root attributes and empty, appendable post/influencer tables.
 
     The tables grow while `extract index` streams posts in; the feature arrays are only
     created (at full size) once the number of posts is known, by `create_features`.
     """
-    group = _open_group(url, "w")
+    group = _open_group(url, mode)      # "a" where the caller has emptied (and locked) the folder itself
     group.attrs.update(
         schema_version=schema.SCHEMA_VERSION,
         dataset_root=dataset_root,

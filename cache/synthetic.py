@@ -18,13 +18,20 @@ from cache.store import create_features, create_labels, create_store, write_infl
 def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int = 0, block: int = 512,
                   on_topic: float = 0.3, noise: float = 1.0, label_posts: float = 0.2,
                   labelled_influencers: int | None = None, post_counts: np.ndarray | None = None,
-                  write_features: bool = True, spread_labels: bool = False, fast_noise: bool = False) -> dict:
+                  write_features: bool = True, spread_labels: bool = False, fast_noise: bool = False,
+                  offset: float = 0.0, scale: float = 1.0, missing: tuple[float, float] = (0.0, 0.0)) -> dict:
     """Create the store; returns the ground truth (post categories, dominant categories).
 
     `spread_labels`: the labelled influencers are spread evenly over the store (as in the
     release) instead of being the first ones. `fast_noise`: each block's noise is a random
     window of one pre-drawn pool instead of fresh draws (for full-scale benchmark stores,
     where drawing 18 G normals would dominate).
+
+    Real encoders' statistics: `offset` adds a large common vector (every post shares it, as
+    BERT's [CLS] and an Inception ReLU layer's features do: |N(0, offset)| per image feature,
+    N(0, offset) per text feature), `scale` shrinks the informative part (prototype + noise),
+    and `missing` = (image, text) is the share of posts whose image or caption is missing
+    (status `no input`, as the release's videos and empty captions are).
     """
     rng = np.random.default_rng(seed)
     counts = post_counts if post_counts is not None else np.full(influencers, posts, dtype=np.int64)
@@ -85,6 +92,9 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
         protos = {m: rng.normal(0, 1, (n_cat, d)).astype(np.float32) for m, d in schema.MODALITIES.items()}
         pools = {m: rng.normal(0, 1, (block + 4093, d)).astype(np.float32) for m, d in schema.MODALITIES.items()} \
             if fast_noise else None
+        common = {"image": np.abs(rng.normal(0, offset, schema.MODALITIES["image"])),
+                  "text": rng.normal(0, offset, schema.MODALITIES["text"])}
+        absent = {m: rng.random(n) < share for m, share in zip(("image", "text"), missing)}
         for m, d in schema.MODALITIES.items():
             claim_fingerprint(store, m, {"kind": m, "model": "planted", "seed": seed})
             for b in range(store.n_blocks):
@@ -93,14 +103,16 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
                 # `other` and `product` posts are the most varied on Instagram: their noise is
                 # larger, so averaging them in drowns the on-topic signal; attention can learn to
                 # look past them.
-                scale = np.where(np.isin(cats, distractors), 4 * noise, noise).astype(np.float32)[:, None]
+                noise_scale = np.where(np.isin(cats, distractors), 4 * noise, noise).astype(np.float32)[:, None]
                 if pools is not None:
                     start = int(rng.integers(0, 4093))
                     noise_rows = pools[m][start:start + len(cats)]
                 else:
                     noise_rows = rng.normal(0, 1, (len(cats), d)).astype(np.float32)
-                x = protos[m][cats] + noise_rows * scale
+                x = common[m].astype(np.float32) + (protos[m][cats] + noise_rows * noise_scale) * scale
                 if m == "image":
                     x = np.maximum(x, 0)   # image features come out of a ReLU
-                commit_block(store, m, b, x.astype(np.float16), np.ones(len(cats), np.uint8))
+                status = np.where(absent[m][rows], schema.Status.NO_INPUT, schema.Status.OK).astype(np.uint8)
+                commit_block(store, m, b, np.where(status[:, None] == schema.Status.OK, x, 0).astype(np.float16),
+                             status)
     return {"post_category": post_cat, "dominant": dominant, "offsets": offsets}

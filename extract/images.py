@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from cache.schema import MODALITIES, Status
-from extract.imaging import DEFAULT_CROP, DEFAULT_RESIZE, IMAGENET_MEAN, IMAGENET_STD, ImageError, decode, normalize
+from extract.imaging import (DEFAULT_CROP, DEFAULT_RESIZE, IMAGENET_MEAN, IMAGENET_STD, ImageError, check_regular,
+                             decode, normalize)
+from extract.release import inside
 from extract.text import DTYPES, EncoderLoadError, pick_device, pick_precision, weights_digest
 
 FORMAT = "influencer-profiler/image-encoder/1"
@@ -234,6 +236,9 @@ class BatchDecoder(torch.utils.data.Dataset):
                 continue
             path = os.path.join(self.root, rel)
             try:
+                if not inside(self.root, path):
+                    # the store's paths come from the release's text: one that leaves the dataset is never read
+                    raise ImageError(Status.UNREADABLE, "path outside the dataset root")
                 if self.raw_jpeg:
                     data = _jpeg_bytes(path)
                     if data is not None:
@@ -252,9 +257,10 @@ def _jpeg_bytes(path: str) -> bytes | None:
     from PIL import Image
     from extract.imaging import MAX_PIXELS
     try:
+        check_regular(path)
         with open(path, "rb") as f:
             data = f.read()
-    except OSError:
+    except (OSError, ImageError):
         return None                           # let decode() report it
     if not data.startswith(b"\xff\xd8") or b"\xff\xd9" not in data[-64:]:
         return None

@@ -15,6 +15,8 @@ status 2 (no input); anything else that fails is status 3 (unreadable), with a r
 """
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -46,7 +48,21 @@ class ImageError(Exception):
         self.reason = reason
 
 
+def check_regular(path: str) -> None:
+    """Refuse what is not a regular file before opening it: a FIFO named like an image would block
+    the reader forever, a device or folder is no image."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError(Status.NO_INPUT, "file missing") from None
+    except OSError as e:
+        raise ImageError(Status.UNREADABLE, f"cannot open: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(Status.UNREADABLE, "not a regular file")
+
+
 def _open(path: str) -> Image.Image:
+    check_regular(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -70,7 +86,6 @@ def _open(path: str) -> Image.Image:
 
 
 def _size_of(path: str) -> int:
-    import os
     try:
         return os.path.getsize(path)
     except OSError:

@@ -7,6 +7,8 @@ in batches. Only the influencer table (34 K rows) is held whole.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -55,7 +57,9 @@ class _ProblemLog:
 
     def add(self, kind: str, where: str, detail: str = "") -> None:
         self.counts[kind] += 1
-        self.buffer.append((kind, where, detail))
+        # names and details come from the release's text: lone surrogates (undecodable file names)
+        # cannot be stored, so they are replaced, and each entry is bounded
+        self.buffer.append((kind, release.clean_text(where)[0][:500], release.clean_text(detail)[0][:500]))
         if len(self.buffer) >= 4096:
             self.flush()
 
@@ -68,15 +72,83 @@ class _ProblemLog:
         self.buffer.clear()
 
 
-def _refuse_existing(url: str, overwrite: bool) -> None:
+LOCK_NAME = ".index.lock"
+
+
+def _is_our_store(path: str) -> bool:
+    """A folder holding a Zarr group written by `extract index` (schema_version in its attributes)."""
     try:
-        old = open_store(url, "r")
+        with open(os.path.join(path, "zarr.json"), "rb") as f:
+            meta = json.loads(f.read(1 << 20))
+        return isinstance(meta, dict) and "schema_version" in (meta.get("attributes") or {})
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
+def _refuse_existing(url: str, overwrite: bool) -> None:
+    """Object stores: an existing store of ours is replaced only with --overwrite; anything else is refused."""
+    try:
+        open_store(url, "r", allow_incomplete=True)
+    except StoreError as e:
+        if "no store here" in str(e):
+            return
+        raise StoreError(f"{url}: there is something here that is not an empty location ({e}); "
+                         f"choose a new store URL") from None
+    if not overwrite:
+        raise StoreError(f"{url}: a store already exists here; pass --overwrite to index again and discard "
+                         f"its features, labels and predictions")
+
+
+def prepare_target(root: str, url: str, overwrite: bool):
+    """Check STORE before anything is written, lock it against a second `extract index`, empty it.
+
+    A local STORE must be a new path, an empty folder, or (with --overwrite) a store of ours;
+    never the dataset root, a folder that contains it, or a folder of anything else: indexing
+    replaces what is there. Returns the lock's file descriptor (held until the process ends).
+    """
+    if "://" in url:
+        _refuse_existing(url, overwrite)
+        return None
+    path = os.path.abspath(url)
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if real == real_root or real_root.startswith(real.rstrip(os.sep) + os.sep):
+        raise StoreError(f"{url}: this is the dataset root or a folder containing it; choose a new folder for the store")
+    if os.path.lexists(path):
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise StoreError(f"{url}: exists and is not a folder; choose a new path for the store")
+        entries = [e for e in os.listdir(path) if e != LOCK_NAME]
+        if entries and not _is_our_store(path):
+            raise StoreError(f"{url}: the folder is not empty and is not an Influencer Profiler store "
+                             f"(it holds {entries[0]!r}{' and more' if len(entries) > 1 else ''}); "
+                             f"nothing was changed; choose a new or empty folder")
+        if entries and not overwrite:
+            held = _features_held(url)
+            raise StoreError(f"{url}: {'the store already holds ' + held if held else 'a store already exists here'}; "
+                             f"pass --overwrite to index it again and discard its features, labels and predictions")
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"{url}: another `extract index` is writing this store now; wait for it to finish") from None
+    for entry in os.listdir(path):        # checked above: a store of ours, replaced with --overwrite
+        if entry != LOCK_NAME:
+            full = os.path.join(path, entry)
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.remove(full)
+    return fd
+
+
+def _features_held(url: str) -> str:
+    try:
+        old = open_store(url, "r", allow_incomplete=True)
+        held = [m for m in schema.MODALITIES if f"features/{m}_done" in old and old[f"features/{m}_done"][:].any()]
     except StoreError:
-        return
-    held = [m for m in schema.MODALITIES if f"features/{m}_done" in old and old[f"features/{m}_done"][:].any()]
-    if held and not overwrite:
-        raise StoreError(f"{url}: the store already holds {' and '.join(held)} features; "
-                         f"pass --overwrite to index it again and discard them")
+        return ""
+    return f"{' and '.join(held)} features" if held else ""
 
 
 def _build_manifest(root: str, db: sqlite3.Connection, names: dict[str, int], extra: list[str],
@@ -112,6 +184,9 @@ def _build_manifest(root: str, db: sqlite3.Connection, names: dict[str, int], ex
                     continue
                 user, json_name = parts
                 where = f"{release.INFO_DIR}/{entry.name}"
+                if not (release.safe_name(user) and release.safe_name(json_name)):
+                    problems.add("info_name_unusable", where, "file name is not valid UTF-8 or not a plain name")
+                    continue
                 cur.execute("INSERT OR IGNORE INTO m VALUES (?,?,?,?)",
                             (index_of(user, where), json_name, None, where))
                 if cur.rowcount:
@@ -128,25 +203,44 @@ def _parse_group(root: str, group: list[tuple[int, str, list[tuple[str, str | No
         for json_name, image, where in posts:
             path = release.info_path(root, user, json_name)
             rel = f"{release.INFO_DIR}/{user}-{json_name}"
+            if not release.inside(root, path):      # names are checked as they are read; this is the last guard
+                problems.append(("path_outside_dataset", rel, f"listed at {where}"))
+                continue
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError:
+                data = release.read_regular(path, release.MAX_INFO_BYTES)
+            except FileNotFoundError:
                 problems.append(("info_missing", rel, f"listed at {where}"))
+                continue
+            except OSError as e:
+                problems.append(("info_unreadable", rel, e.strerror or str(e)))
+                continue
+            except ValueError as e:
+                problems.append(("info_malformed", rel, str(e)))
                 continue
             try:
                 post = release.parse_info(data)
             except ValueError as e:
                 problems.append(("info_malformed", rel, str(e)))
                 continue
+            for bad in post.pop("bad_fields"):
+                problems.append(("info_field_invalid", rel, f"{bad}; stored as missing" if "surrogate" not in bad
+                                 else bad))
             if post["caption_missing"]:
                 problems.append(("caption_missing", rel, ""))
-            if not post["id"]:
-                post["id"] = json_name.rsplit(".", 1)[0]
+            file_id = json_name.rsplit(".", 1)[0]
+            if post["id"] and post["id"] != file_id:
+                # the file name is the key the mapping and the label files use: a disagreeing id would
+                # store one post twice and label the wrong one
+                problems.append(("info_id_mismatch", rel, f"id {post['id'][:40]!r} is not the file's {file_id!r}; "
+                                 f"the file name's id is kept"))
+            post["id"] = file_id
             image_rel = ""     # image None: found in info/ only, already listed as post_not_in_mapping
+            image_path = os.path.join(root, release.image_relpath(user, image)) if image else ""
             if image == "":
                 problems.append(("image_not_listed", rel, f"at {where}"))
-            elif image is not None and not os.path.exists(os.path.join(root, release.image_relpath(user, image))):
+            elif image is not None and not release.inside(root, image_path):
+                problems.append(("path_outside_dataset", release.image_relpath(user, image), f"listed at {where}"))
+            elif image is not None and not os.path.isfile(image_path):
                 problems.append(("image_missing", release.image_relpath(user, image), f"listed at {where}"))
             elif image is not None:
                 image_rel = release.image_relpath(user, image)
@@ -211,9 +305,17 @@ def run_index(dataset: str, url: str, *, max_posts: int = 300, block: int = sche
     rows, infl_problems = release.read_influencers(root)
     if not os.path.exists(os.path.join(root, release.MAPPING_FILE)):
         raise FileNotFoundError(f"{os.path.join(root, release.MAPPING_FILE)}: missing")
-    _refuse_existing(url, overwrite)
+    lock = prepare_target(root, url, overwrite)
+    try:
+        return _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, start,
+                      mode="w" if lock is None else "a")
+    finally:
+        if lock is not None:
+            os.close(lock)      # releases the lock
 
-    store = create_store(url, root, block)
+
+def _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, start, mode) -> IndexReport:
+    store = create_store(url, root, block, mode=mode)
     problems = _ProblemLog(store)
     for p in infl_problems:
         problems.add(*p)

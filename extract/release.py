@@ -5,9 +5,10 @@ tuples so `extract index` can count and list them and go on.
 """
 from __future__ import annotations
 
-import ast
 import json
 import os
+import re
+import stat
 from dataclasses import dataclass
 
 from cache.schema import RELEASE_CATEGORIES, RELEASE_CATEGORY_FIXES
@@ -18,6 +19,74 @@ INFO_DIR = "info"
 IMAGE_DIR = "image"
 
 Problem = tuple[str, str, str]
+
+INT64_MAX = 2**63 - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_LINE = 1 << 20          # bytes of one line of influencers.txt or the mapping; a longer line is a problem
+MAX_INFO_BYTES = 16 << 20   # an .info file larger than this is not a post's media node (real ones are ~5 KB)
+
+
+def clean_text(text: str) -> tuple[str, bool]:
+    """`text` with lone UTF-16 surrogates (split emoji escapes in scraped JSON, undecodable file
+    name bytes) replaced by U+FFFD, and whether any were: a store can only hold valid UTF-8.
+    (json already joins a valid surrogate pair into one character, so any surrogate left is lone.)"""
+    cleaned = _SURROGATE.sub("\ufffd", text)
+    return cleaned, cleaned != text
+
+
+def safe_name(name: str) -> bool:
+    """A name from the release's text that may become part of a path: one plain path component."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0") and \
+        not clean_text(name)[1]
+
+
+def inside(root: str, path: str) -> bool:
+    """Whether `path` lies inside the dataset root, by its text ('..' resolved, links not: a user
+    may keep image/ on another disk behind a symbolic link; text from the release may not leave)."""
+    base = os.path.normpath(os.path.abspath(root))
+    return os.path.normpath(os.path.abspath(path)).startswith(base.rstrip(os.sep) + os.sep)
+
+
+def read_regular(path: str, limit: int) -> bytes:
+    """The bytes of a regular file, opened without blocking (a FIFO named like a post never hangs
+    the job). Raises OSError naming what is wrong; ValueError when larger than `limit`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"not a regular file")
+        if st.st_size > limit:
+            raise ValueError(f"{st.st_size} bytes, over the {limit}-byte limit")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
+def read_lines(path: str):
+    """(line number, text) of a text file, each line at most MAX_LINE bytes and decoded as UTF-8.
+
+    Yields (lineno, None, problem) for a line that is too long (skipped without holding it in
+    memory) or not UTF-8 (decoded with replacement characters, so the row can still be used
+    with its bad characters visible)."""
+    with open(path, "rb") as f:
+        lineno = 0
+        while True:
+            raw = f.readline(MAX_LINE)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) == MAX_LINE and not raw.endswith(b"\n"):
+                while True:                      # skip the rest of the line, a bounded piece at a time
+                    more = f.readline(MAX_LINE)
+                    if not more or more.endswith(b"\n"):
+                        break
+                yield lineno, None, f"line longer than {MAX_LINE} bytes"
+                continue
+            try:
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n"), None
+            except UnicodeDecodeError:
+                yield lineno, raw.decode("utf-8", "replace").rstrip("\r\n"), "not UTF-8"
 
 
 @dataclass
@@ -30,8 +99,12 @@ class InfluencerRow:
 
 
 def _count(text: str) -> int:
+    """A count column: digits (with thousands commas) within int64, else -1."""
     text = text.strip().replace(",", "")
-    return int(text) if text.lstrip("-").isdigit() else -1
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        return -1
+    value = int(text)
+    return value if value <= INT64_MAX else -1
 
 
 def read_influencers(root: str) -> tuple[list[InfluencerRow], list[Problem]]:
@@ -42,45 +115,75 @@ def read_influencers(root: str) -> tuple[list[InfluencerRow], list[Problem]]:
     rows: list[InfluencerRow] = []
     problems: list[Problem] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if lineno == 1 or not line.strip() or set(line.strip()) == {"="}:
-                continue
-            cols = line.split("\t")
-            where = f"{INFLUENCERS_FILE}:{lineno}"
-            username = cols[0].strip()
-            if not username:
-                problems.append(("influencer_row_malformed", where, line[:80]))
-                continue
-            if username in seen:
-                problems.append(("influencer_duplicate", where, username))
-                continue
-            seen.add(username)
-            category = cols[1].strip().lower() if len(cols) > 1 else ""
-            if category in RELEASE_CATEGORY_FIXES:
-                problems.append(("category_misspelt", where, f"{category} -> {RELEASE_CATEGORY_FIXES[category]}"))
-                category = RELEASE_CATEGORY_FIXES[category]
-            elif category not in RELEASE_CATEGORIES:
-                problems.append(("category_unknown", where, category or "(empty)"))
-                category = ""
-            counts = [_count(cols[i]) if len(cols) > i else -1 for i in (2, 3, 4)]
-            if -1 in counts:
-                missing = [n for n, c in zip(("#Followers", "#Followees", "#Posts"), counts) if c == -1]
-                problems.append(("influencer_count_missing", where, f"{username}: {', '.join(missing)}"))
-            rows.append(InfluencerRow(username, category, *counts))
+    for lineno, line, bad in read_lines(path):
+        where = f"{INFLUENCERS_FILE}:{lineno}"
+        if line is None:
+            problems.append(("influencer_row_malformed", where, bad))
+            continue
+        if bad:
+            problems.append(("influencer_row_not_utf8", where, line[:80]))
+        if lineno == 1 or not line.strip() or set(line.strip()) == {"="}:
+            continue
+        cols = line.split("\t")
+        username = cols[0].strip()
+        if not safe_name(username):
+            problems.append(("influencer_row_malformed", where, f"unusable username {username[:80]!r}"))
+            continue
+        if username in seen:
+            problems.append(("influencer_duplicate", where, username))
+            continue
+        seen.add(username)
+        category = cols[1].strip().lower() if len(cols) > 1 else ""
+        if category in RELEASE_CATEGORY_FIXES:
+            problems.append(("category_misspelt", where, f"{category} -> {RELEASE_CATEGORY_FIXES[category]}"))
+            category = RELEASE_CATEGORY_FIXES[category]
+        elif category not in RELEASE_CATEGORIES:
+            problems.append(("category_unknown", where, category or "(empty)"))
+            category = ""
+        counts = [_count(cols[i]) if len(cols) > i else -1 for i in (2, 3, 4)]
+        if -1 in counts:
+            missing = [n for n, c in zip(("#Followers", "#Followees", "#Posts"), counts) if c == -1]
+            problems.append(("influencer_count_missing", where, f"{username}: {', '.join(missing)}"))
+        rows.append(InfluencerRow(username, category, *counts))
     return rows, problems
 
 
 def parse_image_list(text: str) -> list[str]:
-    """Column 3 of the mapping: a Python list literal of file names (never eval'd)."""
+    """Column 3 of the mapping: a Python list literal of quoted file names, e.g. ['1.jpg', '2.jpg'].
+
+    A plain parser of that one tiny grammar (never eval, never ast: no recursion, no numbers,
+    no expressions); raises ValueError on anything else.
+    """
     text = text.strip()
     if not text:
         return []
-    value = ast.literal_eval(text)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError("not a list of file names")
-    return list(value)
+    if len(text) < 2 or text[0] != "[" or text[-1] != "]":
+        raise ValueError("not a list")
+    body, names, i = text[1:-1], [], 0
+    while True:
+        while i < len(body) and body[i] in " \t":
+            i += 1
+        if i == len(body):
+            if names and body.rstrip().endswith(","):
+                pass                       # a trailing comma, as Python allows
+            return names
+        quote = body[i]
+        if quote not in "'\"":
+            raise ValueError("list items must be quoted file names")
+        end = body.find(quote, i + 1)
+        if end < 0:
+            raise ValueError("unterminated string")
+        name = body[i + 1:end]
+        if "\\" in name:
+            raise ValueError("escapes in file names are not supported")
+        names.append(name)
+        i = end + 1
+        while i < len(body) and body[i] in " \t":
+            i += 1
+        if i < len(body):
+            if body[i] != ",":
+                raise ValueError("items must be separated by commas")
+            i += 1
 
 
 def iter_mapping(root: str):
@@ -88,24 +191,32 @@ def iter_mapping(root: str):
     path = os.path.join(root, MAPPING_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: missing; is {root} the dataset root (DATASET.md)?")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if lineno == 1:
-                continue
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{MAPPING_FILE}:{lineno}"
-            cols = line.split("\t")
-            if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
-                yield ("mapping_row_malformed", where, line[:80])
-                continue
-            try:
-                images = parse_image_list(cols[2]) if len(cols) > 2 else []
-            except (ValueError, SyntaxError):
-                yield ("mapping_row_malformed", where, f"bad image list {cols[2][:60]!r}")
-                continue
-            yield where, cols[0].strip(), cols[1].strip(), images
+    for lineno, line, bad in read_lines(path):
+        where = f"{MAPPING_FILE}:{lineno}"
+        if line is None:
+            yield ("mapping_row_malformed", where, bad)
+            continue
+        if lineno == 1 or not line.strip():
+            continue
+        if bad:
+            yield ("mapping_row_malformed", where, f"not UTF-8: {line[:60]!r}")
+            continue
+        cols = line.split("\t")
+        if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
+            yield ("mapping_row_malformed", where, line[:80])
+            continue
+        try:
+            images = parse_image_list(cols[2]) if len(cols) > 2 else []
+        except ValueError as e:
+            yield ("mapping_row_malformed", where, f"bad image list {cols[2][:60]!r}: {e}")
+            continue
+        user, json_name = cols[0].strip(), cols[1].strip()
+        unsafe = [n for n in [user, json_name] + images if not safe_name(n)]
+        if unsafe:
+            # names become paths under the dataset root: a separator or '..' would reach outside it
+            yield ("mapping_row_unsafe", where, f"name is not a plain file name: {unsafe[0][:60]!r}")
+            continue
+        yield where, user, json_name, images
 
 
 def info_path(root: str, influencer: str, json_name: str) -> str:
@@ -136,33 +247,63 @@ def _dig(node, *keys):
 
 
 def _int(value, default: int = -1) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+    """A JSON count: an integer (or an integral float) in 0..int64 max; anything else is `default`.
+
+    `true` is not 1, 1e400 (inf) and 10**30 are not counts: they are reported, never stored."""
+    if isinstance(value, bool):
         return default
+    if isinstance(value, float):
+        if not value.is_integer():
+            return default
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value <= INT64_MAX:
+        return default
+    return value
 
 
 def parse_info(data: bytes | str) -> dict:
-    """The fields the store keeps from one post's media node. Raises ValueError if unusable."""
+    """The fields the store keeps from one post's media node. Raises ValueError if unusable.
+
+    `bad_fields` lists fields present but unusable (counts out of range or not integers,
+    text with lone surrogates, replaced); the caller records them as problems.
+    """
     try:
         node = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(node, dict):
         raise ValueError("JSON is not an object")
     timestamp = _int(node.get("taken_at_timestamp"))
     if timestamp < 0:
-        raise ValueError("no taken_at_timestamp")
+        raise ValueError("no usable taken_at_timestamp" if "taken_at_timestamp" in node else "no taken_at_timestamp")
     caption = _dig(node, "edge_media_to_caption", "edges", 0, "node", "text")
-    comments = _dig(node, "edge_media_to_parent_comment", "count")
-    if comments is None:
-        comments = _dig(node, "edge_media_preview_comment", "count")
+    bad = []
+    likes_raw = _dig(node, "edge_media_preview_like", "count")
+    comments_raw = _dig(node, "edge_media_to_parent_comment", "count")
+    if comments_raw is None:
+        comments_raw = _dig(node, "edge_media_preview_comment", "count")
+    likes, comments = _int(likes_raw), _int(comments_raw)
+    if likes_raw is not None and likes < 0:
+        bad.append(f"likes {str(likes_raw)[:30]}")
+    if comments_raw is not None and comments < 0:
+        bad.append(f"comments {str(comments_raw)[:30]}")
+    text = caption if isinstance(caption, str) else ""
+    text, replaced = clean_text(text)
+    if replaced:
+        bad.append("caption has lone surrogates (replaced)")
+    raw_id = node.get("id")
+    post_id = raw_id if isinstance(raw_id, str) else (str(raw_id) if isinstance(raw_id, int) and
+                                                      not isinstance(raw_id, bool) else "")
+    post_id, id_bad = clean_text(post_id)
     return {
-        "id": str(node.get("id") or ""),
-        "caption": caption if isinstance(caption, str) else "",
+        "id": "" if id_bad else post_id,
+        "caption": text,
         "caption_missing": not isinstance(caption, str),
         "timestamp": timestamp,
-        "likes": _int(_dig(node, "edge_media_preview_like", "count")),
-        "comments": _int(comments),
-        "is_video": bool(node.get("is_video")),
+        "likes": likes,
+        "comments": comments,
+        "is_video": node.get("is_video") is True,
+        "bad_fields": bad,
     }

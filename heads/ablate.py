@@ -10,7 +10,7 @@ VARIANTS = [("full model", "attention", False), ("no attention", "mean", False),
 MODALITIES = [("text", "Text"), ("image", "Image"), ("both", "Text & Image")]
 
 
-def ablate(store: str, out: str, *, no_finetune_store: str | None = None, epochs: int = 30, seed: int = 0,
+def ablate(store: str, out: str, *, no_finetune_store: str | None = None, epochs: int | None = None, seed: int = 0,
            log=print) -> str:
     results: dict = {}
     for name, pooling, no_ft in VARIANTS:

@@ -15,23 +15,39 @@ def fit(store: str = typer.Argument(..., help="store path or URL"),
         out: str = typer.Option(..., help="run folder to write"),
         modality: str = typer.Option("both", help="both, image or text"),
         pooling: str = typer.Option("attention", help="attention, or mean (the no-attention ablation)"),
+        attention: str = typer.Option("paper", help="paper (⟨tanh(F_a v), r_c⟩), or gated (Ilse et al. 2018; "
+                                      "an extension)"),
         aux_weight: float = typer.Option(1.0, help="λ of the auxiliary post loss (0 turns it off)"),
-        epochs: int = typer.Option(30),
+        epochs: int = typer.Option(None, help="train exactly this many epochs (no early stopping); default: "
+                                   "the step budget with early stopping on validation"),
+        max_steps: int = typer.Option(2000, help="step budget (independent of the number of labels)"),
+        patience: int = typer.Option(400, help="stop after this many steps without a better validation score"),
         batch_size: int = typer.Option(32, help="bags per step"),
         lr: float = typer.Option(1e-3),
-        standardize: bool = typer.Option(False, help="standardise each feature on the train posts first "
-                                         "(not in the paper; helps untrained encoders' features)"),
+        attention_warmup: int = typer.Option(300, help="steps with the attention held uniform (mean pooling) "
+                                             "before it learns"),
+        normalize: str = typer.Option("auto", help="input scaling fitted on the train posts: feature (each feature's "
+                                      "mean and std), modality, none, or auto (feature and none, the better on "
+                                      "validation)"),
+        standardize: bool = typer.Option(False, help="the same as --normalize feature (kept for old scripts)"),
+        restarts: int = typer.Option(1, help="independent initialisations; the best on validation is kept"),
         seed: int = typer.Option(0),
         device: str = typer.Option("auto"),
         precision: str = typer.Option("auto", help="auto (bf16 autocast where the hardware has it), fp32, bf16")):
     """Train on the train split, select on validation, score on test; write the run folder."""
     from heads.train import FitConfig, fit as run_fit
-    m = run_fit(store, out, FitConfig(modality=modality, pooling=pooling, aux_weight=aux_weight, epochs=epochs,
-                                      batch_size=batch_size, lr=lr, seed=seed, device=device,
-                                      standardize=standardize, precision=precision), log=say)
+    m = run_fit(store, out, FitConfig(modality=modality, pooling=pooling, attention=attention, aux_weight=aux_weight,
+                                      epochs=epochs, max_steps=max_steps, patience=patience, batch_size=batch_size,
+                                      lr=lr, attention_warmup=attention_warmup, seed=seed, device=device,
+                                      normalize="feature" if standardize else normalize, restarts=restarts,
+                                      precision=precision), log=say)
+    ref = m["reference"]
     say(f"test: influencer accuracy {100 * m['influencer']['accuracy']:.2f}% (macro F1 "
         f"{m['influencer']['macro_f1']:.3f}, n={m['influencer']['n']}); post accuracy "
-        f"{100 * m['post']['accuracy']:.2f}% (n={m['post']['n']}); report in {out}/report.md")
+        f"{100 * m['post']['accuracy']:.2f}% (n={m['post']['n']}); logistic-regression reference "
+        f"{100 * ref['influencer']['accuracy']:.2f}%; report in {out}/report.md")
+    if "warning" in m:
+        say("warning: " + m["warning"])
 
 
 @app.command("eval")
@@ -72,7 +88,8 @@ def ablate(store: str = typer.Argument(..., help="store path or URL"),
            out: str = typer.Option(..., help="folder for one run per cell"),
            no_finetune_store: str = typer.Option(None, help="store whose image features come from an encoder "
                                                  "trained with --trainable-blocks 0"),
-           epochs: int = typer.Option(30), seed: int = typer.Option(0)):
+           epochs: int = typer.Option(None, help="fixed epochs per run (default: early stopping)"),
+           seed: int = typer.Option(0)):
     """Figure 5b: text / image / both × full model / no attention / no fine-tuning, one table."""
     from heads.ablate import ablate as run_ablate
     typer.echo(run_ablate(store, out, no_finetune_store=no_finetune_store, epochs=epochs, seed=seed, log=say))

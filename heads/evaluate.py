@@ -8,7 +8,7 @@ import numpy as np
 
 from cache.readers import load_bags
 from cache.store import open_store
-from heads.train import load_run, predict_bags
+from heads.infer import load_run, predict_bags
 
 
 def posts_curve(run: str, counts: list[int], *, seed: int = 0, store_url: str | None = None,

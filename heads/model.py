@@ -21,6 +21,7 @@ class HeadConfig:
     n_influencer: int = 8
     n_post: int = 10
     pooling: str = "attention"    # or "mean": the paper's no-attention ablation
+    attention: str = "paper"      # "paper": ⟨tanh(F_a v), r_c⟩; "gated": Ilse et al. 2018, ⟨tanh(F_a v) ⊙ σ(F_g v), r_c⟩
     dropout: float = 0.5          # paper §5.1
     segments: tuple = ()          # widths of the modality halves in x, e.g. (1024, 768); () = one segment
 
@@ -33,10 +34,18 @@ class InfluencerProfiler(nn.Module):
         super().__init__()
         if cfg.pooling not in ("attention", "mean"):
             raise ValueError(f"pooling must be attention or mean, got {cfg.pooling!r}")
+        if cfg.attention not in ("paper", "gated"):
+            raise ValueError(f"attention must be paper or gated, got {cfg.attention!r}")
         self.cfg = cfg
         self.fuse = nn.Linear(cfg.in_dim, cfg.hidden)                       # F
         self.attend = nn.Linear(cfg.hidden, cfg.attention_dim)              # F_a
-        self.context = nn.Parameter(torch.randn(cfg.attention_dim) * 0.1)   # r_c
+        if cfg.attention == "gated":
+            self.gate = nn.Linear(cfg.hidden, cfg.attention_dim)            # F_g (extension, not in the paper)
+        # r_c starts at zero: attention starts as exactly mean pooling and moves away only as far as
+        # the labels pull it. A random r_c (even N(0, 0.01²)) gives tanh-saturated loud posts scores
+        # of ±2 over 256 dimensions, i.e. 50x weight ratios from the start (heads_quality.py).
+        # F_a gets its first gradient once r_c has moved (one step).
+        self.context = nn.Parameter(torch.zeros(cfg.attention_dim))         # r_c
         self.drop = nn.Dropout(cfg.dropout)
         self.infl_hidden = nn.Linear(cfg.hidden, cfg.hidden)                # F_h
         self.infl_out = nn.Linear(cfg.hidden, cfg.n_influencer)             # F_I
@@ -47,6 +56,11 @@ class InfluencerProfiler(nn.Module):
         # narrow band around a large common offset, as an untrained encoder's do.
         self.register_buffer("in_mean", torch.zeros(cfg.in_dim))
         self.register_buffer("in_std", torch.ones(cfg.in_dim))
+
+    def attention_parameters(self) -> list[nn.Parameter]:
+        """The parameters that decide the post weights (F_a, the gate, r_c)."""
+        mods = [self.attend] + ([self.gate] if self.cfg.attention == "gated" else [])
+        return [self.context] + [p for m in mods for p in m.parameters()]
 
     def set_input_scaling(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.in_mean.copy_(mean)
@@ -78,7 +92,10 @@ class InfluencerProfiler(nn.Module):
         (callers report such bags instead of classifying them).
         """
         if self.cfg.pooling == "attention":
-            scores = (torch.tanh(self.attend(v)) @ self.context).float()
+            r = torch.tanh(self.attend(v))
+            if self.cfg.attention == "gated":
+                r = r * torch.sigmoid(self.gate(v))
+            scores = (r @ self.context.to(r.dtype)).float()
         else:
             scores = torch.zeros(mask.shape, device=v.device)
         scores = scores.masked_fill(~mask, float("-inf"))

@@ -27,7 +27,7 @@ from cache.compute import describe, ordered_results
 from cache.progress import Progress
 from cache.readers import influencer_groups, post_features, require_features
 from cache.store import open_store
-from heads.train import load_run, pad_batch, resolve_device
+from heads.infer import load_run, pad_batch, resolve_device
 
 TOP_POSTS = 3
 GROUP_ROWS = 16384      # posts per task at least: a task's fixed cost (opening the store, arrays) is amortised

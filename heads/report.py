@@ -28,9 +28,19 @@ def write_report(run: str, config: dict, metrics: dict) -> str:
              f"{config['store']['influencers']} influencers)",
              f"- git commit: `{config['git_commit']}`; best epoch {metrics['best_epoch']} "
              f"(validation accuracy {100 * metrics['val_acc']:.2f}%)",
-             f"- test set: {metrics['influencer']['n']} influencers, {metrics['post']['n']} posts", "",
-             table("Influencer classification (Table 1 layout)", [(name, inp, metrics["influencer"])],
-                   config["influencer_categories"]), "",
+             f"- test set: {metrics['influencer']['n']} influencers, {metrics['post']['n']} posts",
+             f"- precision {config.get('precision', '?')}; best state at step {metrics.get('best_step', '?')} "
+             f"(restart {metrics.get('best_restart', 0)}); validation post accuracy "
+             + (f"{100 * metrics['val_post_acc']:.2f}%" if metrics.get("val_post_acc") is not None else "n/a")]
+    ref = metrics.get("reference")
+    rows = [(name, inp, metrics["influencer"])]
+    if ref:
+        rows.append((f"Reference: logistic regression on mean features (C={ref['C']})", inp, ref["influencer"]))
+        parts.append(f"- reference validation accuracy {100 * ref['val_acc']:.2f}%, the head's "
+                     f"{100 * metrics['val_acc']:.2f}%")
+    if metrics.get("warning"):
+        parts.append(f"- **warning**: {metrics['warning']}")
+    parts += ["", table("Influencer classification (Table 1 layout)", rows, config["influencer_categories"]), "",
              table("Post classification (Table 2 layout)", [(name, inp, metrics["post"])], config["post_categories"])]
     text = "\n".join(parts)
     with open(os.path.join(run, "report.md"), "w") as f:

@@ -1,0 +1,166 @@
+"""Does `heads fit` learn what the features hold? Planted stores of several difficulties, several seeds.
+
+    python benchmarks/heads_quality.py [--stores small,real,...] [--seeds 3] [--precisions fp32,bf16]
+                                       [--poolings attention,mean] [--set KEY=VALUE ...] [--workers 2] [--quick]
+
+Each store plants a prototype per post category; a post is its category's prototype plus
+noise, and loud `other`/`product` posts (4x the noise) pollute an influencer's mean, so
+pooling has something to find. The stores vary what a user meets: few labelled influencers
+(40 to 1,600), bag size, on-topic share, a large common offset with a weak signal (as real
+encoders' features have), missing images and captions, influencers with only 3-8 posts.
+
+For every store the table gives mean and worst test influencer accuracy over the seeds,
+per pooling and precision, beside the logistic-regression reference (on mean features,
+fitted by every `heads fit`) and the best model baseline (SVC, KNN, GaussianNB,
+RandomForest on mean features, chosen on validation as `baselines run` does). `--set`
+overrides FitConfig fields (e.g. `--set max_steps=500 --set post_keep=1.0`) to compare
+variants; the defaults in heads/train.py are the ones this script justified (README).
+`--quick` runs tiny stores and few steps: a smoke test of the script (tests run it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# name: (planted_store keyword arguments, what it stands for)
+STORES = {
+    "small": (dict(influencers=104, posts=30, on_topic=0.55, noise=5.0, label_posts=0.05),
+              "64/16/24 influencers x 30 posts, loud distractors"),
+    "real": (dict(influencers=280, posts=30, on_topic=0.4, noise=2.0, offset=5.0, scale=0.3, missing=(0.2, 0.1),
+                  label_posts=0.05, short_share=1 / 3),
+             "160/40/80, common offset 5, signal x0.3, 20 % images / 10 % captions missing, 1/3 with 3-8 posts"),
+    "bag10": (dict(influencers=400, posts=10, on_topic=0.4, noise=3.0, label_posts=0.05),
+              "10 posts per influencer (Figure 5a's low end)"),
+    "n40": (dict(influencers=40, posts=30, on_topic=0.5, noise=3.0, label_posts=0.05), "40 labelled influencers"),
+    "n1600": (dict(influencers=1600, posts=20, on_topic=0.3, noise=3.0, label_posts=0.02),
+              "1,600 labelled influencers (the paper's size) x 20 posts, 30 % on topic"),
+    "minority": (dict(influencers=240, posts=40, on_topic=0.2, noise=3.0, label_posts=0.2),
+                 "144/48/48 x 40 posts, only 20 % on topic: attention has something to find"),
+    "clean": (dict(influencers=240, posts=40, on_topic=0.5, noise=1.0, label_posts=0.2), "easy: clean features"),
+}
+QUICK = {"tiny": (dict(influencers=48, posts=8, on_topic=0.6, noise=1.0, label_posts=0.2), "smoke test")}
+
+
+def make_store(path: str, kw: dict, seed: int) -> None:
+    from cache.synthetic import planted_store
+    kw = dict(kw)
+    short = kw.pop("short_share", 0.0)
+    rng = np.random.default_rng(1000 + seed)
+    counts = np.full(kw["influencers"], kw.pop("posts"), np.int64)
+    if short:
+        pick = rng.random(len(counts)) < short
+        counts[pick] = rng.integers(3, 9, int(pick.sum()))
+    planted_store(path, post_counts=counts, seed=seed, **kw)
+
+
+def baselines_on_means(path: str) -> dict:
+    """The best model baseline on mean features (selected on validation), as `baselines run` picks."""
+    from baselines.models import MODEL_NAMES, candidates, select_and_fit
+    from cache import schema
+    from cache.store import open_store
+    from heads.data import bag_means, load_labelled
+    store = open_store(path)
+    data = load_labelled(store, "both")
+    seg = tuple(schema.MODALITIES.values())
+    x = {s: bag_means(data[s]["bags"], seg) for s in ("train", "val", "test")}
+    best = None
+    for name in MODEL_NAMES:
+        clf, _, val = select_and_fit(candidates(name, 0), x["train"], data["train"]["y"], x["val"], data["val"]["y"])
+        test = float((clf.predict(x["test"]) == data["test"]["y"]).mean())
+        if best is None or val > best[1]:
+            best = (MODEL_NAMES[name], val, test)
+    return {"best_baseline": best[0], "baseline_test": best[2]}
+
+
+def one_fit(job: tuple) -> dict:
+    path, out, pooling, precision, seed, overrides = job
+    import torch
+    torch.set_num_threads(1)
+    from heads.train import FitConfig, fit
+    cfg = FitConfig(pooling=pooling, precision=precision, seed=seed, device="cpu", **overrides)
+    t = time.perf_counter()
+    m = fit(path, out, cfg, log=lambda *a: None)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"pooling": pooling, "precision": precision, "seed": seed, "test": m["influencer"]["accuracy"],
+            "post": m["post"]["accuracy"], "reference": m["reference"]["test_acc"], "step": m["best_step"],
+            "normalize": m["normalize"],
+            "warning": "warning" in m, "seconds": time.perf_counter() - t}
+
+
+def parse_set(items: list[str]) -> dict:
+    from heads.train import FitConfig
+    fields = FitConfig.__dataclass_fields__
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"--set {item}: FitConfig has no field {key!r}")
+        try:
+            out[key] = json.loads(value)        # numbers, true/false, null
+        except ValueError:
+            out[key] = value                    # a word: "cosine", "gated"
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stores", default="small,real,minority,bag10,n40,n1600")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--poolings", default="attention,mean")
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", help="write every result here")
+    args = ap.parse_args()
+    catalogue = QUICK if args.quick else STORES
+    names = list(QUICK) if args.quick else args.stores.split(",")
+    overrides = parse_set(args.set)
+    if args.quick:
+        overrides = {"max_steps": 40, "min_steps": 10, "patience": 20, "eval_steps": 10, **overrides}
+    tmp = tempfile.mkdtemp(prefix="bench-quality-")
+    results = {}
+    print(f"heads fit quality: {args.seeds} seeds; overrides {overrides or 'none (the defaults)'}")
+    try:
+        for name in names:
+            kw, what = catalogue[name]
+            path = os.path.join(tmp, f"{name}.zarr")
+            make_store(path, kw, seed=0)
+            base = baselines_on_means(path)
+            jobs = [(path, os.path.join(tmp, f"{name}-{p}-{pr}-{s}"), p, pr, s, overrides)
+                    for p in args.poolings.split(",") for pr in args.precisions.split(",") for s in range(args.seeds)]
+            with ProcessPoolExecutor(args.workers) as pool:
+                rows = list(pool.map(one_fit, jobs))
+            results[name] = {"what": what, **base, "runs": rows}
+            print(f"\n{name}: {what}")
+            print(f"  {'pooling':<10} {'precision':<9} {'mean':>6} {'worst':>6} {'post':>6} {'LR ref':>7} "
+                  f"{base['best_baseline'][:12]:>12} {'warned':>6} {'s/fit':>6}  per seed (normalisation kept)")
+            for p in args.poolings.split(","):
+                for pr in args.precisions.split(","):
+                    rs = [r for r in rows if r["pooling"] == p and r["precision"] == pr]
+                    acc = np.array([r["test"] for r in rs])
+                    print(f"  {p:<10} {pr:<9} {acc.mean():6.3f} {acc.min():6.3f} "
+                          f"{np.mean([r['post'] for r in rs]):6.3f} {rs[0]['reference']:7.3f} "
+                          f"{base['baseline_test']:12.3f} {sum(r['warning'] for r in rs):>6} "
+                          f"{np.mean([r['seconds'] for r in rs]):6.1f}  " +
+                          " ".join(f"{r['test']:.3f}({r['normalize'][0]})" for r in rs))
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

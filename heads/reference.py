@@ -1,0 +1,33 @@
+"""The reference beside every run: logistic regression on per-influencer mean features.
+
+Same splits as the head, C chosen on the validation split (scikit-learn's GridSearchCV with a
+PredefinedSplit), refit on train, scored on test. It is cheap and hard to get wrong, so a
+head that scores below it on validation has not learned what the features hold.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, PredefinedSplit
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from heads.data import bag_means
+
+C_GRID = (0.001, 0.01, 0.1, 1.0)
+
+
+def logistic_reference(data: dict, segments: tuple, seed: int = 0) -> dict:
+    """Validation and test accuracy of the reference, its chosen C, and its test predictions."""
+    x = {s: bag_means(data[s]["bags"], segments) for s in ("train", "val", "test")}
+    y = {s: data[s]["y"] for s in ("train", "val", "test")}
+    fold = PredefinedSplit(np.r_[np.full(len(y["train"]), -1), np.zeros(len(y["val"]), int)])
+    pipe = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=2000, random_state=seed))])
+    search = GridSearchCV(pipe, {"lr__C": list(C_GRID)}, cv=fold, refit=False)
+    search.fit(np.concatenate([x["train"], x["val"]]), np.concatenate([y["train"], y["val"]]))
+    best = pipe.set_params(**search.best_params_).fit(x["train"], y["train"])   # refit on train only
+    test_pred = best.predict(x["test"]) if len(y["test"]) else np.zeros(0, np.int64)
+    return {"model": "LogisticRegression on mean features", "C": search.best_params_["lr__C"],
+            "val_acc": float(search.best_score_),
+            "test_acc": float((test_pred == y["test"]).mean()) if len(y["test"]) else float("nan"),
+            "test_pred": test_pred}
