@@ -71,13 +71,12 @@ class InfluencerProfiler(nn.Module):
         if bool((self.in_mean == 0).all()) and bool((self.in_std == 1).all()):
             return x        # no scaling fitted (the paper's model): the identity, without the work
         z = (x - self.in_mean) / self.in_std
-        widths = self.cfg.segments or (self.cfg.in_dim,)
-        parts, start = [], 0
-        for w in widths:
+        start = 0
+        for w in self.cfg.segments or (self.cfg.in_dim,):
             present = (x[..., start:start + w] != 0).any(dim=-1, keepdim=True)
-            parts.append(z[..., start:start + w] * present)
+            z[..., start:start + w] *= present      # in place: no concatenated copy of the batch
             start += w
-        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        return z
 
     def encode_posts(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fuse(self.normalise(x)))

@@ -29,7 +29,7 @@ extract images "$OUT/store.zarr" --shard 0/2 --encoder "$OUT/image-encoder.pt"
 extract images "$OUT/store.zarr" --shard 1/2 --encoder "$OUT/image-encoder.pt"
 
 step "7. heads: Influencer Profiler on image and text features"
-heads fit "$OUT/store.zarr" --out "$OUT/run" --modality both --epochs 60 --standardize
+heads fit "$OUT/store.zarr" --out "$OUT/run" --modality both
 heads eval "$OUT/run" --posts 5,10,30
 heads predict "$OUT/run" "$OUT/store.zarr" --out "$OUT/predictions"
 step "report"
