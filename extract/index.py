@@ -90,10 +90,10 @@ def _refuse_existing(url: str, overwrite: bool) -> None:
     try:
         open_store(url, "r", allow_incomplete=True)
     except StoreError as e:
-        if "no store here" in str(e):
-            return
-        raise StoreError(f"{url}: there is something here that is not an empty location ({e}); "
-                         f"choose a new store URL") from None
+        if "not an Influencer Profiler store" in str(e):
+            raise StoreError(f"{url}: a Zarr group that is not an Influencer Profiler store is here; nothing was "
+                             f"changed; choose a new store URL") from None
+        return      # nothing there (or nothing readable as a store): a new store is written
     if not overwrite:
         raise StoreError(f"{url}: a store already exists here; pass --overwrite to index again and discard "
                          f"its features, labels and predictions")
