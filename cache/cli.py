@@ -7,7 +7,7 @@ import typer
 
 from cache.console import SCHEDULER_HELP, clean_errors, say
 from cache.inspect import format_info, info as store_info, verify as store_verify
-from cache.labels import apply_labels
+from cache.labels import ReleaseDraw, apply_labels
 from cache.store import open_store
 
 app = typer.Typer(help="The feature store: labels, information, verification.", no_args_is_help=True,
@@ -19,16 +19,35 @@ app = typer.Typer(help="The feature store: labels, information, verification.", 
 def labels(store: str = typer.Argument(..., help="store path or URL"),
            influencers: str = typer.Option(None, help="influencers.csv: username,category[,split]"),
            posts: str = typer.Option(None, help="posts.csv: post_id,category[,split]"),
-           seed: int = typer.Option(0, help="seed of the stratified split for rows without one")):
-    """Read hand labels from CSV, assign missing splits (stratified, seeded), store both."""
-    if not influencers and not posts:
-        raise ValueError("give --influencers and/or --posts")
-    summary = apply_labels(open_store(store, "r+"), influencers, posts, seed)
+           from_release: bool = typer.Option(False, "--from-release",
+                                             help="draw influencer labels from influencers.txt's categories (the "
+                                                  "paper's protocol); a hand label from --influencers wins"),
+           per_category: int = typer.Option(200, help="--from-release: influencers drawn per category (train + val)"),
+           val_fraction: float = typer.Option(0.2, help="--from-release: share of each category's draw for val"),
+           test: int = typer.Option(1142, help="--from-release: test influencers drawn at random from the rest"),
+           seed: int = typer.Option(0, help="seed of the draw and of the stratified split for rows without one")):
+    """Store labels and splits: hand labels from CSV, and/or labels drawn from the release's own categories."""
+    if not influencers and not posts and not from_release:
+        raise ValueError("give --influencers and/or --posts, or --from-release")
+    draw = ReleaseDraw(per_category, val_fraction, test) if from_release else None
+    summary = apply_labels(open_store(store, "r+"), influencers, posts, seed, release=draw)
     for table, s in summary.items():
-        say(f"{table}: {s['labelled']} labelled; splits {s['splits']}")
+        say(f"{table}: {s['labelled']} labelled ({s['source']}); splits {s['splits']}")
+        r = s.get("from_release")
+        if r:
+            ex = r["excluded"]
+            say(f"{table}: drew {r['drawn']} of {r['eligible']} eligible influencers from the release's categories "
+                f"({r['per_category']} per category, val share {r['val_fraction']}, {r['test']} test, seed "
+                f"{r['seed']}); never drawn: {ex['other']} 'other', {ex['no category']} without a category, "
+                f"{ex['no posts']} without posts; "
+                f"{ex['misspelt, fixed at index']} misspelt categories were fixed at index time")
+            d = r.get("hand_vs_release")
+            if d and d["differ"]:
+                say(f"{table}: {d['differ']} of {d['compared']} hand labels differ from the release's category "
+                    f"(e.g. {'; '.join(d['first'])}); the hand labels are kept")
         if "replaced" in s:
             say(f"{table}: replaced the previous labels ({s['replaced']['labelled']} labelled, "
-                f"from {s['replaced']['file']})")
+                f"{s['replaced']['source']}, from {s['replaced']['file'] or 'the release'})")
 
 
 @app.command()

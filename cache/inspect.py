@@ -89,6 +89,9 @@ def info(store: Store, scheduler=None) -> dict:
         out["labels"][table] = {
             name: {cats[c]: int(((label == c) & (split == code)).sum()) for c in range(len(cats))}
             for name, code in schema.SPLITS.items() if code}
+    recorded = store.group.attrs.get("labels") or {}
+    out["label_sources"] = {t: (recorded.get(t) or {}).get("source", "hand") for t in out["labels"]
+                            if isinstance(recorded.get(t), dict)}
     return out
 
 
@@ -119,7 +122,8 @@ def format_info(d: dict) -> str:
     for table, splits in d["labels"].items():
         total = sum(sum(v.values()) for v in splits.values())
         parts = ", ".join(f"{s} {sum(v.values())}" for s, v in splits.items())
-        lines.append(f"labels     {table}: {total} labelled ({parts})")
+        source = (d.get("label_sources") or {}).get(table)
+        lines.append(f"labels     {table}: {total} labelled ({parts})" + (f"; from {source}" if source else ""))
     return "\n".join(lines)
 
 

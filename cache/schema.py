@@ -15,6 +15,8 @@ RELEASE_CATEGORIES = INFLUENCER_CATEGORIES + ["other"]
 
 SPLITS = {"none": 0, "train": 1, "val": 2, "test": 3}
 SPLIT_NAMES = {v: k for k, v in SPLITS.items()}
+# influencers/label_source: a hand label (CSV) or one drawn from influencers.txt (`--from-release`)
+LABEL_SOURCES = {"none": 0, "hand": 1, "release": 2}
 
 
 class Status(IntEnum):

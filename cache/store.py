@@ -154,6 +154,14 @@ def create_labels(store: Store) -> None:
                                  fill_value=-1, overwrite=True)
         store.group.create_array(f"{table}/split", shape=(n,), dtype="int8", chunks=chunk,
                                  fill_value=0, overwrite=True)
+    create_label_source(store)
+
+
+def create_label_source(store: Store) -> None:
+    """influencers/label_source: where each influencer's label came from (schema.LABEL_SOURCES)."""
+    n = store.n_influencers
+    store.group.create_array("influencers/label_source", shape=(n,), dtype="int8",
+                             chunks=(max(1, min(n, schema.TABLE_CHUNK * 4)),), fill_value=0, overwrite=True)
 
 
 def create_features(store: Store) -> None:

@@ -75,12 +75,18 @@ def finetune_images(store: str = typer.Argument(..., help="store path or URL (la
                     device: str = typer.Option("auto", help="auto, cpu or cuda"),
                     precision: str = typer.Option("auto", help="auto (bf16 where the hardware has it), fp32, bf16"),
                     seed: int = typer.Option(0),
-                    dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`")):
-    """Train the image encoder on the labelled posts; keep the best epoch on validation; write one file."""
+                    dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`"),
+                    labels: str = typer.Option("posts", help="posts: hand-labelled posts; influencers: weak labels, "
+                                               "posts of labelled influencers labelled with their owner's category"),
+                    posts_per_influencer: int = typer.Option(20, help="--labels influencers: posts sampled per "
+                                                             "influencer (then class-balanced)")):
+    """Train the image encoder on labelled posts (or weakly, on influencers' labels); keep the best epoch on
+    validation; write one file."""
     from extract.finetune import FinetuneConfig, finetune
     cfg = FinetuneConfig(weights=weights, trainable_blocks=trainable_blocks, epochs=epochs, batch_size=batch_size,
                          lr=lr, dropout=dropout, image_size=image_size, augment=augment, workers=workers,
-                         device=device, precision=precision, seed=seed, dataset=dataset)
+                         device=device, precision=precision, seed=seed, dataset=dataset, labels=labels,
+                         posts_per_influencer=posts_per_influencer)
     finetune(store, out, cfg, log=say)
 
 

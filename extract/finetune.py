@@ -1,4 +1,6 @@
-"""`extract finetune-images`: the paper's image encoder, trained on the store's labelled posts (§3.3, §5.1).
+"""`extract finetune-images`: the paper's image encoder, trained on the store's labelled posts (§3.3, §5.1),
+or, with `labels="influencers"`, on weak labels: posts of labelled influencers, each labelled with its
+owner's category (for users who hold the release and no hand-labelled posts).
 
 Inception-v3 (ImageNet weights), only the top `trainable_blocks` inception blocks trained
 (the paper: two, torchvision's Mixed_7b and Mixed_7c), global average pooling, Linear
@@ -45,6 +47,8 @@ class FinetuneConfig:
     precision: str = "auto"
     seed: int = 0
     dataset: str | None = None
+    labels: str = "posts"              # posts (hand-labelled posts) | influencers (weak: owner's category)
+    posts_per_influencer: int = 20     # --labels influencers: posts sampled per influencer
 
 
 class Augment:
@@ -93,6 +97,40 @@ def _split_rows(store, split: str) -> tuple[list[str], np.ndarray]:
     paths = store["posts/image"].get_orthogonal_selection((rows,))
     keep = np.array([bool(str(p)) for p in paths], dtype=bool)
     return [str(p) for p in paths[keep]], label[rows[keep]].astype(np.int64)
+
+
+def _weak_rows(store, split: str, per_influencer: int, seed: int, balance: bool) -> tuple[list[str], np.ndarray]:
+    """Weak labels: posts of the split's labelled influencers, each labelled with its owner's category.
+
+    Up to `per_influencer` posts with an image are sampled per influencer (seeded), so prolific
+    influencers do not dominate; with `balance`, every category is then cut to the size of the
+    smallest, so the encoder is not pulled towards the commonest category.
+    """
+    label, code = store["influencers/label"][:], store["influencers/split"][:]
+    offsets = store.offsets()
+    to_post = np.array([store.post_categories.index(c) for c in store.influencer_categories], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    rows, ys = [], []
+    for j in np.flatnonzero((label >= 0) & (code == SPLITS[split])):
+        r = np.arange(offsets[j], offsets[j + 1])
+        rows.append(rng.permutation(r))
+        ys.append(np.full(len(rows[-1]), to_post[label[j]], np.int64))
+    if not rows:
+        return [], np.zeros(0, np.int64)
+    owner = np.concatenate([np.full(len(r), k) for k, r in enumerate(rows)])
+    rows, ys = np.concatenate(rows), np.concatenate(ys)
+    paths = store["posts/image"].get_orthogonal_selection((rows,)) if len(rows) else np.zeros(0, object)
+    has = np.array([bool(str(p)) for p in paths], dtype=bool)
+    keep = np.zeros(len(rows), bool)
+    for k in np.unique(owner):
+        keep[np.flatnonzero((owner == k) & has)[:per_influencer]] = True
+    if balance and keep.any():
+        present = np.unique(ys[keep])
+        least = min(int((keep & (ys == c)).sum()) for c in present)
+        for c in present:
+            idx = np.flatnonzero(keep & (ys == c))
+            keep[rng.permutation(idx)[least:]] = False
+    return [str(p) for p in paths[keep]], ys[keep]
 
 
 def _loader(ds, batch_size, shuffle, workers, seed, device):
@@ -167,11 +205,29 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = F
         raise FileNotFoundError(f"dataset root {root!r} (recorded in {url}) is not a folder; pass --dataset PATH")
     if "posts/label" not in store:
         raise ValueError(f"{url} has no labels: run `cache labels` first")
+    if cfg.labels not in ("posts", "influencers") or cfg.posts_per_influencer < 1:
+        raise ValueError(f"--labels must be posts or influencers and --posts-per-influencer >= 1, got "
+                         f"{cfg.labels!r}, {cfg.posts_per_influencer}")
     categories = store.post_categories
-    train_paths, train_y = _split_rows(store, "train")
-    val_paths, val_y = _split_rows(store, "val")
+    recorded = store.attrs.get("labels") or {}
+    if cfg.labels == "posts":
+        train_paths, train_y = _split_rows(store, "train")
+        val_paths, val_y = _split_rows(store, "val")
+        what = "labelled train posts"
+        label_info = {"kind": "posts", "source": "hand-labelled posts",
+                      "file": (recorded.get("posts") or {}).get("file")}
+    else:
+        train_paths, train_y = _weak_rows(store, "train", cfg.posts_per_influencer, cfg.seed, balance=True)
+        val_paths, val_y = _weak_rows(store, "val", cfg.posts_per_influencer, cfg.seed + 1, balance=False)
+        what = "weakly labelled posts of train influencers"
+        rec = recorded.get("influencers") or {}
+        label_info = {"kind": "influencers", "weak": True,
+                      "source": f"each post labelled with its owner's category; influencer labels from "
+                                f"{rec.get('source', 'hand')}" + (f" ({rec['file']})" if rec.get("file") else ""),
+                      "posts_per_influencer": cfg.posts_per_influencer, "class_balanced": True,
+                      "classes": sorted({categories[int(c)] for c in np.unique(train_y)})}
     if len(train_paths) < 2 or len(val_paths) < 1:
-        raise ValueError(f"{url}: {len(train_paths)} labelled train posts and {len(val_paths)} val posts have an "
+        raise ValueError(f"{url}: {len(train_paths)} {what} and {len(val_paths)} val posts have an "
                          f"image; fine-tuning needs some of each (see `cache info`)")
     workers = min(os.cpu_count() or 1, 8) if cfg.workers is None else cfg.workers
 
@@ -200,8 +256,8 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = F
     optimizer = torch.optim.Adam(encoder.trainable_parameters(), lr=cfg.lr)
     # What a checkpoint must agree on to be resumed (the number of decoding workers need not).
     settings = {k: v for k, v in asdict(cfg).items() if k != "workers"}
-    settings.update(store=store.location,
-                    labels=store.attrs.get("labels", {}).get("posts", {}).get("sha256"))
+    table = "posts" if cfg.labels == "posts" else "influencers"
+    settings.update(store=store.location, label_digest=(recorded.get(table) or {}).get("arrays"))
     ckpt_path = f"{out}.ckpt"
     history: list[dict] = []
     best = {"val_accuracy": -1.0, "epoch": 0, "state": None}
@@ -220,7 +276,7 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = F
 
     n_train = sum(p.numel() for p in encoder.trainable_parameters())
     log(f"fine-tuning {', '.join(encoder.trainable_names) or 'no inception blocks'} + proj + classifier "
-        f"({n_train:,} trainable parameters) on {len(train_ds)} train posts, selecting on {len(val_ds)} val "
+        f"({n_train:,} trainable parameters) on {len(train_ds)} {what}, selecting on {len(val_ds)} val "
         f"posts; {device}, {prec}, input {pre['crop']}px, {workers} decoding workers")
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -268,7 +324,8 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = F
     majority = float(np.bincount(val_y, minlength=len(categories)).max() / len(val_y))
     metrics = {"val_accuracy": val_acc, "best_epoch": best["epoch"], "val_accuracy_per_class": per_class,
                "val_majority_baseline": majority, "train_posts": len(train_ds), "val_posts": len(val_ds)}
-    meta = {"categories": categories, "weights_source": source,
+    metrics["labels"] = label_info
+    meta = {"categories": categories, "weights_source": source, "labels": label_info,
             "model": {"arch": "inception_v3", "trainable_blocks": cfg.trainable_blocks,
                       "trainable": encoder.trainable_names, "transform_input": transform_input,
                       "dropout": cfg.dropout, "feature": "relu(Linear(2048, 1024)(avgpool))"},

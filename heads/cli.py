@@ -75,11 +75,14 @@ def predict(run: str = typer.Argument(..., help="a `heads fit` run folder"),
             device: str = typer.Option("cpu", help="cpu, cuda or auto (on each worker)"),
             batch_size: int = typer.Option(64, help="influencers per forward pass")):
     """Label every influencer and post of the store; keep the posts that drove each decision."""
-    from heads.predict import predict as run_predict
+    from heads.predict import agreement_line, predict as run_predict
     r = run_predict(run, store, out, scheduler=scheduler, device=device, batch_size=batch_size)
     say(f"predicted {r['influencers']} influencers and {r['posts']} posts in {r['seconds']:.1f}s ({r['scheduler']}) "
         f"({r['unusable_influencers']} influencers with no usable post); CSVs in {r['out']}; "
         f"arrays in {store}/predictions")
+    say(agreement_line(r["release_agreement"]))
+    if not r["post_head_trained"]:
+        say("post categories left empty: the run's post head was not trained (no labelled posts)")
 
 
 @app.command()

@@ -23,11 +23,16 @@ import time
 import numpy as np
 import torch
 
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
 from cache.compute import describe, ordered_results
+from cache.labels import LabelError, release_categories
+from cache.schema import SPLITS
 from cache.progress import Progress
 from cache.readers import influencer_groups, post_features, require_features
 from cache.store import open_store
 from heads.infer import load_run, pad_batch, resolve_device
+from heads.rundir import write_json_atomic
 
 TOP_POSTS = 3
 GROUP_ROWS = 16384      # posts per task at least: a task's fixed cost (opening the store, arrays) is amortised
@@ -52,6 +57,7 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
     model, config = _loaded(run, stamp, resolve_device(device))
     dev = next(model.parameters()).device
     icats, pcats = config["influencer_categories"], config["post_categories"]
+    post_head = config.get("post_head_trained", True)
     store = open_store(url)
     rows = slice(int(offs[0]), int(offs[-1]))
     x, ok = post_features(store, rows, config["fit"]["modality"])
@@ -76,8 +82,9 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
             w = o["weights"].float().cpu().numpy()
             for k, i in enumerate(idx):
                 a, cnt, usable = local[i], len(bags[i]), masks[i]
-                post_label[a:a + cnt] = np.where(usable, pp[k, :cnt].argmax(1), -1)
-                post_prob[a:a + cnt] = np.where(usable, pp[k, :cnt].max(1), np.nan)
+                if post_head:
+                    post_label[a:a + cnt] = np.where(usable, pp[k, :cnt].argmax(1), -1)
+                    post_prob[a:a + cnt] = np.where(usable, pp[k, :cnt].max(1), np.nan)
                 attention[a:a + cnt] = np.where(usable, w[k, :cnt], np.nan)
                 if usable.any():
                     infl_label[i] = pi[k].argmax()
@@ -105,7 +112,8 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
         for t in range(a, b):
             labelled = post_label[t] >= 0
             post_rows.append([str(ids[t]), str(users[i]), pcats[post_label[t]] if labelled else "",
-                              f"{post_prob[t]:.4f}" if labelled else "", f"{attention[t]:.4f}" if labelled else ""])
+                              f"{post_prob[t]:.4f}" if labelled else "",
+                              "" if np.isnan(attention[t]) else f"{attention[t]:.4f}"])
     return {"j0": j0, "rows": rows, "post_label": post_label, "post_prob": post_prob.astype(np.float16),
             "attention": attention.astype(np.float16), "infl_label": infl_label, "infl_prob": infl_prob,
             "infl_rows": infl_rows, "post_rows": post_rows, "unusable": unusable}
@@ -160,5 +168,49 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
         os.replace(path + ".partial", path)
     store.group["predictions"].attrs.update(complete=True, influencers=m, posts=n)
     progress.close()
-    return {"influencers": m, "posts": n, "unusable_influencers": unusable, "out": out,
-            "seconds": time.perf_counter() - t0, "scheduler": describe(scheduler)}
+    summary = {"influencers": m, "posts": n, "unusable_influencers": unusable, "out": out,
+               "seconds": time.perf_counter() - t0, "scheduler": describe(scheduler), "run": run_abs,
+               "store": store.url, "post_head_trained": config.get("post_head_trained", True),
+               "release_agreement": release_agreement(store, infl_label, config["influencer_categories"])}
+    write_json_atomic(os.path.join(out, "summary.json"), summary)
+    return summary
+
+
+def release_agreement(store, predicted: np.ndarray, categories: list[str]) -> dict | None:
+    """How often the run agrees with the release's own (model-assigned) categories, over the influencers
+    in no train or val split whose release category is one the model predicts (not `other`, not
+    missing) and that got a prediction. None when the store has no release categories."""
+    try:
+        mapped, _ = release_categories(store)
+    except LabelError:
+        return None
+    if list(store.influencer_categories) != list(categories):
+        return None
+    split = store["influencers/split"][:]
+    used = np.isin(split, [SPLITS["train"], SPLITS["val"]])
+    keep = ~used & (mapped >= 0) & (predicted >= 0)
+    y, p = mapped[keep], predicted[keep].astype(np.int64)
+    out = {"n": int(keep.sum()), "excluded_train_val": int(used.sum()),
+           "excluded_other_or_none": int((~used & (mapped < 0)).sum()),
+           "excluded_unpredicted": int((~used & (mapped >= 0) & (predicted < 0)).sum())}
+    if not len(y):
+        return {**out, "accuracy": None}
+    labels = list(range(len(categories)))
+    prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=labels, zero_division=0)
+    out.update(accuracy=float((y == p).mean()),
+               per_category={c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                                 "support": int(support[i])} for i, c in enumerate(categories)},
+               confusion=confusion_matrix(y, p, labels=labels).tolist(), categories=list(categories))
+    return out
+
+
+def agreement_line(a: dict | None) -> str:
+    """The one line `heads predict` prints about agreement with the release's categories."""
+    if a is None:
+        return "agreement with the release's categories: n/a (the store has no release categories)"
+    if not a["n"]:
+        return "agreement with the release's categories: n/a (no influencer outside train/val has one)"
+    f1 = [v["f1"] for v in a["per_category"].values() if v["support"]]
+    return (f"agreement with the release's categories: {100 * a['accuracy']:.1f}% of {a['n']:,} influencers in no "
+            f"train or val split (per-category F1 {min(f1):.2f}-{max(f1):.2f}; {a['excluded_other_or_none']:,} "
+            f"'other' or uncategorised not compared); details in summary.json")

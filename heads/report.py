@@ -40,8 +40,23 @@ def write_report(run: str, config: dict, metrics: dict) -> str:
                      f"{100 * metrics['val_acc']:.2f}%")
     if metrics.get("warning"):
         parts.append(f"- **warning**: {metrics['warning']}")
-    parts += ["", table("Influencer classification (Table 1 layout)", rows, config["influencer_categories"]), "",
-             table("Post classification (Table 2 layout)", [(name, inp, metrics["post"])], config["post_categories"])]
+    labels = config.get("labels") or {}
+    if labels.get("influencers"):
+        li = labels["influencers"]
+        where = {"release": "drawn from the release's own categories (influencers.txt; model-assigned, not hand "
+                            "labels: test accuracy here is agreement with the release)",
+                 "hand": "hand labels", "hand+release": "hand labels, the rest drawn from the release's categories"}
+        parts.append(f"- influencer labels: {where.get(li.get('source'), li.get('source'))}"
+                     + (f" from `{li['file']}`" if li.get("file") else ""))
+    parts += ["", table("Influencer classification (Table 1 layout)", rows, config["influencer_categories"]), ""]
+    if config.get("post_head_trained", True):
+        parts.append(table("Post classification (Table 2 layout)", [(name, inp, metrics["post"])],
+                           config["post_categories"]))
+    else:
+        parts.append("### Post classification (Table 2 layout)\n\nNot trained: the store has no labelled train "
+                     "posts (the paper's ten post categories need hand labels; labels from the release are per "
+                     "influencer). `heads predict` leaves post categories empty; attention weights are still "
+                     "written.\n")
     text = "\n".join(parts)
     with open(os.path.join(run, "report.md"), "w") as f:
         f.write(text)

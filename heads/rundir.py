@@ -18,6 +18,14 @@ from cache import schema
 from cache.store import Store
 
 
+def write_json_atomic(path: str, obj: dict) -> None:
+    """Write JSON under a temporary name and rename it: a killed run never leaves half a file."""
+    tmp = f"{path}.partial"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
 def git_commit() -> str:
     try:
         here = os.path.dirname(os.path.abspath(__file__))
@@ -49,8 +57,7 @@ class RunFolder:
         return os.path.join(self.path, name)
 
     def write_json(self, name: str, obj: dict) -> None:
-        with open(self.file(name), "w") as f:
-            json.dump(obj, f, indent=2)
+        write_json_atomic(self.file(name), obj)
 
     def append_history(self, row: dict) -> None:
         """One line per evaluation round, flushed at once."""

@@ -95,8 +95,16 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
     config = {"fit": asdict(cfg), "model": head.to_dict(), "store": store_fingerprint(store), "git_commit": git_commit(),
               "command": " ".join(sys.argv), "influencer_categories": store.influencer_categories,
               "post_categories": store.post_categories, "torch": torch.__version__, "device": str(device),
-              "precision": "bf16" if use_bf16 else "fp32"}
+              "precision": "bf16" if use_bf16 else "fp32",
+              # The post head learns only from labelled posts (the release's labels are per influencer):
+              # without them its outputs mean nothing, and `heads predict` leaves post categories empty.
+              "post_head_trained": bool(len(data["posts_train"]["y"])),
+              "labels": {t: {k: r.get(k) for k in ("source", "file", "labelled", "from_release") if k in r}
+                         for t, r in (store.attrs.get("labels") or {}).items() if isinstance(r, dict)}}
     run.write_json("config.json", config)
+    if not config["post_head_trained"]:
+        log("no labelled train posts: the post head is not trained (influencer labels only); "
+            "`heads predict` will leave post categories empty")
 
     reference = logistic_reference(data, segments, cfg.seed)
     log(f"reference: logistic regression on mean features, validation accuracy {100 * reference['val_acc']:.2f}% "
