@@ -96,3 +96,21 @@ def ablate(store: str = typer.Argument(..., help="store path or URL"),
     """Figure 5b: text / image / both × full model / no attention / no fine-tuning, one table."""
     from heads.ablate import ablate as run_ablate
     typer.echo(run_ablate(store, out, no_finetune_store=no_finetune_store, epochs=epochs, seed=seed, log=say))
+
+
+@app.command()
+@clean_errors
+def report(run: str = typer.Argument(..., help="a `heads fit` run folder"),
+           store: str = typer.Argument(..., help="the store the run was fitted on (and predicted, for the explorer)"),
+           out: str = typer.Option(..., help="folder to write index.html and assets/ into"),
+           baselines: str = typer.Option(None, help="`baselines run` output folder (results.json)"),
+           predictions: str = typer.Option(None, help="`heads predict` output folder (summary.json)"),
+           ablate: str = typer.Option(None, help="`heads ablate` output folder (ablation.json)"),
+           cards: int = typer.Option(12, help="influencers shown per category"),
+           dataset: str = typer.Option(None, help="dataset root for thumbnails, if it moved since `extract index`")):
+    """One self-contained HTML report: run, Tables 1-2, figures, agreement, explorer, cards."""
+    from heads.webreport import write_report
+    r = write_report(run, store, out, baselines=baselines, predictions=predictions, ablate=ablate, cards=cards,
+                     dataset=dataset, log=say)
+    say(f"report: {r['index']} ({r['influencers']:,} influencers, {r['thumbnails']} thumbnails, "
+        f"{r['placeholders']} placeholders, {r['bytes'] / 1e6:.1f} MB, {r['seconds']:.1f}s)")

@@ -40,7 +40,13 @@ head -5 "$OUT/predictions/influencers.csv" | cut -c1-220
 step "8. baselines on the same store and splits"
 baselines run "$OUT/store.zarr" --out "$OUT/baselines" --inputs text,image,both --compare "$OUT/run"
 
+step "9. the HTML report (run, Tables 1-2 beside the baselines and the paper, figures, explorer, cards)"
+heads report "$OUT/run" "$OUT/store.zarr" --out "$OUT/report" --baselines "$OUT/baselines" \
+    --predictions "$OUT/predictions" --cards 3
+
 step "store information"
 cache info "$OUT/store.zarr"
 step "verify"
 cache verify "$OUT/store.zarr"
+echo
+echo "report: open $OUT/report/index.html in a browser"
