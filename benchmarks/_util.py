@@ -1,9 +1,12 @@
 """Shared helpers of the benchmark scripts: run a measured function in a fresh process."""
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 
@@ -37,3 +40,16 @@ def in_subprocess(code: str) -> dict:
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, keep: bool = False):
+    """A temporary folder for a benchmark's stores, removed at the end unless `keep`."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield tmp
+    finally:
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._util import in_subprocess  # noqa: E402
+from benchmarks._util import in_subprocess, scratch  # noqa: E402
 
 RELEASE_INFLUENCERS = 33_935
 
@@ -68,8 +66,7 @@ def main() -> None:
     ap.add_argument("--influencers", type=int, default=RELEASE_INFLUENCERS)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="bench-labels-")
-    try:
+    with scratch("bench-labels-", args.keep) as tmp:
         rows = []
         for name, n in (("full", args.influencers), ("half", args.influencers // 2)):
             root, store = os.path.join(tmp, name), os.path.join(tmp, f"{name}.zarr")
@@ -89,11 +86,6 @@ def main() -> None:
         print(f"\nfloor: under 10 s for {args.influencers:,} influencers: "
               f"{'met' if full['seconds'] < 10 else 'MISSED'} ({full['seconds']:.2f} s, "
               f"peak {full['peak_rss_mib']:.0f} MiB; half size {rows[1][3]['peak_rss_mib']:.0f} MiB)")
-    finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

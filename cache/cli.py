@@ -71,3 +71,28 @@ def verify(store: str = typer.Argument(..., help="store path or URL"),
     if errors:
         raise typer.Exit(1)
     typer.echo("ok: store verified")
+
+
+@app.command()
+@clean_errors
+def export(store: str = typer.Argument(..., help="store path or URL"),
+           out: str = typer.Argument(..., help="HDF5 file to write"),
+           labelled_only: bool = typer.Option(False, "--labelled-only",
+                                              help="only the labelled influencers' bags and the labelled posts"),
+           compress: bool = typer.Option(False, help="lzf-compress the image features (smaller file, slower)")):
+    """The store as one HDF5 file (arrays, attributes, layout), streamed a block at a time."""
+    from cache.exchange import export_store
+    r = export_store(store, out, labelled_only, compress)
+    say(f"exported {r['posts']:,} posts of {r['influencers']:,} influencers to {r['out']} "
+        f"({r['bytes'] / 1e6:.1f} MB, {r['seconds']:.1f}s" + (f"; {r['partial_bags']} influencers with only their "
+                                                               f"labelled posts" if labelled_only else "") + ")")
+
+
+@app.command("import")
+@clean_errors
+def import_(path: str = typer.Argument(..., help="HDF5 file written by `cache export`"),
+            store: str = typer.Argument(..., help="new store path or URL (must not exist)")):
+    """A store from a `cache export` file."""
+    from cache.exchange import import_store
+    r = import_store(path, store)
+    say(f"imported {r['posts']:,} posts into {r['store']} ({r['seconds']:.1f}s)")

@@ -160,7 +160,7 @@ def _draw_release(store: Store, draw: ReleaseDraw, seed: int, taken: np.ndarray)
     have = np.bincount(mapped[free], minlength=len(cats))
     short = [f"{cats[c]} has {have[c]}" for c in range(len(cats)) if have[c] < draw.per_category]
     if short:
-        hand = f" without a hand label" if taken.any() else ""
+        hand = " without a hand label" if taken.any() else ""
         raise LabelError(f"{store.url}: too few influencers{hand} for --per-category {draw.per_category}: "
                          f"{'; '.join(short)}; nothing was written")
     rng = np.random.default_rng(seed)
