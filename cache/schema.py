@@ -35,3 +35,31 @@ TABLE_CHUNK = 65536       # rows per chunk of the posts/ tables
 POST_STR = ["id", "caption", "image"]
 POST_INT = ["timestamp", "likes", "comments"]
 INFLUENCER_INT = ["followers", "followees", "posts_total"]
+
+# predictions/ (written by `heads predict` through cache.outputs): name -> (table it follows, dtype, fill)
+PREDICTIONS = {
+    "influencer_label": ("influencers", "int8", -1),
+    "influencer_prob": ("influencers", "float32", float("nan")),
+    "post_label": ("posts", "int8", -1),
+    "post_prob": ("posts", "float16", float("nan")),
+    "attention": ("posts", "float16", float("nan")),
+}
+
+# Every array a store may hold (DESIGN.md "The store", plus what was added since): path -> (rows, writer).
+# N posts, M influencers, B blocks.
+ARRAYS = {
+    **{f"posts/{n}": ("N", "extract index") for n in POST_STR + ["influencer"] + POST_INT},
+    "posts/label": ("N", "cache labels"), "posts/split": ("N", "cache labels"),
+    **{f"influencers/{n}": ("M", "extract index") for n in ["username"] + INFLUENCER_INT},
+    "influencers/offsets": ("M+1", "extract index"),
+    "influencers/release_category": ("M", "extract index: influencers.txt's category, an index into the root "
+                                          "attribute release_categories (-1 none)"),
+    "influencers/label": ("M", "cache labels"), "influencers/split": ("M", "cache labels"),
+    "influencers/label_source": ("M", "cache labels: LABEL_SOURCES"),
+    **{f"features/{m}": ("N", "extract images / extract text") for m in MODALITIES},
+    **{f"features/{m}_status": ("N", "shard jobs: Status") for m in MODALITIES},
+    **{f"features/{m}_done": ("B", "shard jobs") for m in MODALITIES},
+    **{f"problems/{k}": ("problems", "extract index, shard jobs") for k in ("kind", "where", "detail")},
+    **{f"predictions/{n}": ("M" if t == "influencers" else "N", "heads predict") for n, (t, _, _) in
+       PREDICTIONS.items()},
+}

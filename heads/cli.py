@@ -73,10 +73,11 @@ def predict(run: str = typer.Argument(..., help="a `heads fit` run folder"),
             out: str = typer.Option(None, help="folder for influencers.csv and posts.csv (default RUN/predictions)"),
             scheduler: str = typer.Option(None, help=SCHEDULER_HELP),
             device: str = typer.Option("cpu", help="cpu, cuda or auto (on each worker)"),
-            batch_size: int = typer.Option(64, help="influencers per forward pass")):
+            batch_size: int = typer.Option(64, help="influencers per forward pass"),
+            overwrite: bool = typer.Option(False, help="replace another run's predictions in the store")):
     """Label every influencer and post of the store; keep the posts that drove each decision."""
     from heads.predict import agreement_line, predict as run_predict
-    r = run_predict(run, store, out, scheduler=scheduler, device=device, batch_size=batch_size)
+    r = run_predict(run, store, out, scheduler=scheduler, device=device, batch_size=batch_size, overwrite=overwrite)
     say(f"predicted {r['influencers']} influencers and {r['posts']} posts in {r['seconds']:.1f}s ({r['scheduler']}) "
         f"({r['unusable_influencers']} influencers with no usable post); CSVs in {r['out']}; "
         f"arrays in {store}/predictions")

@@ -27,6 +27,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from cache.compute import describe, ordered_results
 from cache.labels import LabelError, release_categories
+from cache.outputs import begin_predictions, finish_predictions
 from cache.schema import SPLITS
 from cache.progress import Progress
 from cache.readers import influencer_groups, post_features, require_features
@@ -39,11 +40,6 @@ GROUP_ROWS = 16384      # posts per task at least: a task's fixed cost (opening 
 INFLUENCER_HEADER = (["username", "category", "probability", "posts", "note"] +
                      [f"top{k}_{f}" for k in range(1, TOP_POSTS + 1) for f in ("post_id", "weight", "caption")])
 POST_HEADER = ["post_id", "username", "category", "probability", "attention"]
-
-
-def _create(store, name, n, dtype, fill):
-    return store.group.create_array(f"predictions/{name}", shape=(n,), dtype=dtype,
-                                    chunks=(max(1, min(n, 65536)),), fill_value=fill, overwrite=True)
 
 
 @functools.lru_cache(maxsize=2)
@@ -120,7 +116,7 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
 
 
 def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64, device: str = "cpu",
-            scheduler=None, quiet: bool = False) -> dict:
+            scheduler=None, quiet: bool = False, overwrite: bool = False) -> dict:
     model, config = load_run(run, "cpu")      # fails here, clearly, before anything is written
     del model
     modality = config["fit"]["modality"]
@@ -129,14 +125,8 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
     out = out or os.path.join(run, "predictions")
     os.makedirs(out, exist_ok=True)
     n, m = store.n_posts, store.n_influencers
-    arrays = {"influencer_label": _create(store, "influencer_label", m, "int8", -1),
-              "influencer_prob": _create(store, "influencer_prob", m, "float32", np.nan),
-              "post_label": _create(store, "post_label", n, "int8", -1),
-              "post_prob": _create(store, "post_prob", n, "float16", np.nan),
-              "attention": _create(store, "attention", n, "float16", np.nan)}
     run_abs = os.path.abspath(run)
-    store.group["predictions"].attrs.update(run=run_abs, modality=modality, git_commit=config.get("git_commit"),
-                                             complete=False)
+    arrays = begin_predictions(store, run_abs, modality, config.get("git_commit"), overwrite)
     offsets = store.offsets()
     stamp = os.stat(os.path.join(run_abs, "model.pt")).st_mtime_ns
     infl_label = np.full(m, -1, np.int8)
@@ -166,7 +156,7 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
     arrays["influencer_prob"][:] = infl_prob
     for path in paths.values():
         os.replace(path + ".partial", path)
-    store.group["predictions"].attrs.update(complete=True, influencers=m, posts=n)
+    finish_predictions(store)
     progress.close()
     summary = {"influencers": m, "posts": n, "unusable_influencers": unusable, "out": out,
                "seconds": time.perf_counter() - t0, "scheduler": describe(scheduler), "run": run_abs,

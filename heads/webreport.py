@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from cache import schema
+from cache.outputs import predictions_run
 from cache.store import open_store
 
 THUMB = 160
@@ -206,9 +207,9 @@ def influencer_columns(store) -> dict:
 
 def _predictions(store, run: str) -> tuple[dict | None, str]:
     """The store's predictions/ arrays when complete, and a sentence on where they came from."""
-    if "predictions/influencer_label" not in store:
+    attrs = predictions_run(store)
+    if not attrs or "predictions/influencer_label" not in store:
         return None, "no predictions in the store yet: run `heads predict RUN STORE` for the explorer and the cards"
-    attrs = dict(store.group["predictions"].attrs)
     if not attrs.get("complete"):
         return None, "the store's predictions are incomplete (an interrupted `heads predict`): rerun it"
     note = f"predictions of run {attrs.get('run')}"

@@ -209,3 +209,29 @@ def test_weak_labels_finetune_on_owners_categories(tmp_path):
     assert "agreement with the release's categories: " in r.output
     a = json.load(open(os.path.join(run, "predictions", "summary.json")))["release_agreement"]
     assert a["n"] >= 4 and a["excluded_train_val"] == 16
+
+
+def test_another_runs_predictions_are_not_replaced_unless_asked(release_run, tmp_path):
+    import shutil
+    path, run, rc, output = release_run
+    other = str(tmp_path / "other-run")
+    shutil.copytree(run, other)
+    before = open_store(path)["predictions/influencer_label"][:]
+    r = CliRunner().invoke(heads_app, ["predict", other, path, "--out", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "holds the predictions of another run" in r.output and "--overwrite" in r.output
+    assert r.output.count("\n") == 1
+    s = open_store(path)
+    assert s.group["predictions"].attrs["run"] == os.path.abspath(run) and (s["predictions/influencer_label"][:] == before).all()
+    r = CliRunner().invoke(heads_app, ["predict", other, path, "--out", str(tmp_path / "p"), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert open_store(path).group["predictions"].attrs["run"] == os.path.abspath(other)
+    r = CliRunner().invoke(heads_app, ["predict", run, path, "--out", str(tmp_path / "p"), "--overwrite"])
+    assert r.exit_code == 0, r.output
+
+
+def test_schema_declares_every_array_a_store_holds(release_run):
+    from cache.exchange import _arrays
+    path = release_run[0]
+    held = [p for p, _ in _arrays(open_store(path).group)]
+    assert "predictions/attention" in held and "influencers/label_source" in held
+    assert [p for p in held if p not in schema.ARRAYS] == []
