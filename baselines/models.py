@@ -12,6 +12,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+from cache.store import UserError
 
 MODEL_NAMES = {"gnb": "GaussianNB", "knn": "KNeighbors", "svc": "SVC", "rf": "RandomForest"}
 
@@ -29,7 +30,7 @@ def candidates(name: str, seed: int = 0) -> list[Pipeline]:
     if name == "rf":
         return [Pipeline([("rf", RandomForestClassifier(n_estimators=n, max_features="sqrt", random_state=seed,
                                                         n_jobs=-1))]) for n in (100, 300)]
-    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
+    raise UserError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
 
 
 def select_and_fit(pipes, x_train, y_train, x_val, y_val):

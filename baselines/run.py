@@ -18,7 +18,7 @@ from baselines.models import MODEL_NAMES, candidates, select_and_fit
 from cache.compute import describe
 from cache.labels import require_sound_labels
 from cache.readers import MODALITY_SETS, post_features, post_features_at, require_features
-from cache.store import StoreError, open_store
+from cache.store import StoreError, UserError, open_store
 from heads.metrics import classification_metrics
 from heads.report import table
 
@@ -35,10 +35,10 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
                   seed: int = 0, log=print) -> dict:
     for m in models:
         if m not in MODEL_NAMES:
-            raise ValueError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
+            raise UserError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
     for i in inputs:
         if i not in INPUT_NAMES:
-            raise ValueError(f"unknown input {i!r}; choose from text, image, both")
+            raise UserError(f"unknown input {i!r}; choose from text, image, both")
     store = open_store(url)
     needed = sorted({m for i in inputs for m in MODALITY_SETS[i]})
     for m in needed:

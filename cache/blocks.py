@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache import schema
-from cache.store import Store, StoreError
+from cache.store import Store, StoreError, UserError
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,16 @@ class Shard:
 def parse_shard(text: str) -> Shard:
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not m:
-        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {text!r}")
+        raise UserError(f"--shard must look like i/N (e.g. 0/4), got {text!r}")
     i, n = int(m.group(1)), int(m.group(2))
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= i < N and N >= 1")
+        raise UserError(f"--shard {text}: need 0 <= i < N and N >= 1")
     return Shard(i, n)
 
 
 def _check_modality(store: Store, modality: str) -> None:
     if modality not in schema.MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; expected one of {sorted(schema.MODALITIES)}")
+        raise UserError(f"unknown modality {modality!r}; expected one of {sorted(schema.MODALITIES)}")
     if not store.has_features(modality):
         raise StoreError(f"{store.url}: no features/{modality} array (the store was not fully indexed)")
 
@@ -82,12 +82,12 @@ def commit_block(store: Store, modality: str, b: int, features: np.ndarray, stat
     n = rows.stop - rows.start
     dim = schema.MODALITIES[modality]
     if features.shape != (n, dim) or status.shape != (n,):
-        raise ValueError(f"block {b}: expected features {(n, dim)} and status {(n,)}, "
+        raise UserError(f"block {b}: expected features {(n, dim)} and status {(n,)}, "
                          f"got {features.shape} and {status.shape}")
     if (status == schema.Status.PENDING).any():
-        raise ValueError(f"block {b}: every row needs a final status before commit")
+        raise UserError(f"block {b}: every row needs a final status before commit")
     if np.isnan(features).any(axis=1).any():
-        raise ValueError(f"block {b}: refusing to commit rows holding NaN features")
+        raise UserError(f"block {b}: refusing to commit rows holding NaN features")
     store[f"features/{modality}"][rows] = features.astype(np.float16, copy=False)
     store[f"features/{modality}_status"][rows] = status.astype(np.uint8, copy=False)
     store[f"features/{modality}_done"][b] = True

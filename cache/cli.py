@@ -8,7 +8,7 @@ import typer
 from cache.console import SCHEDULER_HELP, clean_errors, say
 from cache.inspect import format_info, info as store_info, verify as store_verify
 from cache.labels import ReleaseDraw, apply_labels
-from cache.store import open_store
+from cache.store import UserError, open_store
 
 app = typer.Typer(help="The feature store: labels, information, verification.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -28,7 +28,7 @@ def labels(store: str = typer.Argument(..., help="store path or URL"),
            seed: int = typer.Option(0, help="seed of the draw and of the stratified split for rows without one")):
     """Store labels and splits: hand labels from CSV, and/or labels drawn from the release's own categories."""
     if not influencers and not posts and not from_release:
-        raise ValueError("give --influencers and/or --posts, or --from-release")
+        raise UserError("give --influencers and/or --posts, or --from-release")
     draw = ReleaseDraw(per_category, val_fraction, test) if from_release else None
     summary = apply_labels(open_store(store, "r+"), influencers, posts, seed, release=draw)
     for table, s in summary.items():

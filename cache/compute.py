@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 import dask
+from cache.store import UserError
 
 
 @contextlib.contextmanager
@@ -35,7 +36,7 @@ def connect(scheduler):
     try:
         client = Client(scheduler, timeout="20s")
     except OSError as e:
-        raise OSError(f"dask scheduler {scheduler}: cannot connect ({e})") from None
+        raise UserError(f"dask scheduler {scheduler}: cannot connect ({e})") from None
     with client:
         yield client
 

@@ -6,22 +6,27 @@ import sys
 
 import typer
 
-from cache.labels import LabelError
-from cache.store import StoreError
+from cache.store import UserError
 
 SCHEDULER_HELP = ("dask.distributed scheduler address, e.g. tcp://HOST:8786 (default: dask's local threads); "
                   "its workers must reach the store and any run folder at the same path or URL")
 
-USER_ERRORS = (StoreError, LabelError, ValueError, FileNotFoundError, PermissionError, OSError)
-
-
 def clean_errors(fn):
-    """Run a command; a user error prints 'error: …' on stderr and exits with status 2."""
+    """Run a command; a user error prints 'error: …' on stderr and exits with status 2.
+
+    User errors are the project's own (`UserError` and its kinds: store, labels, encoder) and
+    operating-system errors about a named path (permission denied, disk full, no such file). Any
+    other exception is a bug and keeps its traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as e:
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as e:
+            if e.filename is None:
+                raise
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
     return wrapper

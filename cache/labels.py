@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache import schema
-from cache.store import Store, create_label_source
+from cache.store import Store, UserError, create_label_source
 
 
-class LabelError(ValueError):
+class LabelError(UserError):
     """A label CSV that cannot be used; the message names the file and the first bad rows."""
 
 

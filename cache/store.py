@@ -10,7 +10,14 @@ from zarr.codecs import ZstdCodec
 from cache import schema
 
 
-class StoreError(RuntimeError):
+class UserError(ValueError):
+    """Input or a request the command cannot use (a bad option, a missing file, a refused target).
+
+    The command line prints its message as one `error:` line and exits with status 2; any other
+    exception is a bug and keeps its traceback."""
+
+
+class StoreError(UserError):
     """A store is missing, of another schema, or lacks what a command needs."""
 
 

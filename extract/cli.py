@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typer
 
+from cache.store import UserError
 from cache import schema
 from cache.console import clean_errors, say
 
@@ -51,7 +52,7 @@ def text(store: str = typer.Argument(..., help="store path or URL"),
     """BERT [CLS] features of every caption in the shard's blocks, resumable block by block."""
     from extract.text import run_text
     if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+        raise UserError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     report = run_text(store, shard, model=model, max_length=max_length, batch_tokens=batch_tokens,
                       device=device, precision=precision, throttle=throttle)
     say(f"text {shard}: {report.summary('captions')}")
@@ -108,7 +109,7 @@ def images(store: str = typer.Argument(..., help="store path or URL"),
     """1024-d image features of every post in the shard's blocks, resumable block by block."""
     from extract.images import run_images
     if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+        raise UserError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     report = run_images(store, shard, encoder_path=encoder, batch_size=batch_size, workers=workers,
                         device=device, precision=precision, decoder=decoder, exact=exact, dataset=dataset,
                         throttle=throttle)

@@ -26,7 +26,7 @@ from torch import nn
 
 from cache.progress import Progress
 from cache.schema import SPLITS
-from cache.store import open_store
+from cache.store import UserError, open_store
 from extract.imaging import ImageError, decode, normalize
 from extract.images import ImageEncoder, default_preprocessing, load_imagenet_backbone, save_encoder
 from extract.text import DTYPES, pick_device, pick_precision
@@ -197,16 +197,16 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = F
     device = pick_device(cfg.device)
     prec = pick_precision(cfg.precision, device)
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise ValueError("--epochs and --batch-size must be >= 1 and --lr > 0")
+        raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
     pre = default_preprocessing(cfg.image_size)
     store = open_store(url, "r")
     root = cfg.dataset or store.attrs.get("dataset_root") or ""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset root {root!r} (recorded in {url}) is not a folder; pass --dataset PATH")
+        raise UserError(f"dataset root {root!r} (recorded in {url}) is not a folder; pass --dataset PATH")
     if "posts/label" not in store:
-        raise ValueError(f"{url} has no labels: run `cache labels` first")
+        raise UserError(f"{url} has no labels: run `cache labels` first")
     if cfg.labels not in ("posts", "influencers") or cfg.posts_per_influencer < 1:
-        raise ValueError(f"--labels must be posts or influencers and --posts-per-influencer >= 1, got "
+        raise UserError(f"--labels must be posts or influencers and --posts-per-influencer >= 1, got "
                          f"{cfg.labels!r}, {cfg.posts_per_influencer}")
     categories = store.post_categories
     recorded = store.attrs.get("labels") or {}
@@ -227,7 +227,7 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = F
                       "posts_per_influencer": cfg.posts_per_influencer, "class_balanced": True,
                       "classes": sorted({categories[int(c)] for c in np.unique(train_y)})}
     if len(train_paths) < 2 or len(val_paths) < 1:
-        raise ValueError(f"{url}: {len(train_paths)} {what} and {len(val_paths)} val posts have an "
+        raise UserError(f"{url}: {len(train_paths)} {what} and {len(val_paths)} val posts have an "
                          f"image; fine-tuning needs some of each (see `cache info`)")
     workers = min(os.cpu_count() or 1, 8) if cfg.workers is None else cfg.workers
 
@@ -266,7 +266,7 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = F
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ckpt["settings"] != settings:
             diff = sorted(k for k in settings if ckpt["settings"].get(k) != settings[k])
-            raise ValueError(f"{ckpt_path} is a checkpoint of a run with other options ({', '.join(diff)}); "
+            raise UserError(f"{ckpt_path} is a checkpoint of a run with other options ({', '.join(diff)}); "
                              f"rerun with the same options to resume, or delete it to start over")
         encoder.load_state_dict(ckpt["encoder"])
         optimizer.load_state_dict(ckpt["optimizer"])

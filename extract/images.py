@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cache.store import UserError
 from cache.schema import MODALITIES, Status
 from extract.imaging import (DEFAULT_CROP, DEFAULT_RESIZE, IMAGENET_MEAN, IMAGENET_STD, ImageError, check_regular,
                              decode, normalize)
@@ -54,7 +55,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         from torchvision.models import inception_v3
         if not 0 <= trainable_blocks <= len(MIXED):
-            raise ValueError(f"--trainable-blocks must be between 0 and {len(MIXED)}, got {trainable_blocks}")
+            raise UserError(f"--trainable-blocks must be between 0 and {len(MIXED)}, got {trainable_blocks}")
         self.backbone = inception_v3(weights=None, aux_logits=False, transform_input=transform_input,
                                      init_weights=init_weights)
         self.backbone.fc = nn.Identity()
@@ -159,7 +160,7 @@ def save_encoder(path: str, encoder: ImageEncoder, meta: dict) -> None:
 
 def load_encoder(path: str) -> EncoderFile:
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such encoder file (write one with `extract finetune-images`)")
+        raise UserError(f"{path}: no such encoder file (write one with `extract finetune-images`)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -180,7 +181,7 @@ def load_encoder(path: str) -> EncoderFile:
 def default_preprocessing(crop: int = DEFAULT_CROP) -> dict:
     """torchvision's Inception-v3 preset (342 → 299), scaled when a smaller input is asked for."""
     if crop < 75:
-        raise ValueError(f"--image-size must be at least 75 (Inception-v3's smallest input), got {crop}")
+        raise UserError(f"--image-size must be at least 75 (Inception-v3's smallest input), got {crop}")
     resize = DEFAULT_RESIZE if crop == DEFAULT_CROP else int(round(crop * DEFAULT_RESIZE / DEFAULT_CROP))
     return {"resize": resize, "crop": crop, "interpolation": "bilinear", "antialias": True,
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
@@ -320,19 +321,19 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
     from extract.jobs import run_shard
     sh = parse_shard(shard)
     if decoder not in ("pil", "nvjpeg"):
-        raise ValueError(f"--decoder must be pil or nvjpeg, got {decoder!r}")
+        raise UserError(f"--decoder must be pil or nvjpeg, got {decoder!r}")
     dev = pick_device(device)
     if exact:
         if precision not in ("auto", "fp32"):
-            raise ValueError("--exact computes in fp32; leave --precision out or pass fp32")
+            raise UserError("--exact computes in fp32; leave --precision out or pass fp32")
         if decoder != "pil":
-            raise ValueError("--exact decodes with PIL at full size; leave --decoder out")
+            raise UserError("--exact decodes with PIL at full size; leave --decoder out")
         precision = "fp32"
     prec = pick_precision(precision, dev)
     store = open_store(url, "r+")
     root = dataset or store.attrs.get("dataset_root") or ""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset root {root!r} (recorded in {url}) is not a folder; pass --dataset PATH")
+        raise UserError(f"dataset root {root!r} (recorded in {url}) is not a folder; pass --dataset PATH")
     ef = load_encoder(encoder_path)
     pre = ef.preprocessing
     fingerprint = image_fingerprint(ef, prec, exact, decoder)
@@ -344,7 +345,7 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
     if workers is None:
         workers = min(os.cpu_count() or 1, 16)
     if batch_size < 1 or workers < 0:
-        raise ValueError("--batch-size must be >= 1 and --workers >= 0")
+        raise UserError("--batch-size must be >= 1 and --workers >= 0")
 
     # Claim first (refuses a different encoder before any decoding starts), then plan the batches
     # from one read of the done flags, which run_shard then follows block for block.

@@ -22,6 +22,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
+from cache.store import UserError
 from cache.schema import Status
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -162,7 +163,7 @@ def decode(path: str, resize: int = DEFAULT_RESIZE, crop: int = DEFAULT_CROP, ex
         else:
             arr = _box_resize(img, resize, crop)
         if arr.shape != (crop, crop, 3):
-            raise ValueError(f"decoded to shape {arr.shape}")
+            raise UserError(f"decoded to shape {arr.shape}")
         return arr
     except ImageError:
         raise

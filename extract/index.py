@@ -23,7 +23,8 @@ import numpy as np
 
 from cache import schema
 from cache.progress import Progress
-from cache.store import StoreError, create_features, create_labels, create_store, open_store, write_influencers
+from cache.store import (StoreError, UserError, create_features, create_labels, create_store, open_store,
+                         write_influencers)
 from extract import release
 
 POSTS_PER_TASK = 2000   # posts handed to a worker at once: amortises IPC, keeps memory small
@@ -298,13 +299,13 @@ def run_index(dataset: str, url: str, *, max_posts: int = 300, block: int = sche
     start = time.perf_counter()
     root = os.path.abspath(dataset)
     if max_posts < 1:
-        raise ValueError("--max-posts must be at least 1")
+        raise UserError("--max-posts must be at least 1")
     if block < 1 or block % min(schema.FEATURE_CHUNK, block):
-        raise ValueError(f"--block must be a positive multiple of {schema.FEATURE_CHUNK} (or smaller than it)")
+        raise UserError(f"--block must be a positive multiple of {schema.FEATURE_CHUNK} (or smaller than it)")
     workers = (os.cpu_count() or 1) if workers is None else workers
     rows, infl_problems = release.read_influencers(root)
     if not os.path.exists(os.path.join(root, release.MAPPING_FILE)):
-        raise FileNotFoundError(f"{os.path.join(root, release.MAPPING_FILE)}: missing")
+        raise UserError(f"{os.path.join(root, release.MAPPING_FILE)}: missing")
     lock = prepare_target(root, url, overwrite)
     try:
         return _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, start,

@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass
 
 from cache.blocks import Shard, pending_blocks
-from cache.store import Store
+from cache.store import Store, UserError
 
 STAGES = ("images", "text")
 
@@ -35,7 +35,7 @@ def stage_args(stage: str, url: str, s: PlanSettings) -> list[str]:
         return ["extract", "images", url, "--encoder", s.encoder]
     if stage == "text":
         return ["extract", "text", url, "--model", s.model]
-    raise ValueError(f"unknown stage {stage!r}; expected images or text")
+    raise UserError(f"unknown stage {stage!r}; expected images or text")
 
 
 def commands(url: str, s: PlanSettings) -> dict[str, list[str]]:
@@ -114,10 +114,10 @@ def _yaml_quote(text: str) -> str:
 
 def write_plan(store: Store, url: str, out: str, s: PlanSettings) -> dict:
     if s.shards < 1:
-        raise ValueError("--shards must be at least 1")
+        raise UserError("--shards must be at least 1")
     unknown = [st for st in s.stages if st not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; expected images and/or text")
+        raise UserError(f"unknown stage(s) {', '.join(unknown)}; expected images and/or text")
     os.makedirs(out, exist_ok=True)
     written, pending = [], {}
     modality = {"images": "image", "text": "text"}

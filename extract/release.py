@@ -11,6 +11,7 @@ import re
 import stat
 from dataclasses import dataclass
 
+from cache.store import UserError
 from cache.schema import RELEASE_CATEGORIES, RELEASE_CATEGORY_FIXES
 
 INFLUENCERS_FILE = "influencers.txt"
@@ -54,9 +55,9 @@ def read_regular(path: str, limit: int) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise OSError(f"not a regular file")
+            raise OSError("not a regular file")
         if st.st_size > limit:
-            raise ValueError(f"{st.st_size} bytes, over the {limit}-byte limit")
+            raise UserError(f"{st.st_size} bytes, over the {limit}-byte limit")
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read(limit + 1)
     finally:
@@ -111,7 +112,7 @@ def read_influencers(root: str) -> tuple[list[InfluencerRow], list[Problem]]:
     """influencers.txt: a header line, a line of '=', then one tab-separated row per influencer."""
     path = os.path.join(root, INFLUENCERS_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: missing; is {root} the dataset root (DATASET.md)?")
+        raise UserError(f"{path}: missing; is {root} the dataset root (DATASET.md)?")
     rows: list[InfluencerRow] = []
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -158,7 +159,7 @@ def parse_image_list(text: str) -> list[str]:
     if not text:
         return []
     if len(text) < 2 or text[0] != "[" or text[-1] != "]":
-        raise ValueError("not a list")
+        raise UserError("not a list")
     body, names, i = text[1:-1], [], 0
     while True:
         while i < len(body) and body[i] in " \t":
@@ -169,20 +170,20 @@ def parse_image_list(text: str) -> list[str]:
             return names
         quote = body[i]
         if quote not in "'\"":
-            raise ValueError("list items must be quoted file names")
+            raise UserError("list items must be quoted file names")
         end = body.find(quote, i + 1)
         if end < 0:
-            raise ValueError("unterminated string")
+            raise UserError("unterminated string")
         name = body[i + 1:end]
         if "\\" in name:
-            raise ValueError("escapes in file names are not supported")
+            raise UserError("escapes in file names are not supported")
         names.append(name)
         i = end + 1
         while i < len(body) and body[i] in " \t":
             i += 1
         if i < len(body):
             if body[i] != ",":
-                raise ValueError("items must be separated by commas")
+                raise UserError("items must be separated by commas")
             i += 1
 
 
@@ -190,7 +191,7 @@ def iter_mapping(root: str):
     """Yield (where, influencer, json_name, images) per mapping row, or a Problem for bad rows."""
     path = os.path.join(root, MAPPING_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: missing; is {root} the dataset root (DATASET.md)?")
+        raise UserError(f"{path}: missing; is {root} the dataset root (DATASET.md)?")
     for lineno, line, bad in read_lines(path):
         where = f"{MAPPING_FILE}:{lineno}"
         if line is None:
@@ -270,14 +271,14 @@ def parse_info(data: bytes | str) -> dict:
     try:
         node = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+        raise UserError(f"not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        raise UserError("JSON nested too deeply") from None
     if not isinstance(node, dict):
-        raise ValueError("JSON is not an object")
+        raise UserError("JSON is not an object")
     timestamp = _int(node.get("taken_at_timestamp"))
     if timestamp < 0:
-        raise ValueError("no usable taken_at_timestamp" if "taken_at_timestamp" in node else "no taken_at_timestamp")
+        raise UserError("no usable taken_at_timestamp" if "taken_at_timestamp" in node else "no taken_at_timestamp")
     caption = _dig(node, "edge_media_to_caption", "edges", 0, "node", "text")
     bad = []
     likes_raw = _dig(node, "edge_media_preview_like", "count")

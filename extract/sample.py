@@ -27,6 +27,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from cache.store import UserError
 from cache.schema import INFLUENCER_CATEGORIES, POST_CATEGORIES
 from extract import release
 
@@ -160,7 +161,7 @@ def _bad_image(kind: str, rng: np.random.Generator, size: int) -> bytes:
         return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
                 + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
     else:
-        raise ValueError(kind)
+        raise UserError(kind)
     return buf.getvalue()
 
 
@@ -192,7 +193,7 @@ def make_sample(out: str, influencers: int = 48, posts: int = 30, seed: int = 0,
                 label_fraction: float = 0.4, image_size: int = 256, clean: bool = False) -> dict:
     """Write the dataset; returns counts of what was written."""
     if influencers < 1 or posts < 1:
-        raise ValueError("--influencers and --posts must be at least 1")
+        raise UserError("--influencers and --posts must be at least 1")
     rng = np.random.default_rng(seed)
     for d in (release.INFO_DIR, release.IMAGE_DIR, "labels"):
         os.makedirs(os.path.join(out, d), exist_ok=True)

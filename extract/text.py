@@ -17,13 +17,13 @@ import torch
 
 from cache.hardware import cpu_has_bf16
 from cache.schema import Status
-from cache.store import Store
+from cache.store import Store, UserError
 
 DEFAULT_MODEL = "bert-base-uncased"
 VOCAB_CAPTIONS = 200_000   # captions the `random` mode trains its WordPiece vocabulary on
 
 
-class EncoderLoadError(ValueError):
+class EncoderLoadError(UserError):
     """Weights that cannot be loaded: a user error, reported in one line by every command."""
 
 
@@ -31,14 +31,14 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no GPU")
+        raise UserError("--device cuda asked for, but torch sees no GPU")
     return torch.device(device)
 
 
 def pick_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
-            raise ValueError("--precision fp16 is for GPUs; use bf16 or fp32 on the CPU")
+            raise UserError("--precision fp16 is for GPUs; use bf16 or fp32 on the CPU")
         return precision
     if device.type == "cuda":
         return "bf16"
@@ -185,10 +185,10 @@ def load_text_encoder(name: str, store: Store | None = None, *, device: str = "a
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
     if max_length < 2 or max_length > 512:
-        raise ValueError("--max-length must be between 2 and 512")
+        raise UserError("--max-length must be between 2 and 512")
     if name == "random":
         if store is None:
-            raise ValueError("--model random trains its vocabulary on a store's captions")
+            raise UserError("--model random trains its vocabulary on a store's captions")
         print("WARNING: --model random: BERT-base shape with RANDOM weights and a vocabulary built from this "
               "store's captions. Its features are UNTRAINED: fine for smoke runs, meaningless for results.",
               file=sys.stderr)
@@ -196,7 +196,7 @@ def load_text_encoder(name: str, store: Store | None = None, *, device: str = "a
     else:
         tokenizer, model = _pretrained(name)
     if model.config.hidden_size != 768:
-        raise ValueError(f"text model {name!r} has hidden size {model.config.hidden_size}; the store's "
+        raise UserError(f"text model {name!r} has hidden size {model.config.hidden_size}; the store's "
                          f"features/text is 768-d (BERT-base)")
     if batch_tokens is None:
         batch_tokens = 65536 if dev.type == "cuda" else 4096

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typer
 
+from cache.store import UserError
 from cache.console import SCHEDULER_HELP, clean_errors, say
 
 app = typer.Typer(help="Stage two: the Influencer Profiler trained from the cache.", no_args_is_help=True,
@@ -60,7 +61,7 @@ def eval_(run: str = typer.Argument(..., help="a `heads fit` run folder"),
     from heads.evaluate import posts_curve
     counts = [int(p) for p in posts.split(",") if p.strip()]
     if not counts or min(counts) < 1:
-        raise ValueError("--posts must be a comma-separated list of positive integers")
+        raise UserError("--posts must be a comma-separated list of positive integers")
     typer.echo(f"{'posts':>6} {'influencers':>12} {'accuracy':>9}")
     for r in posts_curve(run, counts, seed=seed, store_url=store):
         typer.echo(f"{r['posts']:>6} {r['influencers']:>12} {100 * r['accuracy']:>8.2f}%")

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import torch
 
+from cache.store import UserError
 from heads.model import HeadConfig, InfluencerProfiler
 
 
@@ -65,7 +66,7 @@ def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
 def load_run(run: str, device: str = "cpu") -> tuple[InfluencerProfiler, dict]:
     path = os.path.join(run, "model.pt")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: not a `heads fit` run folder")
+        raise UserError(f"{path}: not a `heads fit` run folder")
     ckpt = torch.load(path, map_location=device, weights_only=False)
     model = InfluencerProfiler(HeadConfig(**ckpt["head"])).to(device)
     model.load_state_dict(ckpt["state_dict"])

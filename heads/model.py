@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from cache.store import UserError
 
 
 @dataclass
@@ -33,9 +34,9 @@ class InfluencerProfiler(nn.Module):
     def __init__(self, cfg: HeadConfig):
         super().__init__()
         if cfg.pooling not in ("attention", "mean"):
-            raise ValueError(f"pooling must be attention or mean, got {cfg.pooling!r}")
+            raise UserError(f"pooling must be attention or mean, got {cfg.pooling!r}")
         if cfg.attention not in ("paper", "gated"):
-            raise ValueError(f"attention must be paper or gated, got {cfg.attention!r}")
+            raise UserError(f"attention must be paper or gated, got {cfg.attention!r}")
         self.cfg = cfg
         self.fuse = nn.Linear(cfg.in_dim, cfg.hidden)                       # F
         self.attend = nn.Linear(cfg.hidden, cfg.attention_dim)              # F_a

@@ -12,13 +12,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 from cache import schema
 from cache.hardware import cpu_has_bf16
 from cache.readers import MODALITY_SETS, feature_dim, require_features
-from cache.store import open_store
+from cache.store import UserError, open_store
 from heads.data import input_scaling, load_labelled
 from heads.infer import predict_bags, predict_posts, resolve_device
 from heads.loop import criterion, train_once
@@ -66,13 +65,13 @@ def _check(cfg: FitConfig) -> None:
                "schedule": ("constant", "cosine"), "normalize": ("auto", "feature", "modality", "none")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
-            raise ValueError(f"--{name} must be {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+            raise UserError(f"--{name} must be {', '.join(allowed)}; got {getattr(cfg, name)!r}")
     if cfg.epochs is not None and cfg.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
+        raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.restarts < 1 or cfg.max_steps < 1 or cfg.batch_size < 1:
-        raise ValueError("--restarts, --max-steps and --batch-size must be at least 1")
+        raise UserError("--restarts, --max-steps and --batch-size must be at least 1")
     if not 0 < cfg.post_keep <= 1:
-        raise ValueError(f"--post-keep must be in (0, 1], got {cfg.post_keep}")
+        raise UserError(f"--post-keep must be in (0, 1], got {cfg.post_keep}")
 
 
 def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:

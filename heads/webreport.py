@@ -33,7 +33,7 @@ import numpy as np
 
 from cache import schema
 from cache.outputs import predictions_run
-from cache.store import open_store
+from cache.store import UserError, open_store
 
 THUMB = 160
 TOP_POSTS = 3
@@ -416,7 +416,7 @@ def write_report(run: str, store_url: str, out: str, *, baselines: str | None = 
     config = _read_json(os.path.join(run, "config.json"))
     metrics = _read_json(os.path.join(run, "metrics.json"))
     if config is None or metrics is None:
-        raise FileNotFoundError(f"{run}: not a finished `heads fit` run (config.json and metrics.json needed)")
+        raise UserError(f"{run}: not a finished `heads fit` run (config.json and metrics.json needed)")
     store = open_store(store_url)
     os.makedirs(os.path.join(out, "assets", "thumbs"), exist_ok=True)
     root = dataset or store.attrs.get("dataset_root") or ""
