@@ -7,7 +7,7 @@ DEMO    := demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-integration fuzz bench bench-quality install clean
+.PHONY: demo test test-integration fuzz bench bench-quality bench-gpu wheels install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,11 +32,27 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do case $$b in *heads_quality.py) continue;; esac; \
-		echo "== $$b"; $(BIN)/python $$b || exit 1; done
+		case $$b in *gpu.py) continue;; esac; echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 # learning quality of `heads fit` on planted stores, several seeds and precisions (about an hour on 2 cores)
 bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/heads_quality.py
+
+# The prepared GPU check, for a GPU machine with no network (torch, torchvision, transformers, h5py,
+# scikit-learn, typer there; zarr, numcodecs and dask carried as wheels in .whl/, made here by
+# `make wheels`). Uses the machine's python3, not the venv. Writes gpu-bench.{md,json} to $$OUT or ./.
+GPU_WHEELS := zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 dask==2026.7.0 distributed==2026.7.0 \
+	partd==1.4.2 locket==1.0.0 zict==3.0.0 tblib==3.2.2 tornado==6.6.1
+bench-gpu:
+	python3 -c "import zarr, numcodecs, dask" 2>/dev/null || { \
+		python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+		&& echo "installed the carried wheels into /tmp/site"; }
+	PYTHONPATH=/tmp/site:$$PYTHONPATH PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py
+
+wheels:
+	mkdir -p .whl && $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS) && ls .whl
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,348 @@
+"""The prepared GPU check (`make bench-gpu`): extraction on CUDA against plain loops, in one short run.
+
+    python benchmarks/gpu.py [--posts 20000] [--out DIR] [--dry-run]
+
+On a GPU machine (offline; zarr, numcodecs and dask installed from the wheels in .whl/ by
+`make bench-gpu`), on a release-like sample built here (360 px photo-like JPEGs of about 15 KB,
+the sample's captions), it measures:
+- `extract text` (BERT-base shape, random weights: throughput is the same as the real model's)
+  against a plain loop on the same GPU (pad to 128, batch 32, fp32);
+- `extract images` with PIL decoding workers and with `--decoder nvjpeg`, against a plain loop
+  (PIL full decode, torchvision transforms, batch 32, fp32); decode-only rates (one process, the
+  job's worker count) and the model alone on synthetic tensors, so the bottleneck is named;
+- features computed on CUDA against a CPU fp32 reference on a few hundred posts (cosine);
+- `heads fit` and `heads predict` on CUDA;
+and prints one table (captions/s, images/s, ratio to the plain loop, GPU memory peak and busy
+share sampled with nvidia-smi, decode workers) with the extrapolation to 10.2 M posts per GPU.
+Every step is timed and its failure recorded, so one broken path does not lose the others.
+`--dry-run` runs the same code on the CPU with tiny sizes (a test runs it, so it cannot rot).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+RELEASE_POSTS = 10_180_500
+FLOORS = {"text": 20_000, "images": 5_000}        # per second on one H100 (issue #17)
+
+
+class GpuSampler:
+    """nvidia-smi's utilisation and memory every 0.2 s while a step runs (n/a without a GPU)."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if shutil.which("nvidia-smi"):
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+                util, mem = out.stdout.strip().splitlines()[0].split(",")
+                self.samples.append((float(util), float(mem)))
+            except Exception:
+                pass
+            self._stop.wait(0.2)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def busy(self):
+        return sum(u for u, _ in self.samples) / len(self.samples) if self.samples else None
+
+    def memory_mib(self):
+        return max(m for _, m in self.samples) if self.samples else None
+
+
+def step(results: dict, name: str, fn, *args, **kw):
+    """Run one measured step; record its figures, or its failure, under `name`."""
+    t = time.perf_counter()
+    with GpuSampler() as g:
+        try:
+            out = fn(*args, **kw) or {}
+            out["ok"] = True
+        except Exception as e:       # a broken path is a result too: record it and go on
+            out = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
+                   "traceback": traceback.format_exc()[-2000:]}
+    out.update(wall_s=round(time.perf_counter() - t, 2), gpu_busy_pct=g.busy(), gpu_memory_mib=g.memory_mib())
+    results[name] = out
+    state = "ok" if out["ok"] else f"FAILED ({out['error']})"
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {state} in {out['wall_s']} s", flush=True)
+    return out
+
+
+def build(tmp: str, posts: int, image_size: int) -> dict:
+    from benchmarks.images import photo_like
+    from cache.labels import apply_labels
+    from cache.store import open_store
+    from extract.index import run_index
+    from extract.sample import make_sample
+    data, url = os.path.join(tmp, "data"), os.path.join(tmp, "pil.zarr")
+    per = 50 if posts >= 1000 else 2           # the dry run: 24 influencers, 3 per category, so every split has some
+    make_sample(data, max(24, posts // per), per, seed=0, image_size=image_size, clean=True)
+    kb = photo_like(data)
+    run_index(data, url, workers=min(os.cpu_count() or 1, 16), quiet=True)
+    apply_labels(open_store(url, "r+"), os.path.join(data, "labels/influencers.csv"),
+                 os.path.join(data, "labels/posts.csv"), seed=0)
+    shutil.copytree(url, os.path.join(tmp, "nvjpeg.zarr"))
+    s = open_store(url)
+    return {"data": data, "posts": s.n_posts, "jpeg_kb": round(kb, 1),
+            "images": sum(1 for p in s["posts/image"][:] if str(p))}
+
+
+def plain_text(url: str, device, limit: int) -> dict:
+    import torch
+    from cache.store import open_store
+    from extract.text import _random_encoder
+    captions = [str(c) for c in open_store(url)["posts/caption"][:limit]]
+    tokenizer, model = _random_encoder(captions)
+    model = model.to(device).eval()
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(captions), 32):
+            enc = tokenizer(captions[i:i + 32], padding="max_length", truncation=True, max_length=128,
+                            return_tensors="pt").to(device)
+            model(**enc).last_hidden_state[:, 0].float().cpu()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"captions": len(captions), "per_s": len(captions) / (time.perf_counter() - t)}
+
+
+def job_text(url: str, device: str) -> dict:
+    from extract.text import run_text
+    r = run_text(url, "0/1", model="random", device=device, quiet=True)
+    return {"captions": r.rows, "per_s": r.rows / r.seconds, "loop_s": r.seconds}
+
+
+def finetune_encoder(url: str, out: str, dry: bool, device: str) -> dict:
+    from extract.finetune import FinetuneConfig, finetune
+    m = finetune(url, out, FinetuneConfig(weights="random", epochs=1, image_size=75 if dry else 299,
+                                          batch_size=16 if dry else 64, workers=0 if dry else None, device=device),
+                 log=lambda *a: None, quiet=True)
+    return {"val_accuracy": m["val_accuracy"], "train_posts": m["train_posts"]}
+
+
+def image_paths(url: str, data: str, limit: int) -> list[str]:
+    from cache.store import open_store
+    return [os.path.join(data, str(p)) for p in open_store(url)["posts/image"][:] if str(p)][:limit]
+
+
+def plain_images(paths: list[str], encoder: str, device) -> dict:
+    from benchmarks.images import plain_loop
+    from extract.images import load_encoder
+    return {"images": len(paths), "per_s": len(paths) / plain_loop(paths, load_encoder(encoder).encoder, device)}
+
+
+def job_images(url: str, encoder: str, device: str, decoder: str, workers) -> dict:
+    from extract.images import run_images
+    r = run_images(url, "0/1", encoder_path=encoder, device=device, decoder=decoder, workers=workers, quiet=True)
+    return {"images": r.rows, "per_s": r.rows / r.seconds, "loop_s": r.seconds}
+
+
+def decode_rates(paths: list[str], workers: int) -> dict:
+    from benchmarks.images import decode_fast, decode_plain, decode_workers
+    n = len(paths)
+    out = {"plain_per_s": n / decode_plain(paths), "fast_per_s": n / decode_fast(paths), "workers": workers}
+    if workers:
+        out["workers_per_s"] = n / decode_workers(paths, workers)
+    return out
+
+
+def nvjpeg_decode_rate(paths: list[str], device) -> dict:
+    import torch
+    from torchvision.io import decode_jpeg
+    raw = [torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8) for p in paths]
+    decode_jpeg(raw[:8], device=device)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for i in range(0, len(raw), 256):
+        decode_jpeg(raw[i:i + 256], device=device)
+    torch.cuda.synchronize()
+    return {"per_s": len(raw) / (time.perf_counter() - t)}
+
+
+def model_only(encoder: str, device, batch: int, reps: int, crop: int) -> dict:
+    import torch
+    from extract.images import load_encoder
+    from extract.text import DTYPES, pick_precision
+    model = load_encoder(encoder).encoder.to(device).eval().to(memory_format=torch.channels_last)
+    prec = pick_precision("auto", device)
+    x = torch.randn(batch, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=DTYPES[prec], enabled=prec != "fp32"):
+        model.features(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(reps):
+            model.features(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return {"per_s": batch * reps / (time.perf_counter() - t), "precision": prec, "batch": batch}
+
+
+def agreement(url: str, data: str, encoder: str, n: int) -> dict:
+    """Cosine between the job's stored features (on the device) and a CPU fp32 reference, first n posts."""
+    import numpy as np
+    import torch
+    from cache import schema
+    from cache.store import open_store
+    from extract.images import load_encoder
+    from extract.imaging import ImageError, decode, normalize
+    from extract.text import load_text_encoder
+    s = open_store(url)
+
+    def cos(a, b):
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        return float((np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).min())
+
+    enc = load_text_encoder("random", s, device="cpu", precision="fp32")
+    captions = [str(c) for c in s["posts/caption"][:n]]
+    ref, status = enc.encode(enc.prepare(captions))
+    ok = (status == schema.Status.OK) & (s["features/text_status"][:n] == schema.Status.OK)
+    out = {"text_min_cosine": cos(ref[ok], s["features/text"][:n][ok].astype(np.float32)), "text_posts": int(ok.sum())}
+    ef = load_encoder(encoder)
+    pre = ef.preprocessing
+    model = ef.encoder.eval()
+    rows, pix = [], []
+    for r, p in enumerate(s["posts/image"][:n]):
+        if str(p) and s["features/image_status"][r] == schema.Status.OK:
+            try:
+                pix.append(torch.from_numpy(decode(os.path.join(data, str(p)), pre["resize"], pre["crop"])))
+                rows.append(r)
+            except ImageError:
+                pass
+    with torch.inference_mode():
+        ref = np.concatenate([model.features(normalize(torch.stack(pix[i:i + 32]), pre["mean"], pre["std"])).numpy()
+                              for i in range(0, len(pix), 32)])
+    got = s["features/image"].get_orthogonal_selection((np.array(rows),)).astype(np.float32)
+    out.update(image_min_cosine=cos(ref, got), image_posts=len(rows))
+    return out
+
+
+def heads_on(url: str, tmp: str, device: str, dry: bool) -> dict:
+    from heads.predict import predict
+    from heads.train import FitConfig, fit
+    run = os.path.join(tmp, "run")
+    t = time.perf_counter()
+    m = fit(url, run, FitConfig(max_steps=100 if dry else 2000, device=device, precision="fp32"), log=lambda *a: None)
+    fit_s = time.perf_counter() - t
+    p = predict(run, url, device=device, quiet=True)
+    return {"fit_s": round(fit_s, 1), "test_accuracy": m["influencer"]["accuracy"],
+            "predict_influencers_per_s": p["influencers"] / p["seconds"]}
+
+
+def table(r: dict, device_name: str) -> str:
+    def f(x, fmt="{:,.0f}"):
+        return "n/a" if x is None else fmt.format(x)
+
+    def get(name, key):
+        return (r.get(name) or {}).get(key)
+
+    lines = [f"GPU bench on {device_name}, {time.strftime('%Y-%m-%d')}; sample: {r['sample'].get('posts', 0):,} posts, "
+             f"{r['sample'].get('images', 0):,} images, mean JPEG {r['sample'].get('jpeg_kb')} KB", "",
+             "| path | rate | vs plain loop | GPU memory peak | GPU busy | notes |", "|---|---:|---:|---:|---:|---|"]
+    for name, unit, plain in (("text_job", "captions/s", "text_plain"), ("text_plain", "captions/s", None),
+                              ("images_pil", "images/s", "images_plain"), ("images_nvjpeg", "images/s", "images_plain"),
+                              ("images_plain", "images/s", None)):
+        rate, base = get(name, "per_s"), get(plain, "per_s") if plain else None
+        note = "" if (r.get(name) or {}).get("ok", False) else (r.get(name) or {}).get("error", "not run")
+        lines.append(f"| {name} | {f(rate)} {unit} | {f(rate / base, '{:.1f}x') if rate and base else ''} | "
+                     f"{f(get(name, 'gpu_memory_mib'))} MiB | {f(get(name, 'gpu_busy_pct'), '{:.0f} %')} | {note} |")
+    d = r.get("decode") or {}
+    lines += ["", f"decode only: plain {f(d.get('plain_per_s'))}/s, fast {f(d.get('fast_per_s'))}/s in one process, "
+                  f"{f(d.get('workers_per_s'))}/s in {d.get('workers')} workers; nvJPEG {f(get('nvjpeg_decode', 'per_s'))}/s; "
+                  f"Inception alone {f(get('model_only', 'per_s'))} images/s ({get('model_only', 'precision')})",
+              f"agreement with CPU fp32: text min cosine {f(get('agreement', 'text_min_cosine'), '{:.5f}')} "
+              f"(floor 0.999), image {f(get('agreement', 'image_min_cosine'), '{:.5f}')} (floor 0.99)",
+              f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
+              f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
+    tr, ir = get("text_job", "per_s"), max(get("images_pil", "per_s") or 0, get("images_nvjpeg", "per_s") or 0)
+    if tr and ir:
+        hours = (RELEASE_POSTS / tr + RELEASE_POSTS / ir) / 3600
+        rates = {"decode (workers)": d.get("workers_per_s"), "decode (nvJPEG)": get("nvjpeg_decode", "per_s"),
+                 "model": get("model_only", "per_s")}
+        slow = min((v, k) for k, v in rates.items() if v) if any(rates.values()) else (None, "n/a")
+        lines.append(f"10.2 M posts per GPU: text {RELEASE_POSTS / tr / 60:.0f} min + images "
+                     f"{RELEASE_POSTS / ir / 60:.0f} min = {hours:.2f} h (floor 45 min); floors: text "
+                     f"{'met' if tr >= FLOORS['text'] else 'missed'}, images {'met' if ir >= FLOORS['images'] else 'missed'}; "
+                     f"slowest stage of the image path: {slow[1]}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--posts", type=int, default=20_000)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the script, measures nothing")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    import tempfile
+
+    import torch
+    dry = args.dry_run
+    device_s = "cpu" if dry else "cuda"
+    if not dry and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --dry-run on a CPU")
+    device = torch.device(device_s)
+    posts = min(args.posts, 48) if dry else args.posts
+    workers = 0 if dry else min(os.cpu_count() or 1, 16)
+    name = "CPU (dry run)" if dry else torch.cuda.get_device_name(0)
+    results: dict = {"device": name, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "dry_run": dry,
+                     "cores": os.cpu_count()}
+    tmp = tempfile.mkdtemp(prefix="bench-gpu-")
+    try:
+        results["sample"] = step(results, "sample", build, tmp, posts, 96 if dry else 360)
+        pil, nvj = os.path.join(tmp, "pil.zarr"), os.path.join(tmp, "nvjpeg.zarr")
+        data = results["sample"].get("data", "")
+        step(results, "text_plain", plain_text, pil, device, 16 if dry else 4096)
+        step(results, "text_job", job_text, pil, device_s)
+        enc = os.path.join(tmp, "encoder.pt")
+        step(results, "finetune", finetune_encoder, pil, enc, dry, device_s)
+        paths = image_paths(pil, data, 16 if dry else 2048) if os.path.exists(pil) else []
+        step(results, "images_plain", plain_images, paths, enc, device)
+        step(results, "images_pil", job_images, pil, enc, device_s, "pil", workers)
+        if not dry:
+            step(results, "images_nvjpeg", job_images, nvj, enc, device_s, "nvjpeg", workers)
+            step(results, "nvjpeg_decode", nvjpeg_decode_rate, paths, device)
+        step(results, "decode", decode_rates, paths, workers)
+        step(results, "model_only", model_only, enc, device, 8 if dry else 256, 2 if dry else 20, 75 if dry else 299)
+        step(results, "agreement", agreement, pil, data, enc, 16 if dry else 256)
+        step(results, "heads", heads_on, pil, tmp, device_s, dry)
+        text = table(results, name)
+        print("\n" + text)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "gpu-bench.json"), "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        with open(os.path.join(args.out, "gpu-bench.md"), "w") as f:
+            f.write(text + "\n")
+        failed = [k for k, v in results.items() if isinstance(v, dict) and v.get("ok") is False]
+        if failed:
+            print(f"\nfailed steps: {', '.join(failed)} (tracebacks in gpu-bench.json)")
+            sys.exit(1)
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""The prepared GPU check (`make bench-gpu`) runs end to end on the CPU with --dry-run, so it cannot rot
+before a GPU machine runs it."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_gpu_bench_dry_run(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--dry-run", "--out",
+                          str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, OUT=str(tmp_path)))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    r = json.load(open(tmp_path / "gpu-bench.json"))
+    assert r["dry_run"] is True
+    for step in ("sample", "text_plain", "text_job", "finetune", "images_plain", "images_pil", "decode", "model_only",
+                 "agreement", "heads"):
+        assert r[step]["ok"], (step, r[step].get("error"))
+    assert r["agreement"]["text_min_cosine"] >= 0.999 and r["agreement"]["image_min_cosine"] >= 0.99
+    assert r["text_job"]["captions"] == r["sample"]["posts"]
+    table = open(tmp_path / "gpu-bench.md").read()
+    assert "| text_job |" in table and "10.2 M posts per GPU" in table
