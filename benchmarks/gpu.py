@@ -109,21 +109,12 @@ def build(tmp: str, posts: int, image_size: int) -> dict:
 
 
 def plain_text(url: str, device, limit: int) -> dict:
-    import torch
+    from benchmarks.text import plain_loop
     from cache.store import open_store
     from extract.text import _random_encoder
     captions = [str(c) for c in open_store(url)["posts/caption"][:limit]]
     tokenizer, model = _random_encoder(captions)
-    model = model.to(device).eval()
-    t = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(captions), 32):
-            enc = tokenizer(captions[i:i + 32], padding="max_length", truncation=True, max_length=128,
-                            return_tensors="pt").to(device)
-            model(**enc).last_hidden_state[:, 0].float().cpu()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return {"captions": len(captions), "per_s": len(captions) / (time.perf_counter() - t)}
+    return {"captions": len(captions), "per_s": len(captions) / plain_loop(captions, tokenizer, model, device)}
 
 
 def job_text(url: str, device: str) -> dict:
