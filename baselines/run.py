@@ -65,7 +65,8 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
 
     plabel, psplit = store["posts/label"][:], store["posts/split"][:]
     prow = np.flatnonzero(plabel >= 0)
-    px, pok = post_features_at(store, prow, "both" if have_both else agg)
+    px, ppresent = post_features_at(store, prow, "both" if have_both else agg)
+    pok = ppresent.any(1)
     rows_post = _split_rows(psplit[prow], pok)
     y_post = plabel[prow].astype(np.int64)
 
@@ -156,8 +157,8 @@ def _image_baseline(store, px, agg, y_inf, y_post, rows_inf, rows_post, labelled
     offsets = store.offsets()
 
     def posts_of(j):
-        x, ok = post_features(store, slice(int(offsets[j]), int(offsets[j + 1])), "image")
-        return x[ok].astype(np.float32)
+        x, present = post_features(store, slice(int(offsets[j]), int(offsets[j + 1])), "image")
+        return x[present.any(1)].astype(np.float32)
     record("influencer", "Image", "Post image votes", y_inf[te],
            fb.image_votes(post_clf, store, labelled[te], posts_of, post_to_infl, len(icats)), labelled[te],
            {"seconds": time.perf_counter() - t}, icats)

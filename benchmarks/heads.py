@@ -84,8 +84,8 @@ def main() -> None:
             t = time.perf_counter()
             with torch.no_grad():
                 for j in range(s.n_influencers):
-                    x, ok = post_features(s, slice(int(off[j]), int(off[j + 1])))
-                    model(torch.from_numpy(x.astype(np.float32))[None], torch.from_numpy(ok)[None])
+                    x, present = post_features(s, slice(int(off[j]), int(off[j + 1])))
+                    model(torch.from_numpy(x.astype(np.float32))[None], torch.from_numpy(present)[None])
             result = {{"seconds": time.perf_counter() - t, "influencers": s.n_influencers}}
         """)
         print(f"{'predict run':<48} {'influencers':>11} {'posts':>9} {'s':>7} {'infl/s':>8} {'peak MiB':>9}")

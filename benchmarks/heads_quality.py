@@ -72,7 +72,7 @@ def baselines_on_means(path: str) -> dict:
     store = open_store(path)
     data = load_labelled(store, "both")
     seg = tuple(schema.MODALITIES.values())
-    x = {s: bag_means(data[s]["bags"], seg) for s in ("train", "val", "test")}
+    x = {s: bag_means(data[s]["bags"], seg, data[s]["masks"]) for s in ("train", "val", "test")}
     best = None
     for name in MODEL_NAMES:
         clf, _, val = select_and_fit(candidates(name, 0), x["train"], data["train"]["y"], x["val"], data["val"]["y"])
@@ -142,7 +142,7 @@ def main() -> None:
             with ProcessPoolExecutor(args.workers) as pool:
                 rows = list(pool.map(one_fit, jobs))
             results[name] = {"what": what, **base, "runs": rows}
-            print(f"\n{name}: {what}")
+            print(f"\n{name}: {what}", flush=True)
             print(f"  {'pooling':<10} {'precision':<9} {'mean':>6} {'worst':>6} {'post':>6} {'LR ref':>7} "
                   f"{base['best_baseline'][:12]:>12} {'warned':>6} {'s/fit':>6}  per seed (normalisation kept)")
             for p in args.poolings.split(","):
@@ -153,7 +153,7 @@ def main() -> None:
                           f"{np.mean([r['post'] for r in rs]):6.3f} {rs[0]['reference']:7.3f} "
                           f"{base['baseline_test']:12.3f} {sum(r['warning'] for r in rs):>6} "
                           f"{np.mean([r['seconds'] for r in rs]):6.1f}  " +
-                          " ".join(f"{r['test']:.3f}({r['normalize'][0]})" for r in rs))
+                          " ".join(f"{r['test']:.3f}({r['normalize'][0]})" for r in rs), flush=True)
             shutil.rmtree(path, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,21 +19,27 @@ def feature_dim(modality: str) -> int:
 
 
 def _gather(store: Store, modality: str, n: int, read) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate the modalities' features read by `read(array)`, zeroing halves that are not ok."""
-    parts, usable = [], np.zeros(n, dtype=bool)
-    for m in MODALITY_SETS[modality]:
+    """Concatenate the modalities' features read by `read(array)`, and which of them each post holds.
+
+    Returns x (n, dim) with the halves that are not ok zeroed, and `present` (n, k) bool, one column
+    per modality of the set (its status is ok). A post is usable where any column is true. Readers
+    of features use `present`, never zeros, to tell a missing half: a genuine all-zero feature (a ReLU
+    layer may give one) is still a feature."""
+    mods = MODALITY_SETS[modality]
+    parts, present = [], np.zeros((n, len(mods)), dtype=bool)
+    for k, m in enumerate(mods):
         if not store.has_features(m):
             raise KeyError(m)
         x = read(store[f"features/{m}"])
         ok = read(store[f"features/{m}_status"]) == schema.Status.OK
         x[~ok] = 0
         parts.append(x)
-        usable |= ok
-    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0], usable
+        present[:, k] = ok
+    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0], present
 
 
 def post_features(store: Store, rows: slice, modality: str = "both") -> tuple[np.ndarray, np.ndarray]:
-    """Features of a contiguous range of posts, float16 (n, dim), and whether each post is usable."""
+    """Features of a contiguous range of posts, float16 (n, dim), and `present` (n, k): see _gather."""
     return _gather(store, modality, rows.stop - rows.start, lambda arr: arr[rows])
 
 
@@ -67,7 +73,8 @@ def influencer_groups(offsets: np.ndarray, target_rows: int, subset: np.ndarray 
 
 def load_bags(store: Store, influencers: np.ndarray, modality: str = "both", max_posts: int | None = None,
               gap: int = 1024):
-    """Bags of the given influencers: a list of (posts, dim) float16 arrays and their usable masks.
+    """Bags of the given influencers: a list of (posts, dim) float16 arrays and their `present` masks
+    (posts, k), one column per modality (see _gather; a post is usable where any is true).
 
     Influencers are sorted, then read in runs: consecutive ones whose rows lie within one
     block's span and at most `gap` rows apart share one read, never one read per post. Each bag
@@ -108,7 +115,7 @@ def post_features_at(store: Store, rows: np.ndarray, modality: str = "both") -> 
     rows = np.asarray(rows, dtype=np.int64)
     dim = feature_dim(modality)
     x = np.zeros((len(rows), dim), np.float16)
-    ok = np.zeros(len(rows), bool)
+    ok = np.zeros((len(rows), len(MODALITY_SETS[modality])), bool)
     if len(rows) == 0:
         return x, ok
     order = np.argsort(rows, kind="stable")

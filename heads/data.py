@@ -18,7 +18,7 @@ def load_labelled(store: Store, modality: str) -> dict:
     chosen = np.flatnonzero(label >= 0)
     if not len(chosen):
         raise StoreError(f"{store.url}: no labelled influencers; run `cache labels` first")
-    bags, masks = load_bags(store, chosen, modality)
+    bags, masks = load_bags(store, chosen, modality)      # masks: (posts, modalities) presence per bag
     usable = np.array([m.any() for m in masks], dtype=bool)
     data = {"unusable": [int(j) for j in chosen[~usable]]}
     for name in SPLIT_NAMES:
@@ -28,16 +28,21 @@ def load_labelled(store: Store, modality: str) -> dict:
     plabel, psplit = store["posts/label"][:], store["posts/split"][:]
     for name in SPLIT_NAMES:
         rows = np.flatnonzero((plabel >= 0) & (psplit == schema.SPLITS[name]))
-        x, ok = post_features_at(store, rows, modality)
-        data[f"posts_{name}"] = {"rows": rows[ok], "x": x[ok], "y": plabel[rows][ok].astype(np.int64)}
+        x, present = post_features_at(store, rows, modality)
+        ok = present.any(1)
+        data[f"posts_{name}"] = {"rows": rows[ok], "x": x[ok], "present": present[ok],
+                                 "y": plabel[rows][ok].astype(np.int64)}
     for name in ("train", "val"):
         if not len(data[name]["y"]):
             raise StoreError(f"{store.url}: no usable labelled influencers in the {name} split")
     return data
 
 
-def _present(x: np.ndarray, segments: tuple) -> list[np.ndarray]:
-    """Per segment, which rows hold that modality (a missing half is stored as all zeros)."""
+def _present(x: np.ndarray, segments: tuple, present: np.ndarray | None) -> list[np.ndarray]:
+    """Per segment, which rows hold that modality: the readers' `present` mask where given; without one
+    (arrays built by hand), a half that is all zeros is taken for missing."""
+    if present is not None:
+        return [present[:, k] for k in range(len(segments))]
     out, start = [], 0
     for w in segments:
         out.append((x[:, start:start + w] != 0).any(axis=1))
@@ -45,7 +50,8 @@ def _present(x: np.ndarray, segments: tuple) -> list[np.ndarray]:
     return out
 
 
-def input_scaling(bags: list[np.ndarray], segments: tuple, per: str = "feature") -> tuple[np.ndarray, np.ndarray]:
+def input_scaling(bags: list[np.ndarray], segments: tuple, per: str = "feature",
+                  presents: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean of each feature and its scale over the training posts whose half is present (float64 sums).
 
     `per="feature"`: each feature divided by its own std. `per="modality"`: each feature centred,
@@ -56,10 +62,10 @@ def input_scaling(bags: list[np.ndarray], segments: tuple, per: str = "feature")
     """
     dim = sum(segments)
     total, sq, count = np.zeros(dim), np.zeros(dim), np.zeros(dim)
-    for bag in bags:
+    for i, bag in enumerate(bags):
         x = bag.astype(np.float64)
         start = 0
-        for w, present in zip(segments, _present(x, segments)):
+        for w, present in zip(segments, _present(x, segments, presents[i] if presents is not None else None)):
             seg = x[present, start:start + w]
             total[start:start + w] += seg.sum(0)
             sq[start:start + w] += (seg ** 2).sum(0)
@@ -77,14 +83,14 @@ def input_scaling(bags: list[np.ndarray], segments: tuple, per: str = "feature")
     return mean.astype(np.float32), np.where(std > 0, std, 1).astype(np.float32)
 
 
-def bag_means(bags: list[np.ndarray], segments: tuple) -> np.ndarray:
+def bag_means(bags: list[np.ndarray], segments: tuple, presents: list[np.ndarray] | None = None) -> np.ndarray:
     """Per-influencer mean features, each modality averaged over the posts where it is present (0 if none)."""
     dim = sum(segments)
     out = np.zeros((len(bags), dim), np.float32)
     for i, bag in enumerate(bags):
         x = bag.astype(np.float32)
         start = 0
-        for w, present in zip(segments, _present(x, segments)):
+        for w, present in zip(segments, _present(x, segments, presents[i] if presents is not None else None)):
             if present.any():
                 out[i, start:start + w] = x[present, start:start + w].mean(0)
             start += w

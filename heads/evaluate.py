@@ -27,7 +27,7 @@ def posts_curve(run: str, counts: list[int], *, seed: int = 0, store_url: str | 
         rng = np.random.default_rng(seed)
         sb, sm = [], []
         for i in keep:
-            usable = np.flatnonzero(masks[i])
+            usable = np.flatnonzero(masks[i].any(1))
             pick = np.sort(rng.choice(usable, size=min(k, len(usable)), replace=False))
             sb.append(bags[i][pick])
             sm.append(masks[i][pick])

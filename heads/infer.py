@@ -23,7 +23,7 @@ def pad_batch(bags, masks, idx, device) -> tuple[torch.Tensor, torch.Tensor]:
     dim = bags[idx[0]].shape[1]
     # padded in the bags' own dtype (float16 from the store); torch widens to float32 far faster than numpy
     x = np.zeros((len(idx), width, dim), dtype=bags[idx[0]].dtype)
-    m = np.zeros((len(idx), width), dtype=bool)
+    m = np.zeros((len(idx), width) + masks[idx[0]].shape[1:], dtype=bool)     # (B, P) or (B, P, modalities)
     for k, i in enumerate(idx):
         n = len(bags[i])
         x[k, :n] = bags[i]
@@ -47,11 +47,12 @@ def predict_bags(model, bags, masks, device, batch_size=64) -> tuple[np.ndarray,
 
 
 @torch.no_grad()
-def predict_posts(model, x: np.ndarray, device, batch_size=4096) -> np.ndarray:
+def predict_posts(model, x: np.ndarray, device, batch_size=4096, present: np.ndarray | None = None) -> np.ndarray:
     model.eval()
     out = []
     for s in range(0, len(x), batch_size):
-        v = model.encode_posts(torch.from_numpy(x[s:s + batch_size].astype(np.float32)).to(device))
+        p = torch.from_numpy(present[s:s + batch_size]).to(device) if present is not None else None
+        v = model.encode_posts(torch.from_numpy(x[s:s + batch_size].astype(np.float32)).to(device), p)
         out.append(torch.softmax(model.post_logits(v).float(), 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.cfg.n_post))
 

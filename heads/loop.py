@@ -31,7 +31,7 @@ def evaluate(model, data: dict, device) -> dict:
     probs, _ = predict_bags(model, val["bags"], val["masks"], device)
     row = {"val_acc": float((probs.argmax(1) == val["y"]).mean()), "val_loss": log_loss(probs, val["y"])}
     if len(pval["y"]):
-        pp = predict_posts(model, pval["x"], device)
+        pp = predict_posts(model, pval["x"], device, present=pval["present"])
         row.update(val_post_acc=float((pp.argmax(1) == pval["y"]).mean()), val_post_loss=log_loss(pp, pval["y"]))
     else:
         row.update(val_post_acc=float("nan"), val_post_loss=float("nan"))
@@ -57,9 +57,11 @@ def subsample_mask(m: torch.Tensor, keep: float, gen: torch.Generator) -> torch.
     """Drop each post of a bag with probability 1-keep (at least one usable post stays)."""
     if keep >= 1:
         return m
-    kept = m & (torch.rand(m.shape, generator=gen, device="cpu").to(m.device) < keep)
-    empty = ~kept.any(dim=1, keepdim=True)
-    return torch.where(empty, m, kept)
+    draw = torch.rand(m.shape[:2], generator=gen, device="cpu").to(m.device) < keep
+    kept = m & (draw[..., None] if m.dim() == 3 else draw)      # m: (B, P) or (B, P, modalities)
+    usable = kept.any(dim=-1) if m.dim() == 3 else kept
+    empty = ~usable.any(dim=1)
+    return torch.where(empty.view(-1, *([1] * (m.dim() - 1))), m, kept)
 
 
 def train_once(model, data: dict, cfg, device, use_bf16: bool, seed: int, on_round, restart: int = 0) -> dict:
@@ -101,7 +103,8 @@ def train_once(model, data: dict, cfg, device, use_bf16: bool, seed: int, on_rou
                     if cfg.aux_weight > 0 and len(ptrain["y"]):
                         pick = rng.integers(0, len(ptrain["y"]), size=min(cfg.aux_batch, len(ptrain["y"])))
                         px = torch.from_numpy(ptrain["x"][pick].astype(np.float32)).to(device)
-                        post_logits = model.post_logits(model.encode_posts(px))
+                        pp = torch.from_numpy(ptrain["present"][pick]).to(device)
+                        post_logits = model.post_logits(model.encode_posts(px, pp))
                         post_y = torch.from_numpy(ptrain["y"][pick]).to(device)
                 loss, parts = multitask_loss(out, torch.from_numpy(train["y"][idx]).to(device), post_logits, post_y,
                                              cfg.aux_weight)

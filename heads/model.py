@@ -67,20 +67,25 @@ class InfluencerProfiler(nn.Module):
         self.in_mean.copy_(mean)
         self.in_std.copy_(std.clamp_min(1e-6))
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardise each modality half; a half that is all zeros (input missing) stays zero."""
+    def normalise(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardise each modality half; a missing half stays zero. `present` (..., modalities) says
+        which halves each post holds (the readers' masks); without it, an all-zero half is taken for
+        missing (tensors built by hand, runs called the old way)."""
         if bool((self.in_mean == 0).all()) and bool((self.in_std == 1).all()):
             return x        # no scaling fitted (the paper's model): the identity, without the work
         z = (x - self.in_mean) / self.in_std
         start = 0
-        for w in self.cfg.segments or (self.cfg.in_dim,):
-            present = (x[..., start:start + w] != 0).any(dim=-1, keepdim=True)
-            z[..., start:start + w] *= present      # in place: no concatenated copy of the batch
+        for k, w in enumerate(self.cfg.segments or (self.cfg.in_dim,)):
+            if present is not None:
+                here = present[..., k:k + 1]
+            else:
+                here = (x[..., start:start + w] != 0).any(dim=-1, keepdim=True)
+            z[..., start:start + w] *= here      # in place: no concatenated copy of the batch
             start += w
         return z
 
-    def encode_posts(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.fuse(self.normalise(x)))
+    def encode_posts(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        return F.relu(self.fuse(self.normalise(x, present)))
 
     def post_logits(self, v: torch.Tensor) -> torch.Tensor:
         return self.post_out(self.drop(F.relu(self.post_hidden(self.drop(v)))))
@@ -105,8 +110,12 @@ class InfluencerProfiler(nn.Module):
         return weights, h
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, posts: bool = True) -> dict[str, torch.Tensor]:
-        """x (B, P, in_dim), mask (B, P) true on real, usable posts; `posts=False` skips the post head."""
-        v = self.encode_posts(x)
+        """x (B, P, in_dim); mask (B, P) true on real, usable posts, or (B, P, modalities) saying which
+        halves each post holds (a post is usable where any is); `posts=False` skips the post head."""
+        present = mask if mask.dim() == 3 else None
+        if present is not None:
+            mask = present.any(dim=-1)
+        v = self.encode_posts(x, present)
         weights, h = self.pool(self.drop(v), mask)
         logits = self.infl_out(self.drop(F.relu(self.infl_hidden(h))))
         out = {"logits": logits, "weights": weights}

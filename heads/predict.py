@@ -56,11 +56,11 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
     post_head = config.get("post_head_trained", True)
     store = open_store(url)
     rows = slice(int(offs[0]), int(offs[-1]))
-    x, ok = post_features(store, rows, config["fit"]["modality"])
+    x, present = post_features(store, rows, config["fit"]["modality"])
     k_infl, n_rows = len(offs) - 1, rows.stop - rows.start
     local = offs - offs[0]
     bags = [x[local[i]:local[i + 1]] for i in range(k_infl)]
-    masks = [ok[local[i]:local[i + 1]] for i in range(k_infl)]
+    masks = [present[local[i]:local[i + 1]] for i in range(k_infl)]
     post_label = np.full(n_rows, -1, np.int8)
     post_prob = np.full(n_rows, np.nan, np.float32)
     attention = np.full(n_rows, np.nan, np.float32)
@@ -77,7 +77,7 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
             pp = torch.softmax(o["post_logits"].float(), 2).cpu().numpy()
             w = o["weights"].float().cpu().numpy()
             for k, i in enumerate(idx):
-                a, cnt, usable = local[i], len(bags[i]), masks[i]
+                a, cnt, usable = local[i], len(bags[i]), masks[i].any(1)
                 if post_head:
                     post_label[a:a + cnt] = np.where(usable, pp[k, :cnt].argmax(1), -1)
                     post_prob[a:a + cnt] = np.where(usable, pp[k, :cnt].max(1), np.nan)

@@ -19,7 +19,7 @@ C_GRID = (0.001, 0.01, 0.1, 1.0)
 
 def logistic_reference(data: dict, segments: tuple, seed: int = 0) -> dict:
     """Validation and test accuracy of the reference, its chosen C, and its test predictions."""
-    x = {s: bag_means(data[s]["bags"], segments) for s in ("train", "val", "test")}
+    x = {s: bag_means(data[s]["bags"], segments, data[s]["masks"]) for s in ("train", "val", "test")}
     y = {s: data[s]["y"] for s in ("train", "val", "test")}
     fold = PredefinedSplit(np.r_[np.full(len(y["train"]), -1), np.zeros(len(y["val"]), int)])
     pipe = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=2000, random_state=seed))])

@@ -109,7 +109,8 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
     log(f"reference: logistic regression on mean features, validation accuracy {100 * reference['val_acc']:.2f}% "
         f"(C={reference['C']})")
     norms = ("feature", "none") if cfg.normalize == "auto" else (cfg.normalize,)
-    scalings = {n: input_scaling(data["train"]["bags"], segments, n) for n in norms if n != "none"}
+    scalings = {n: input_scaling(data["train"]["bags"], segments, n, data["train"]["masks"]) for n in norms
+                if n != "none"}
 
     def on_round(row):
         run.append_history(row)
@@ -135,7 +136,7 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
 
     test, ptest = data["test"], data["posts_test"]
     probs, _ = predict_bags(model, test["bags"], test["masks"], device)
-    post_probs = predict_posts(model, ptest["x"], device)
+    post_probs = predict_posts(model, ptest["x"], device, present=ptest["present"])
     row = best["row"]
     metrics = {
         "best_epoch": row["epoch"], "best_step": row["step"], "best_restart": row["restart"],

@@ -68,12 +68,12 @@ def test_readers_equal_direct_slices_and_hold_no_more_than_the_bags(ragged):
     bags, masks = load_bags(s, chosen, "both")
     for j, bag, mask in zip(chosen, bags, masks):
         np.testing.assert_array_equal(bag, x[offsets[j]:offsets[j + 1]])
-        np.testing.assert_array_equal(mask, (ok_i | ok_t)[offsets[j]:offsets[j + 1]])
+        np.testing.assert_array_equal(mask, np.stack([ok_i, ok_t], 1)[offsets[j]:offsets[j + 1]])
         assert bag.base is None or bag.base.shape[0] == len(bag), "a bag must not keep its whole read alive"
     rows = np.array([900, 3, 3, 64, 63, 1500, 128, 0, 777])
     got, ok = post_features_at(s, rows, "both")
     np.testing.assert_array_equal(got, x[rows])
-    np.testing.assert_array_equal(ok, (ok_i | ok_t)[rows])
+    np.testing.assert_array_equal(ok, np.stack([ok_i, ok_t], 1)[rows])
 
 
 def test_one_task_per_block(ragged, monkeypatch):

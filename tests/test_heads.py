@@ -284,6 +284,38 @@ def test_normalisation_ignores_missing_halves():
     assert (z[torch.from_numpy(present), 3:] != 0).any()
 
 
+def test_presence_comes_from_statuses_not_zeros(tmp_path):
+    """A genuine all-zero image feature (status ok: a ReLU layer can give one) is a feature, not a
+    missing image: the readers' presence masks say so, and normalisation and the scaling statistics
+    follow them; a missing half (status no input) stays zero."""
+    from cache.readers import post_features
+    from heads.data import input_scaling
+    path = str(tmp_path / "s.zarr")
+    planted_store(path, influencers=6, posts=4, seed=1, block=64)
+    s = open_store(path, "r+")
+    img = s["features/image"][:]
+    img[0] = 0                                              # ok, but all zero
+    s["features/image"][:] = img
+    st = s["features/image_status"][:]
+    st[1] = 2                                               # missing
+    s["features/image_status"][:] = st
+    x, present = post_features(s, slice(0, 24), "both")
+    assert present.shape == (24, 2) and present[0].all() and not present[1, 0] and present[1, 1]
+    mean, std = input_scaling([x], (1024, 768), "feature", [present])
+    ref = np.delete(x[:, :1024].astype(np.float64), 1, axis=0)      # post 0 counts, post 1 does not
+    np.testing.assert_allclose(mean[:1024], ref.mean(0), rtol=1e-3, atol=1e-3)
+    model = InfluencerProfiler(HeadConfig(segments=(1024, 768)))
+    model.set_input_scaling(torch.from_numpy(mean), torch.from_numpy(std))
+    xt, pt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(present)
+    z = model.normalise(xt, pt)
+    assert (z[0, :1024] != 0).any(), "a present all-zero half is standardised like any feature"
+    assert (z[1, :1024] == 0).all(), "a missing half stays zero"
+    torch.testing.assert_close(z[0, :1024], (xt[0, :1024] - model.in_mean[:1024]) / model.in_std[:1024])
+    assert (model.normalise(xt)[0, :1024] == 0).all()      # without masks the zeros would be taken for missing
+    out = model(xt[None], pt[None])
+    assert out["weights"].shape == (1, 24) and torch.isfinite(out["logits"]).all()
+
+
 def test_early_stopping_keeps_the_validation_best_state(tmp_path):
     path = str(tmp_path / "s.zarr")
     planted_store(path, influencers=48, posts=10, seed=2, noise=2.0)
