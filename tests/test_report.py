@@ -151,7 +151,7 @@ def test_report_before_predict_and_with_a_corrupt_image(demo_run, tmp_path):
     ex = _explorer(out)
     assert len(ex["username"]) == s.n_influencers and set(ex["category"]) == {""}
     # a corrupt image among the shown posts
-    from heads.webreport import thumbnail
+    from heads.cards import thumbnail
     bad = os.path.join(demo_run["data"], "corrupt.jpg")
     with open(bad, "wb") as f:
         f.write(b"\xff\xd8\xff\xe0" + np.random.default_rng(0).bytes(500))

@@ -1,0 +1,116 @@
+"""The report's figures, drawn with matplotlib (Agg, no display): training curves, confusion
+matrices, Figure 5a (accuracy against posts per influencer), Figure 5b (ablation). Each returns
+the PNG's path relative to the report folder, or None when its input is missing."""
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+
+INPUTS = {"both": "Text & Image", "image": "Image", "text": "Text"}
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+    return plt
+
+
+def _save(fig, out: str, name: str) -> str:
+    rel = f"assets/{name}.png"
+    fig.savefig(os.path.join(out, rel), dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return rel
+
+
+def _csv_rows(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def curves_figure(run: str, out: str) -> str | None:
+    rows = _csv_rows(os.path.join(run, "history.csv"))
+    if not rows:
+        return None
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
+    for key, group in _by(rows, lambda r: (r.get("restart", "0"), r.get("normalize", ""))).items():
+        step = [float(r["step"]) for r in group]
+        label = f"restart {key[0]}" + (f" ({key[1]})" if key[1] else "")
+        a.plot(step, [float(r["loss"]) for r in group], label=label)
+        b.plot(step, [float(r["val_acc"]) for r in group], label=f"{label}: influencers")
+        if any(r.get("val_post_acc") not in ("", "nan", None) for r in group):
+            b.plot(step, [float(r["val_post_acc"] or "nan") for r in group], "--", label=f"{label}: posts")
+    a.set(xlabel="step", ylabel="training loss", title="Training loss")
+    a.set_yscale("log")
+    b.set(xlabel="step", ylabel="validation accuracy", title="Validation accuracy", ylim=(0, 1.02))
+    b.legend(fontsize=7)
+    return _save(fig, out, "curves")
+
+
+def _by(rows, key):
+    out: dict = {}
+    for r in rows:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
+def confusion_figure(confusion: list, categories: list[str], title: str, out: str, name: str) -> str | None:
+    cm = np.array(confusion, dtype=float)
+    if not cm.size or cm.sum() == 0:
+        return None
+    plt = _plt()
+    n = len(categories)
+    fig, ax = plt.subplots(figsize=(0.5 * n + 2.2, 0.45 * n + 1.6))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.6 else "black")
+    ax.set_xticks(range(n), categories, rotation=45, ha="right")
+    ax.set_yticks(range(n), categories)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return _save(fig, out, name)
+
+
+def fig5a(run: str, out: str) -> str | None:
+    rows = _csv_rows(os.path.join(run, "posts_curve.csv"))
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot([int(r["posts"]) for r in rows], [float(r["accuracy"]) for r in rows], "o-", label="Influencer Profiler")
+    ax.set(xlabel="posts per influencer", ylabel="test accuracy", title="Figure 5a: accuracy vs posts",
+           ylim=(0, 1.02))
+    ax.legend(fontsize=7)
+    return _save(fig, out, "fig5a")
+
+
+def fig5b(ablation: list | dict | None, out: str) -> tuple[str | None, list]:
+    if not ablation:
+        return None, []
+    # ablation.json of `heads ablate`: {"VARIANT|MODALITY": accuracy}
+    rows = [{"variant": k.split("|")[0], "modality": k.split("|")[1], "accuracy": v}
+            for k, v in ablation.items() if "|" in k and v is not None]
+    if not rows:
+        return None, []
+    plt = _plt()
+    order = ["full model", "no attention", "no fine-tuning"]
+    variants = sorted({r["variant"] for r in rows}, key=lambda v: order.index(v) if v in order else len(order))
+    mods = [m for m in ("text", "image", "both") if any(r["modality"] == m for r in rows)]
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    width = 0.8 / len(variants)
+    for k, v in enumerate(variants):
+        acc = [next((r["accuracy"] for r in rows if r["modality"] == m and r["variant"] == v), np.nan) for m in mods]
+        ax.bar(np.arange(len(mods)) + k * width, acc, width, label=v)
+    ax.set_xticks(np.arange(len(mods)) + width * (len(variants) - 1) / 2, [INPUTS[m] for m in mods])
+    ax.set(ylabel="test accuracy", ylim=(0, 1.02), title="Figure 5b: modalities, attention, fine-tuning")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "fig5b"), rows
