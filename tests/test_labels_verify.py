@@ -86,3 +86,17 @@ def test_info_reports_progress_and_problems(store_path):
     r = CliRunner().invoke(cache_app, ["info", store_path])
     assert r.exit_code == 0
     assert "0/" in r.output and "problems" in r.output and "info_malformed" in r.output
+
+
+def test_a_bug_keeps_its_traceback_while_user_errors_are_one_line(store_path, monkeypatch, tmp_path):
+    """Only the project's own errors (and OS errors about a path or the disk) become `error: …`, exit 2;
+    a ValueError from inside a library is a bug and must surface as one."""
+    import cache.cli
+    r = CliRunner().invoke(cache_app, ["info", str(tmp_path / "nowhere.zarr")])
+    assert r.exit_code == 2 and r.output.startswith("error: ") and r.output.count("\n") == 1
+
+    def broken(*a, **k):
+        raise ValueError("an internal inconsistency")
+    monkeypatch.setattr(cache.cli, "store_info", broken)
+    r = CliRunner().invoke(cache_app, ["info", store_path])
+    assert r.exit_code == 1 and isinstance(r.exception, ValueError) and "error:" not in r.output
