@@ -28,7 +28,8 @@ from cache.progress import Progress
 from cache.schema import SPLITS
 from cache.store import UserError, open_store
 from extract.imaging import ImageError, decode, normalize
-from extract.images import ImageEncoder, default_preprocessing, load_imagenet_backbone, save_encoder
+from extract.encoder_file import default_preprocessing, save_encoder
+from extract.inception import ImageEncoder, load_imagenet_backbone
 from extract.text import DTYPES, pick_device, pick_precision
 
 
