@@ -72,8 +72,8 @@ def _step(store: Store, path: str, arr: zarr.Array) -> int:
 
 
 def _prefetched(read, starts):
-    """(start, read(start)) for each start, the next piece read in a thread while the caller writes this
-    one: the store's decoding and the file's writing overlap."""
+    """(start, read(start)) for each start (a row, or a range), the next piece read in a thread while the
+    caller writes this one: the store's decoding and the file's writing overlap."""
     from concurrent.futures import ThreadPoolExecutor
     starts = list(starts)
     with ThreadPoolExecutor(1) as pool:
@@ -82,6 +82,17 @@ def _prefetched(read, starts):
             piece = nxt.result()
             nxt = pool.submit(read, starts[k + 1]) if k + 1 < len(starts) else None
             yield a, piece
+
+
+def _pieces(pick: np.ndarray, step: int, block: int | None) -> list[tuple[int, int]]:
+    """[a, b) ranges of `pick` (sorted rows) to gather at once: at most `step` rows, and for features
+    never across a source block, so one gather decodes one block's shard (sparse selections would
+    otherwise decode every block they touch at once)."""
+    cuts = set(range(0, len(pick), step))
+    if block is not None and len(pick):
+        cuts.update((np.flatnonzero(np.diff(pick // block)) + 1).tolist())
+    cuts = sorted(cuts | {len(pick)})
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 def _selection(store: Store) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -171,10 +182,11 @@ def export_store(url: str, out: str, labelled_only: bool = False, compress_image
                         progress(len(piece))
             else:
                 pick = rows if shape[0] == n_new else infl
-                step = _step(store, path, arr)
-                def gather(a, arr=arr, pick=pick, step=step):
-                    return arr.get_orthogonal_selection((pick[a:a + step],) + (slice(None),) * (arr.ndim - 1))
-                for a, piece in _prefetched(gather, range(0, len(pick), step)):
+                pieces = _pieces(pick, _step(store, path, arr), store.block if arr.ndim == 2 else None)
+
+                def gather(ab, arr=arr, pick=pick):
+                    return arr.get_orthogonal_selection((pick[ab[0]:ab[1]],) + (slice(None),) * (arr.ndim - 1))
+                for (a, _), piece in _prefetched(gather, pieces):
                     if path == "posts/influencer":
                         piece = np.searchsorted(infl, piece.astype(np.int64)).astype(piece.dtype)
                     d[a:a + len(piece)] = piece.astype(object) if lay["dtype"] == "str" else piece
