@@ -40,6 +40,8 @@ def write_report(run: str, config: dict, metrics: dict) -> str:
                      f"{100 * metrics['val_acc']:.2f}%")
     if metrics.get("warning"):
         parts.append(f"- **warning**: {metrics['warning']}")
+    if metrics.get("note"):
+        parts.append(f"- note: {metrics['note']}")
     labels = config.get("labels") or {}
     if labels.get("influencers"):
         li = labels["influencers"]

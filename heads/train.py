@@ -77,6 +77,25 @@ def _check(cfg: FitConfig) -> None:
         raise UserError(f"--post-keep must be in (0, 1], got {cfg.post_keep}")
 
 
+def reference_verdict(head_val: float, ref_val: float, n_val: int) -> tuple[str | None, str | None]:
+    """What to tell the user when the head scores below the logistic-regression reference on validation.
+
+    Below it by more than one validation influencer: a warning (the head has not learned what the
+    features hold). By exactly one: a note that says so, since one influencer is within validation
+    noise (on the real-looking benchmark store that happened on 2 of 3 seeds whose test accuracy
+    equalled or beat the reference's), and a warning that fires on sound runs teaches users to
+    ignore it."""
+    gap = ref_val - head_val
+    if gap <= 1e-9:
+        return None, None
+    said = (f"the head's validation accuracy {100 * head_val:.1f}% is below the logistic-regression reference's "
+            f"{100 * ref_val:.1f}%")
+    if n_val and gap > 1 / n_val + 1e-9:
+        return "warning", (f"{said}: it has not learned what the features hold; try --restarts 3, --pooling mean, "
+                           f"or more labelled influencers")
+    return "note", f"{said}, by one of {n_val} validation influencers: within validation noise"
+
+
 def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
     _check(cfg)
     device = torch.device(resolve_device(cfg.device))
@@ -152,11 +171,10 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
     }
     metrics["reference"]["influencer"] = classification_metrics(test["y"], reference["test_pred"],
                                                                 store.influencer_categories)
-    if row["val_acc"] < reference["val_acc"]:
-        metrics["warning"] = (f"the head's validation accuracy {100 * row['val_acc']:.1f}% is below the logistic-"
-                              f"regression reference's {100 * reference['val_acc']:.1f}%: it has not learned what the "
-                              f"features hold; try --restarts 3, --pooling mean, or more labelled influencers")
-        log("warning: " + metrics["warning"])
+    kind, text = reference_verdict(row["val_acc"], reference["val_acc"], len(data["val"]["y"]))
+    if kind:
+        metrics[kind] = text
+        log(f"{kind}: {text}")
     run.write_test_predictions(store, test, probs, ptest, post_probs)
     run.write_json("metrics.json", metrics)
     from heads.report import write_report

@@ -157,6 +157,8 @@ def _run_section(c: _Ctx):
     if enc_rows:
         summary += "<h3>Encoders</h3>" + _table(["modality", "model", "fingerprint"], enc_rows)
     warn = f'<p class="warn"><b>Warning:</b> {_esc(metrics["warning"])}</p>' if metrics.get("warning") else ""
+    if metrics.get("note"):
+        warn += f'<p class="note">Note: {_esc(metrics["note"])}</p>'
     curves = curves_figure(run, out)
     parts.append(f'<section id="run"><h2>Run</h2>{warn}{summary}'
                  + (f'<h3>Training curves</h3><div class="figs"><img src="{curves}" alt="training curves"></div>'

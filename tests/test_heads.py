@@ -351,6 +351,16 @@ def test_warning_when_the_head_is_below_the_logistic_regression_reference(tmp_pa
     assert "warning" not in good and good["reference"]["influencer"]["n"] == good["influencer"]["n"]
 
 
+def test_reference_verdict_warns_beyond_one_validation_influencer():
+    from heads.train import reference_verdict
+    assert reference_verdict(0.95, 0.95, 40) == (None, None) and reference_verdict(1.0, 0.95, 40) == (None, None)
+    kind, text = reference_verdict(0.925, 0.95, 40)          # one influencer of 40
+    assert kind == "note" and "one of 40 validation influencers" in text
+    kind, text = reference_verdict(0.90, 0.95, 40)           # two
+    assert kind == "warning" and "has not learned" in text
+    assert reference_verdict(0.5, 1.0, 2)[0] == "note" and reference_verdict(0.0, 1.0, 2)[0] == "warning"
+
+
 def test_bf16_keeps_narrow_band_features_once_normalised():
     """Why bf16 failed: features in a narrow band around a common offset (20 ± 0.01, as an untrained
     encoder's are) all round to the same bf16 value, so the fusion layer sees no post-to-post
