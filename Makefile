@@ -42,7 +42,7 @@ bench-quality: $(STAMP)
 # scikit-learn, typer there; zarr, numcodecs and dask carried as wheels in .whl/, made here by
 # `make wheels`). Uses the machine's python3, not the venv. Writes gpu-bench.{md,json} to $$OUT or ./.
 GPU_WHEELS := zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 dask==2026.7.0 distributed==2026.7.0 \
-	partd==1.4.2 locket==1.0.0 zict==3.0.0 tblib==3.2.2 tornado==6.6.1
+	partd==1.4.2 locket==1.0.0 zict==3.0.0 tblib==3.2.2 tornado==6.6.1 google-crc32c==1.9.0
 bench-gpu:
 	python3 -c "import zarr, numcodecs, dask" 2>/dev/null || { \
 		python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
