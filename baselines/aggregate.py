@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from cache import schema
-from cache.compute import ordered_results
 from cache.readers import MODALITY_SETS
 from cache.store import open_store
+from runtime.compute import ordered_results
 
 
 def _block_sums(url: str, modality: str, rows: slice, wanted: np.ndarray | None):

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import typer
 
-from cache.console import SCHEDULER_HELP, clean_errors, say
+from runtime.console import SCHEDULER_HELP, clean_errors, say, setup_logging
 
 app = typer.Typer(help="The paper's Table 1 and 2 baselines on the store's features and splits.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 @app.callback()
 def main():
     """Baselines."""
+    setup_logging()          # once per command line: plain lines on stderr (runtime.console)
 
 
 @app.command()

@@ -12,11 +12,13 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from sklearn.compose import ColumnTransformer
 from sklearn.decomposition import TruncatedSVD
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 HASHTAG = re.compile(r"#(\w+)", re.UNICODE)
 USER_NOTE = "n/a: needs profile pictures and a like graph, which the release does not have"
@@ -51,27 +53,39 @@ def tag_model(seed: int = 0) -> Pipeline:
                      ("clf", LogisticRegression(max_iter=2000, C=10.0, random_state=seed))])
 
 
-class TextSocial:
-    """Caption words (TF-IDF → SVD) next to social/behaviour numbers, into gradient-boosted trees."""
+class ClippedSVD(TruncatedSVD):
+    """TruncatedSVD whose n_components is cut, at fit time, to what the data allow (a small labelled
+    set has fewer words and rows than the 64 components asked for)."""
 
-    def __init__(self, seed: int = 0, components: int = 64):
-        self.seed, self.components = seed, components
+    def fit_transform(self, X, y=None):
+        wanted = self.n_components
+        self.n_components = max(1, min(wanted, X.shape[1] - 1, X.shape[0] - 1))
+        try:
+            return super().fit_transform(X, y)
+        finally:
+            self.n_components = wanted
 
-    def _x(self, texts, social, fit: bool):
-        if fit:
-            self.tfidf_ = TfidfVectorizer(min_df=2, max_features=20000, sublinear_tf=True)
-            words = self.tfidf_.fit_transform(texts)
-            k = max(1, min(self.components, words.shape[1] - 1, words.shape[0] - 1))
-            self.svd_ = TruncatedSVD(n_components=k, random_state=self.seed).fit(words)
-        return np.hstack([self.svd_.transform(self.tfidf_.transform(texts)), social])
 
-    def fit(self, texts, social, y):
-        self.gbt_ = HistGradientBoostingClassifier(random_state=self.seed, max_iter=200, min_samples_leaf=5)
-        self.gbt_.fit(self._x(texts, social, True), y)
-        return self
+def text_social_matrix(texts: list[str], social: np.ndarray) -> np.ndarray:
+    """One row per influencer: column 0 its captions' text, then its social/behaviour numbers."""
+    x = np.empty((len(texts), 1 + social.shape[1]), dtype=object)
+    x[:, 0] = texts
+    x[:, 1:] = social
+    return x
 
-    def predict(self, texts, social):
-        return self.gbt_.predict(self._x(texts, social, False))
+
+def text_social_model(seed: int = 0, components: int = 64) -> Pipeline:
+    """Caption words (TF-IDF → SVD) next to social/behaviour numbers, into gradient-boosted trees;
+    fit and predict on `text_social_matrix` rows."""
+    words = Pipeline([("tfidf", TfidfVectorizer(min_df=2, max_features=20000, sublinear_tf=True)),
+                      ("svd", ClippedSVD(n_components=components, random_state=seed))])
+    columns = ColumnTransformer([("words", words, 0), ("social", "passthrough", slice(1, None))])
+    return Pipeline([("columns", columns), ("to_float", FunctionTransformer(_as_float)),
+                     ("gbt", HistGradientBoostingClassifier(random_state=seed, max_iter=200, min_samples_leaf=5))])
+
+
+def _as_float(x):
+    return np.asarray(x, dtype=np.float64)
 
 
 def image_votes(post_clf, store, influencers: np.ndarray, x_posts_fn, post_to_infl: np.ndarray,

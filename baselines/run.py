@@ -15,24 +15,27 @@ import numpy as np
 from baselines import features as fb
 from baselines.aggregate import influencer_means
 from baselines.models import MODEL_NAMES, candidates, select_and_fit
-from cache.compute import describe
 from cache.labels import require_sound_labels
 from cache.readers import MODALITY_SETS, post_features, post_features_at, require_features
-from cache.store import StoreError, UserError, open_store
-from heads.metrics import classification_metrics
-from heads.report import table
+from cache.schema import SPLITS
+from cache.store import StoreError, open_store
+from runtime.reporting import classification_metrics
+from runtime.reporting import table
+from runtime.compute import describe
+from runtime.console import say
+from runtime.errors import UserError
 
 INPUT_NAMES = {"text": "Text", "image": "Image", "both": "Text & Image"}
 SLICES = {"image": slice(0, 1024), "text": slice(1024, 1792), "both": slice(0, 1792)}
 
 
 def _split_rows(split: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
-    return {name: np.flatnonzero((split == code) & keep) for name, code in (("train", 1), ("val", 2), ("test", 3))}
+    return {name: np.flatnonzero((split == SPLITS[name]) & keep) for name in ("train", "val", "test")}
 
 
 def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inputs=("text", "image", "both"),
                   feature_baselines: bool = True, scheduler: str | None = None, compare: list[str] | None = None,
-                  seed: int = 0, log=print) -> dict:
+                  seed: int = 0, log=say) -> dict:
     for m in models:
         if m not in MODEL_NAMES:
             raise UserError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
@@ -116,8 +119,9 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
         record("influencer", "Tag", "Hashtags", y_inf[te], tag.predict(pick(tags, te)), labelled[te],
                {"seconds": time.perf_counter() - t}, icats)
         t = time.perf_counter()
-        ts = fb.TextSocial(seed).fit(pick(texts, tr), social[tr], y_inf[tr])
-        record("influencer", "Text&Social", "Captions & social", y_inf[te], ts.predict(pick(texts, te), social[te]),
+        ts = fb.text_social_model(seed).fit(fb.text_social_matrix(pick(texts, tr), social[tr]), y_inf[tr])
+        record("influencer", "Text&Social", "Captions & social", y_inf[te],
+               ts.predict(fb.text_social_matrix(pick(texts, te), social[te])),
                labelled[te], {"seconds": time.perf_counter() - t}, icats)
         t = time.perf_counter()
         if not (store.has_features("image") and store["features/image_done"][:].any()):

@@ -189,7 +189,7 @@ def nvjpeg_decode_rate(paths: list[str], device) -> dict:
 def model_only(encoder: str, device, batch: int, reps: int, crop: int) -> dict:
     import torch
     from extract.images import load_encoder
-    from extract.text import DTYPES, pick_precision
+    from runtime.device import DTYPES, pick_precision
     model = load_encoder(encoder).encoder.to(device).eval().to(memory_format=torch.channels_last)
     prec = pick_precision("auto", device)
     x = torch.randn(batch, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)

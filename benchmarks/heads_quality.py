@@ -13,7 +13,7 @@ For every store the table gives mean and worst test influencer accuracy over the
 per pooling and precision, beside the logistic-regression reference (on mean features,
 fitted by every `heads fit`) and the best model baseline (SVC, KNN, GaussianNB,
 RandomForest on mean features, chosen on validation as `baselines run` does). `--set`
-overrides FitConfig fields (e.g. `--set max_steps=500 --set post_keep=1.0`) to compare
+overrides FitConfig fields (e.g. `--set max_steps=500 --set attention=gated`) to compare
 variants; the defaults in heads/train.py are the ones this script justified (README).
 `--quick` runs tiny stores and few steps: a smoke test of the script (tests run it).
 """

@@ -33,7 +33,7 @@ from extract.images import load_encoder  # noqa: E402
 from extract.imaging import decode  # noqa: E402
 from extract.index import run_index  # noqa: E402
 from extract.sample import make_sample  # noqa: E402
-from extract.text import pick_device  # noqa: E402
+from runtime.device import pick_device  # noqa: E402
 
 
 def _soften(job: tuple[str, int | None]) -> int:

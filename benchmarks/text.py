@@ -24,7 +24,8 @@ from cache.labels import apply_labels  # noqa: E402,F401
 from cache.store import open_store  # noqa: E402
 from extract.index import run_index  # noqa: E402
 from extract.sample import make_sample  # noqa: E402
-from extract.text import _random_encoder, load_text_encoder, pick_device, run_text  # noqa: E402
+from extract.text import _random_encoder, load_text_encoder, run_text  # noqa: E402
+from runtime.device import pick_device  # noqa: E402
 
 
 def matmul_peak(dtype, device, n=2048, reps=10) -> float:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache import schema
-from cache.store import Store, StoreError, UserError
+from cache.store import Store, StoreError
+from runtime.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,19 @@ import json
 
 import typer
 
-from cache.console import SCHEDULER_HELP, clean_errors, say
 from cache.inspect import format_info, info as store_info, verify as store_verify
 from cache.labels import ReleaseDraw, apply_labels
-from cache.store import UserError, open_store
+from cache.store import open_store
+from runtime.console import SCHEDULER_HELP, clean_errors, say, setup_logging
+from runtime.errors import UserError
 
 app = typer.Typer(help="The feature store: labels, information, verification.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
+
+@app.callback()
+def main():
+    """The feature store."""
+    setup_logging()          # once per command line: plain lines on stderr (runtime.console)
 
 
 @app.command()

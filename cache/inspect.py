@@ -10,10 +10,10 @@ from collections import Counter
 import numpy as np
 
 from cache import schema
-from cache.compute import ordered_results
 from cache.labels import label_state_errors
-from cache.progress import Progress
 from cache.store import Store, open_store
+from runtime.compute import ordered_results
+from runtime.progress import Progress
 
 
 def _problem_counts(store: Store) -> Counter:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache import schema
-from cache.store import Store, UserError, create_label_source
+from cache.store import Store, create_label_source
+from runtime.errors import UserError
 
 
 class LabelError(UserError):

@@ -8,13 +8,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from cache import schema
-
-
-class UserError(ValueError):
-    """Input or a request the command cannot use (a bad option, a missing file, a refused target).
-
-    The command line prints its message as one `error:` line and exits with status 2; any other
-    exception is a bug and keeps its traceback."""
+from runtime.errors import UserError
 
 
 class StoreError(UserError):

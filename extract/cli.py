@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import typer
 
-from cache.store import UserError
 from cache import schema
-from cache.console import clean_errors, say
+from runtime.choices import Decoder, Precision, WeakLabels
+from runtime.console import clean_errors, say, setup_logging
 
 app = typer.Typer(help="Stage one: read the release format and extract features into the store.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+@app.callback()
+def main():
+    """Stage one."""
+    setup_logging()          # once per command line: plain lines on stderr (runtime.console)
 
 
 @app.command("sample-data")
@@ -47,14 +52,11 @@ def text(store: str = typer.Argument(..., help="store path or URL"),
          max_length: int = typer.Option(128, help="tokens per caption, [CLS] and [SEP] included"),
          batch_tokens: int = typer.Option(None, help="token budget per batch (default 4096 CPU, 65536 GPU)"),
          device: str = typer.Option("auto", help="auto, cpu or cuda"),
-         precision: str = typer.Option("auto", help="auto (bf16 on GPUs and bf16-capable CPUs), fp32, bf16, fp16"),
-         throttle: float = typer.Option(0.0, hidden=True)):
+         precision: Precision = typer.Option("auto", help="auto: bf16 on GPUs and bf16-capable CPUs")):
     """BERT [CLS] features of every caption in the shard's blocks, resumable block by block."""
     from extract.text import run_text
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     report = run_text(store, shard, model=model, max_length=max_length, batch_tokens=batch_tokens,
-                      device=device, precision=precision, throttle=throttle)
+                      device=device, precision=precision.value)
     say(f"text {shard}: {report.summary('captions')}")
 
 
@@ -74,10 +76,10 @@ def finetune_images(store: str = typer.Argument(..., help="store path or URL (la
                     augment: bool = typer.Option(True, help="rotation, shift, flip, zoom, channel shift"),
                     workers: int = typer.Option(None, help="decoding processes (default: cores, at most 8)"),
                     device: str = typer.Option("auto", help="auto, cpu or cuda"),
-                    precision: str = typer.Option("auto", help="auto (bf16 where the hardware has it), fp32, bf16"),
+                    precision: Precision = typer.Option("auto", help="auto: bf16 where the hardware has it"),
                     seed: int = typer.Option(0),
                     dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`"),
-                    labels: str = typer.Option("posts", help="posts: hand-labelled posts; influencers: weak labels, "
+                    labels: WeakLabels = typer.Option("posts", help="posts: hand-labelled posts; influencers: weak labels, "
                                                "posts of labelled influencers labelled with their owner's category"),
                     posts_per_influencer: int = typer.Option(20, help="--labels influencers: posts sampled per "
                                                              "influencer (then class-balanced)")):
@@ -86,7 +88,7 @@ def finetune_images(store: str = typer.Argument(..., help="store path or URL (la
     from extract.finetune import FinetuneConfig, finetune
     cfg = FinetuneConfig(weights=weights, trainable_blocks=trainable_blocks, epochs=epochs, batch_size=batch_size,
                          lr=lr, dropout=dropout, image_size=image_size, augment=augment, workers=workers,
-                         device=device, precision=precision, seed=seed, dataset=dataset, labels=labels,
+                         device=device, precision=precision.value, seed=seed, dataset=dataset, labels=labels.value,
                          posts_per_influencer=posts_per_influencer)
     finetune(store, out, cfg, log=say)
 
@@ -100,19 +102,15 @@ def images(store: str = typer.Argument(..., help="store path or URL"),
            workers: int = typer.Option(None, help="decoding processes (default: cores, at most 16; 0 decodes "
                                                   "in this process)"),
            device: str = typer.Option("auto", help="auto, cpu or cuda"),
-           precision: str = typer.Option("auto", help="auto (bf16 on GPUs and bf16-capable CPUs), fp32, bf16, fp16"),
-           decoder: str = typer.Option("pil", help="pil (JPEG draft mode in the workers) or nvjpeg "
+           precision: Precision = typer.Option("auto", help="auto: bf16 on GPUs and bf16-capable CPUs"),
+           decoder: Decoder = typer.Option("pil", help="pil (JPEG draft mode in the workers) or nvjpeg "
                                                    "(torchvision.io.decode_jpeg on the device)"),
            exact: bool = typer.Option(False, help="full decode and torchvision's resize, fp32: reference output"),
-           dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`"),
-           throttle: float = typer.Option(0.0, hidden=True)):
+           dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`")):
     """1024-d image features of every post in the shard's blocks, resumable block by block."""
     from extract.images import run_images
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserError(f"--precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     report = run_images(store, shard, encoder_path=encoder, batch_size=batch_size, workers=workers,
-                        device=device, precision=precision, decoder=decoder, exact=exact, dataset=dataset,
-                        throttle=throttle)
+                        device=device, precision=precision.value, decoder=decoder.value, exact=exact, dataset=dataset)
     say(f"images {shard}: {report.summary('images')}")
 
 

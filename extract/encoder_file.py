@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from cache.store import UserError
 from extract.imaging import DEFAULT_CROP, DEFAULT_RESIZE, IMAGENET_MEAN, IMAGENET_STD
 from extract.inception import FORMAT, ImageEncoder, _first_line
-from extract.text import EncoderLoadError, weights_digest
+from runtime.device import weights_digest
+from runtime.errors import EncoderLoadError, UserError
 
 
 @dataclass

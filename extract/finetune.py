@@ -24,13 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from cache.progress import Progress
 from cache.schema import SPLITS
-from cache.store import UserError, open_store
-from extract.imaging import ImageError, decode, normalize
+from cache.store import open_store
 from extract.encoder_file import default_preprocessing, save_encoder
+from extract.imaging import ImageError, decode, normalize
 from extract.inception import ImageEncoder, load_imagenet_backbone
-from extract.text import DTYPES, pick_device, pick_precision
+from runtime.console import say
+from runtime.device import DTYPES, pick_device, pick_precision
+from runtime.errors import UserError
+from runtime.progress import Progress
 
 
 @dataclass
@@ -194,7 +196,7 @@ def _trainable_state(encoder: ImageEncoder) -> dict:
     return {k: v.detach().clone() for k, v in encoder.state_dict().items() if k.startswith(names)}
 
 
-def finetune(url: str, out: str, cfg: FinetuneConfig, log=print, quiet: bool = False) -> dict:
+def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = False) -> dict:
     device = pick_device(cfg.device)
     prec = pick_precision(cfg.precision, device)
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:

@@ -13,22 +13,20 @@ JPEGs can also be decoded by nvJPEG through torchvision.io (`--decoder nvjpeg`).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from cache.store import UserError
 from cache.schema import Status
 from extract.imaging import ImageError, check_regular, decode, normalize
+from runtime.errors import UserError
 # the model and the encoder file live in their own modules; re-exported for callers of this one
 from extract.encoder_file import EncoderFile, default_preprocessing, load_encoder, save_encoder  # noqa: F401
 from extract.inception import DIM, ImageEncoder, load_imagenet_backbone  # noqa: F401
 from extract.release import inside
-from extract.text import DTYPES, pick_device, pick_precision
+from runtime.device import autocast, pick_device, pick_precision
 
 # A batch not decoded in this long (a hung network filesystem) stops the job with an error instead
 # of hanging it; done blocks are kept and a rerun goes on from there.
@@ -160,11 +158,85 @@ def image_fingerprint(ef: EncoderFile, precision: str, exact: bool, decoder: str
     }
 
 
+class ImageJob:
+    """`extract images` as a shard job (extract.jobs.BlockJob): decoding workers feed the encoder.
+
+    `plan` cuts the pending blocks into batches and starts the DataLoader's worker processes on
+    them, which then decode several batches ahead; `prepare` has nothing left to read, and
+    `encode` takes a block's batches from the workers (nvJPEG-decoding raw JPEGs on the device)."""
+    modality, unit = "image", "images"
+
+    def __init__(self, ef: EncoderFile, store, root: str, dev: torch.device, prec: str,
+                 batch_size: int, workers: int, exact: bool, decoder: str):
+        self.pre, self.dev, self.prec = ef.preprocessing, dev, prec
+        self.store, self.root = store, root
+        self.batch_size, self.workers, self.exact, self.decoder = batch_size, workers, exact, decoder
+        self.fingerprint = image_fingerprint(ef, prec, exact, decoder)
+        self.encoder = ef.encoder.to(dev).eval()
+        if dev.type == "cuda" or prec != "fp32":
+            self.encoder = self.encoder.to(memory_format=torch.channels_last)
+        self.it = iter(())
+
+    def plan(self, blocks: list[int]) -> None:
+        batches = []
+        for b in blocks:
+            rows = self.store.block_rows(b)
+            batches += [Batch(b, s, min(s + self.batch_size, rows.stop))
+                        for s in range(rows.start, rows.stop, self.batch_size)]
+        if not batches:
+            return                              # no worker processes for a shard with nothing to do
+        ds = BatchDecoder(self.store.url, self.root, batches, self.store.block, self.pre["resize"], self.pre["crop"],
+                          self.exact,
+                          raw_jpeg=self.decoder == "nvjpeg")
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=None, shuffle=False, num_workers=self.workers,
+            multiprocessing_context="spawn" if self.workers else None,
+            prefetch_factor=4 if self.workers else None, pin_memory=self.dev.type == "cuda",
+            timeout=DECODE_TIMEOUT if self.workers else 0)
+        self.it = iter(loader)
+
+    def prepare(self, rows: slice) -> slice:
+        return rows                             # the workers already decode ahead, in plan's order
+
+    @torch.inference_mode()
+    def encode(self, rows: slice):
+        pre, dev = self.pre, self.dev
+        n = rows.stop - rows.start
+        feats = np.zeros((n, DIM), dtype=np.float32)
+        status = np.empty(n, dtype=np.uint8)
+        failures: list[tuple[int, str, str]] = []
+        done = rows.start
+        while done < rows.stop:
+            _, pixels, st, raw, errors = next(self.it)
+            m = len(st)
+            if raw:
+                decoded = _gpu_decode(raw, dev, pre["resize"], pre["crop"])
+                pixels = pixels.to(dev)
+                for i, img in decoded.items():
+                    if img is None:
+                        st[i] = Status.UNREADABLE
+                        errors.append((done + i, "", "nvJPEG could not decode it"))
+                    else:
+                        pixels[i] = img
+            ok = np.flatnonzero(st == Status.OK)
+            if len(ok):
+                x = normalize(pixels[torch.from_numpy(ok)].to(dev, non_blocking=True), pre["mean"], pre["std"])
+                with autocast(dev, self.prec):
+                    f = self.encoder.features(x.contiguous(memory_format=torch.channels_last))
+                feats[done - rows.start + ok] = f.float().cpu().numpy()
+            status[done - rows.start:done - rows.start + m] = st
+            failures += errors
+            done += m
+        return feats, status, failures
+
+    def close(self) -> None:
+        self.it = iter(())                      # the worker processes end with the loader's iterator
+
+
 def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | None = None,
                workers: int | None = None, device: str = "auto", precision: str = "auto",
-               decoder: str = "pil", exact: bool = False, dataset: str | None = None,
-               throttle: float = 0.0, quiet: bool = False):
-    from cache.blocks import parse_shard, pending_blocks
+               decoder: str = "pil", exact: bool = False, dataset: str | None = None, quiet: bool = False):
+    from cache.blocks import parse_shard
     from cache.store import open_store
     from extract.jobs import run_shard
     sh = parse_shard(shard)
@@ -182,78 +254,11 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
     root = dataset or store.attrs.get("dataset_root") or ""
     if not os.path.isdir(root):
         raise UserError(f"dataset root {root!r} (recorded in {url}) is not a folder; pass --dataset PATH")
-    ef = load_encoder(encoder_path)
-    pre = ef.preprocessing
-    fingerprint = image_fingerprint(ef, prec, exact, decoder)
-    encoder = ef.encoder.to(dev).eval()
-    if dev.type == "cuda" or prec != "fp32":
-        encoder = encoder.to(memory_format=torch.channels_last)
     if batch_size is None:
         batch_size = 256 if dev.type == "cuda" else 32
     if workers is None:
         workers = min(os.cpu_count() or 1, 16)
     if batch_size < 1 or workers < 0:
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
-
-    # Claim first (refuses a different encoder before any decoding starts), then plan the batches
-    # from one read of the done flags, which run_shard then follows block for block.
-    from cache.blocks import claim_fingerprint
-    claim_fingerprint(store, "image", fingerprint)
-    pending = pending_blocks(store, "image", sh)
-    batches = []
-    for b in pending:
-        rows = store.block_rows(b)
-        batches += [Batch(b, s, min(s + batch_size, rows.stop)) for s in range(rows.start, rows.stop, batch_size)]
-    ds = BatchDecoder(url, root, batches, store.block, pre["resize"], pre["crop"], exact,
-                      raw_jpeg=decoder == "nvjpeg")
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=None, shuffle=False, num_workers=workers,
-        multiprocessing_context="spawn" if workers else None,
-        prefetch_factor=4 if workers else None, pin_memory=dev.type == "cuda",
-        timeout=DECODE_TIMEOUT if workers else 0)
-    it = iter(loader) if batches else iter(())    # no worker processes for a shard with nothing to do
-    ids = store["posts/id"]
-    def autocast():
-        return torch.autocast(dev.type, dtype=DTYPES[prec]) if prec != "fp32" else contextlib.nullcontext()
-
-    @torch.inference_mode()
-    def compute(rows: slice):
-        n = rows.stop - rows.start
-        feats = np.zeros((n, DIM), dtype=np.float32)
-        status = np.empty(n, dtype=np.uint8)
-        failures: list[tuple[int, str, str]] = []
-        done = rows.start
-        while done < rows.stop:
-            _, pixels, st, raw, errors = next(it)
-            m = len(st)
-            if raw:
-                decoded = _gpu_decode(raw, dev, pre["resize"], pre["crop"])
-                pixels = pixels.to(dev)
-                for i, img in decoded.items():
-                    if img is None:
-                        st[i] = Status.UNREADABLE
-                        errors.append((done + i, "", "nvJPEG could not decode it"))
-                    else:
-                        pixels[i] = img
-            ok = np.flatnonzero(st == Status.OK)
-            if len(ok):
-                x = normalize(pixels[torch.from_numpy(ok)].to(dev, non_blocking=True), pre["mean"], pre["std"])
-                with autocast():
-                    f = encoder.features(x.contiguous(memory_format=torch.channels_last))
-                feats[done - rows.start + ok] = f.float().cpu().numpy()
-            status[done - rows.start:done - rows.start + m] = st
-            failures += errors
-            done += m
-        if failures:
-            post_ids = ids[rows]
-            for row, rel, reason in failures[:100]:
-                print(f"image: post {post_ids[row - rows.start]} ({rel or 'row ' + str(row)}): {reason}",
-                      file=sys.stderr)
-            if len(failures) > 100:
-                print(f"image: … and {len(failures) - 100} more failures in rows {rows.start}-{rows.stop - 1}",
-                      file=sys.stderr)
-        return feats, status
-
-    # The worker processes end with the loader's iterator, when this function returns.
-    return run_shard(store, "image", sh, fingerprint, lambda rows: rows, compute, unit="images",
-                     throttle=throttle, quiet=quiet, pending=pending)
+    job = ImageJob(load_encoder(encoder_path), store, root, dev, prec, batch_size, workers, exact, decoder)
+    return run_shard(store, sh, job, quiet=quiet)

@@ -22,8 +22,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
-from cache.store import UserError
 from cache.schema import Status
+from runtime.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from cache.schema import MODALITIES
-from cache.store import UserError
-from extract.text import EncoderLoadError
+from runtime.errors import EncoderLoadError, UserError
 
 # the encoder file's format tag (extract.encoder_file); here because an encoder file can seed a backbone
 FORMAT = "influencer-profiler/image-encoder/1"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cache import schema
-from cache.progress import Progress
+from runtime.progress import Progress
 from cache.store import (StoreError, UserError, create_features, create_labels, create_store, open_store,
                          write_influencers)
 from extract import release

@@ -1,23 +1,54 @@
-"""The shard job loop shared by `extract text` and `extract images`.
+"""The shard job protocol shared by `extract text` and `extract images`.
 
-For each pending block of the shard: read and prepare its inputs (in a background thread,
-so tokenising or decoding the next block overlaps the model on this one), compute the
-whole block, commit it (features, statuses, then the done flag). Done blocks are skipped,
-so rerunning the same command after a kill redoes only the blocks that were in flight.
+An encoder job (`BlockJob`) says what it is (`modality`, `unit`, `fingerprint`), lays out its
+inputs for the blocks it is given (`plan`: images start their decoding workers on exactly those
+blocks), reads one block's inputs (`prepare`, run in a background thread so tokenising or
+decoding the next block overlaps the model on this one) and encodes them (`encode`: features,
+statuses and the failures to report). `run_shard` owns everything else: claiming the store's
+fingerprint (a different encoder is refused before any input is read), finding the pending
+blocks, committing each block (features, statuses, then the done flag), reporting failures
+(one line each, naming the post) and progress. Done blocks are skipped, so rerunning the same
+command after a kill redoes only the blocks that were in flight.
 """
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import numpy as np
 
 from cache.blocks import Shard, claim_fingerprint, commit_block, pending_blocks
-from cache.progress import Progress
 from cache.schema import Status
 from cache.store import Store
+from runtime.console import say
+from runtime.progress import Progress
+
+# Crash drills (tests): seconds to wait after each committed block, so that a job can be killed
+# mid-run. An environment variable, not an option: it reaches a job started in a subprocess, and
+# users never see it.
+BLOCK_DELAY_ENV = "PROFILER_BLOCK_DELAY"
+MAX_FAILURE_LINES = 100        # per block; the rest are counted in one line
+
+
+class BlockJob(Protocol):
+    modality: str               # "text" or "image": which features/ arrays it writes
+    unit: str                   # what progress counts: "captions", "images"
+    fingerprint: dict           # what the store records and later jobs must match
+
+    def plan(self, blocks: list[int]) -> None:
+        """Lay out the inputs of these blocks, in this order, before the first `prepare`."""
+
+    def prepare(self, rows: slice) -> Any:
+        """One block's inputs (runs in a background thread)."""
+
+    def encode(self, inputs: Any) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]:
+        """Features (rows, dim), statuses (rows,), and failures as (row, what was read, why)."""
+
+    def close(self) -> None:
+        """Release workers and devices."""
 
 
 @dataclass
@@ -35,34 +66,45 @@ class JobReport:
                 f"{rate:.1f} {unit}/s; no input {self.no_input}, unreadable {self.unreadable}")
 
 
-def run_shard(store: Store, modality: str, shard: Shard, fingerprint: dict,
-              prepare: Callable[[slice], Any], compute: Callable[[Any], tuple[np.ndarray, np.ndarray]],
-              *, unit: str, throttle: float = 0.0, quiet: bool = False,
-              pending: list[int] | None = None) -> JobReport:
-    """`pending`: the blocks to do, when the caller planned its inputs from them (extract images
-    lays out its decoding batches ahead); by default the shard's blocks not yet done."""
-    claim_fingerprint(store, modality, fingerprint)
-    mine = shard.blocks(store.n_blocks)
-    if pending is None:
-        pending = pending_blocks(store, modality, shard)
-    rows = [store.block_rows(b) for b in pending]
-    progress = Progress(sum(r.stop - r.start for r in rows), unit, f"{modality} {shard}",
-                        quiet=quiet)
-    start = time.perf_counter()
-    counts = np.zeros(4, dtype=np.int64)
-    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
-        ahead = pool.submit(prepare, rows[0]) if rows else None
-        for i, (b, r) in enumerate(zip(pending, rows)):
-            inputs = ahead.result()
-            if i + 1 < len(rows):
-                ahead = pool.submit(prepare, rows[i + 1])
-            features, status = compute(inputs)
-            commit_block(store, modality, b, features, status)
-            counts += np.bincount(status, minlength=4)[:4]
-            progress.update(r.stop - r.start, failures=int((status == Status.UNREADABLE).sum()),
-                            extra=f"blocks {len(mine) - len(pending) + i + 1}/{len(mine)}")
-            if throttle:
-                time.sleep(throttle)   # crash drills: keep a job alive long enough to be killed mid-run
-    progress.close()
+def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False) -> JobReport:
+    """Every pending block of the shard: prepare (ahead, in a thread), encode, commit, report."""
+    try:
+        claim_fingerprint(store, job.modality, job.fingerprint)
+        mine = shard.blocks(store.n_blocks)
+        pending = pending_blocks(store, job.modality, shard)
+        job.plan(pending)
+        rows = [store.block_rows(b) for b in pending]
+        progress = Progress(sum(r.stop - r.start for r in rows), job.unit, f"{job.modality} {shard}", quiet=quiet)
+        delay = float(os.environ.get(BLOCK_DELAY_ENV) or 0)
+        start = time.perf_counter()
+        counts = np.zeros(4, dtype=np.int64)
+        with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+            ahead = pool.submit(job.prepare, rows[0]) if rows else None
+            for i, (b, r) in enumerate(zip(pending, rows)):
+                inputs = ahead.result()
+                if i + 1 < len(rows):
+                    ahead = pool.submit(job.prepare, rows[i + 1])
+                features, status, failures = job.encode(inputs)
+                commit_block(store, job.modality, b, features, status)
+                _report_failures(store, job.modality, r, failures)
+                counts += np.bincount(status, minlength=4)[:4]
+                progress.update(r.stop - r.start, failures=int((status == Status.UNREADABLE).sum()),
+                                extra=f"blocks {len(mine) - len(pending) + i + 1}/{len(mine)}")
+                if delay:
+                    time.sleep(delay)
+        progress.close()
+    finally:
+        job.close()
     return JobReport(len(pending), len(mine) - len(pending), int(counts.sum()),
                      int(counts[Status.NO_INPUT]), int(counts[Status.UNREADABLE]), time.perf_counter() - start)
+
+
+def _report_failures(store: Store, modality: str, rows: slice, failures: list[tuple[int, str, str]]) -> None:
+    """One line per failed post (the block's first MAX_FAILURE_LINES), naming its id and what was read."""
+    if not failures:
+        return
+    ids = store["posts/id"][rows]
+    for row, what, why in failures[:MAX_FAILURE_LINES]:
+        say(f"{modality}: post {ids[row - rows.start]} ({what or 'row ' + str(row)}): {why}")
+    if len(failures) > MAX_FAILURE_LINES:
+        say(f"{modality}: … and {len(failures) - MAX_FAILURE_LINES} more failures in rows {rows.start}-{rows.stop - 1}")

@@ -13,7 +13,8 @@ import shlex
 from dataclasses import dataclass
 
 from cache.blocks import Shard, pending_blocks
-from cache.store import Store, UserError
+from cache.store import Store
+from runtime.errors import UserError
 
 STAGES = ("images", "text")
 

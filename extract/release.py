@@ -11,8 +11,8 @@ import re
 import stat
 from dataclasses import dataclass
 
-from cache.store import UserError
 from cache.schema import RELEASE_CATEGORIES, RELEASE_CATEGORY_FIXES
+from runtime.errors import UserError
 
 INFLUENCERS_FILE = "influencers.txt"
 MAPPING_FILE = "JSON-Image_files_mapping.txt"

@@ -27,9 +27,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from cache.store import UserError
 from cache.schema import INFLUENCER_CATEGORIES, POST_CATEGORIES
 from extract import release
+from runtime.errors import UserError
 
 VOCAB = {
     "beauty": "makeup lipstick skincare glow foundation serum palette eyeliner mascara blush contour lashes "

@@ -9,52 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from cache.hardware import cpu_has_bf16
 from cache.schema import Status
-from cache.store import Store, UserError
+from cache.store import Store
+from runtime.console import warn
+from runtime.device import DTYPES, pick_device, pick_precision, weights_digest
+from runtime.errors import EncoderLoadError, UserError
 
 DEFAULT_MODEL = "bert-base-uncased"
 VOCAB_CAPTIONS = 200_000   # captions the `random` mode trains its WordPiece vocabulary on
-
-
-class EncoderLoadError(UserError):
-    """Weights that cannot be loaded: a user error, reported in one line by every command."""
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no GPU")
-    return torch.device(device)
-
-
-def pick_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        if precision == "fp16" and device.type == "cpu":
-            raise UserError("--precision fp16 is for GPUs; use bf16 or fp32 on the CPU")
-        return precision
-    if device.type == "cuda":
-        return "bf16"
-    return "bf16" if cpu_has_bf16() else "fp32"
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer, in name order: two encoders agree iff their weights do."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
 
 
 def random_vocab(captions, size: int = 30522) -> dict[str, int]:
@@ -107,6 +74,7 @@ def _pretrained(name: str):
 class Prepared:
     ids: list[list[int]]        # token ids per row, [CLS] … [SEP], truncated
     status: np.ndarray
+    start: int = 0              # the block's first row (set by TextJob: failures name their post)
 
 
 class TextEncoder:
@@ -189,9 +157,8 @@ def load_text_encoder(name: str, store: Store | None = None, *, device: str = "a
     if name == "random":
         if store is None:
             raise UserError("--model random trains its vocabulary on a store's captions")
-        print("WARNING: --model random: BERT-base shape with RANDOM weights and a vocabulary built from this "
-              "store's captions. Its features are UNTRAINED: fine for smoke runs, meaningless for results.",
-              file=sys.stderr)
+        warn("WARNING: --model random: BERT-base shape with RANDOM weights and a vocabulary built from this "
+             "store's captions. Its features are UNTRAINED: fine for smoke runs, meaningless for results.")
         tokenizer, model = _random_encoder(_store_captions(store, VOCAB_CAPTIONS))
     else:
         tokenizer, model = _pretrained(name)
@@ -203,9 +170,34 @@ def load_text_encoder(name: str, store: Store | None = None, *, device: str = "a
     return TextEncoder(name, tokenizer, model, dev, prec, max_length, batch_tokens)
 
 
+class TextJob:
+    """`extract text` as a shard job (extract.jobs.BlockJob): captions in, [CLS] features out."""
+    modality, unit = "text", "captions"
+
+    def __init__(self, encoder: TextEncoder, store: Store):
+        self.encoder, self.captions = encoder, store["posts/caption"]
+        self.fingerprint = encoder.fingerprint
+
+    def plan(self, blocks: list[int]) -> None:
+        pass                                    # captions are read block by block in prepare
+
+    def prepare(self, rows: slice) -> Prepared:
+        prepared = self.encoder.prepare([str(c) for c in self.captions[rows]])
+        prepared.start = rows.start
+        return prepared
+
+    def encode(self, prepared: Prepared):
+        features, status = self.encoder.encode(prepared)
+        failed = np.flatnonzero(status == Status.UNREADABLE)
+        return features, status, [(int(prepared.start + i), "caption", "the tokenizer refused it") for i in failed]
+
+    def close(self) -> None:
+        pass
+
+
 def run_text(url: str, shard: str, *, model: str = DEFAULT_MODEL, max_length: int = 128,
              batch_tokens: int | None = None, device: str = "auto", precision: str = "auto",
-             throttle: float = 0.0, quiet: bool = False):
+             quiet: bool = False):
     from cache.blocks import parse_shard
     from cache.store import open_store
     from extract.jobs import run_shard
@@ -213,10 +205,4 @@ def run_text(url: str, shard: str, *, model: str = DEFAULT_MODEL, max_length: in
     store = open_store(url, "r+")
     encoder = load_text_encoder(model, store, device=device, precision=precision, max_length=max_length,
                                 batch_tokens=batch_tokens)
-    captions = store["posts/caption"]
-
-    def prepare(rows: slice) -> Prepared:
-        return encoder.prepare([str(c) for c in captions[rows]])
-
-    return run_shard(store, "text", sh, encoder.fingerprint, prepare, encoder.encode, unit="captions",
-                     throttle=throttle, quiet=quiet)
+    return run_shard(store, sh, TextJob(encoder, store), quiet=quiet)

@@ -5,13 +5,14 @@ import json
 import os
 
 from heads.train import FitConfig, fit
+from runtime.console import say
 
 VARIANTS = [("full model", "attention", False), ("no attention", "mean", False), ("no fine-tuning", "attention", True)]
 MODALITIES = [("text", "Text"), ("image", "Image"), ("both", "Text & Image")]
 
 
 def ablate(store: str, out: str, *, no_finetune_store: str | None = None, epochs: int | None = None, seed: int = 0,
-           log=print) -> str:
+           log=say) -> str:
     results: dict = {}
     for name, pooling, no_ft in VARIANTS:
         for modality, _ in MODALITIES:

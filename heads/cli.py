@@ -3,20 +3,26 @@ from __future__ import annotations
 
 import typer
 
-from cache.store import UserError
-from cache.console import SCHEDULER_HELP, clean_errors, say
+from runtime.choices import Attention, HeadPrecision, Modality, Normalize, Pooling
+from runtime.console import SCHEDULER_HELP, clean_errors, say, setup_logging
+from runtime.errors import UserError
 
 app = typer.Typer(help="Stage two: the Influencer Profiler trained from the cache.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
+
+@app.callback()
+def main():
+    """Stage two."""
+    setup_logging()          # once per command line: plain lines on stderr (runtime.console)
 
 
 @app.command()
 @clean_errors
 def fit(store: str = typer.Argument(..., help="store path or URL"),
         out: str = typer.Option(..., help="run folder to write"),
-        modality: str = typer.Option("both", help="both, image or text"),
-        pooling: str = typer.Option("attention", help="attention, or mean (the no-attention ablation)"),
-        attention: str = typer.Option("paper", help="paper (⟨tanh(F_a v), r_c⟩), or gated (Ilse et al. 2018; "
+        modality: Modality = typer.Option("both", help="which features the head reads"),
+        pooling: Pooling = typer.Option("attention", help="mean is the no-attention ablation"),
+        attention: Attention = typer.Option("paper", help="paper (⟨tanh(F_a v), r_c⟩), or gated (Ilse et al. 2018; "
                                       "an extension)"),
         aux_weight: float = typer.Option(1.0, help="λ of the auxiliary post loss (0 turns it off)"),
         epochs: int = typer.Option(None, help="train exactly this many epochs (no early stopping); default: "
@@ -27,22 +33,21 @@ def fit(store: str = typer.Argument(..., help="store path or URL"),
         lr: float = typer.Option(1e-3),
         attention_warmup: int = typer.Option(300, help="steps with the attention held uniform (mean pooling) "
                                              "before it learns"),
-        normalize: str = typer.Option("auto", help="input scaling fitted on the train posts: feature (each feature's "
-                                      "mean and std), modality, none, or auto (feature and none, the better on "
-                                      "validation)"),
+        normalize: Normalize = typer.Option("auto", help="input scaling fitted on the train posts: feature (each feature's "
+                                      "mean and std), none, or auto (both, the better on validation)"),
         standardize: bool = typer.Option(False, help="the same as --normalize feature (kept for old scripts)"),
         restarts: int = typer.Option(1, help="independent initialisations; the best on validation is kept"),
         seed: int = typer.Option(0),
         device: str = typer.Option("auto"),
-        precision: str = typer.Option("fp32", help="fp32 (the default: bf16 is not yet shown to keep accuracy on "
+        precision: HeadPrecision = typer.Option("fp32", help="fp32 (the default: bf16 is not yet shown to keep accuracy on "
                                       "every store), bf16, or auto (bf16 autocast where the hardware has it)")):
     """Train on the train split, select on validation, score on test; write the run folder."""
     from heads.train import FitConfig, fit as run_fit
-    m = run_fit(store, out, FitConfig(modality=modality, pooling=pooling, attention=attention, aux_weight=aux_weight,
+    m = run_fit(store, out, FitConfig(modality=modality.value, pooling=pooling.value, attention=attention.value, aux_weight=aux_weight,
                                       epochs=epochs, max_steps=max_steps, patience=patience, batch_size=batch_size,
                                       lr=lr, attention_warmup=attention_warmup, seed=seed, device=device,
-                                      normalize="feature" if standardize else normalize, restarts=restarts,
-                                      precision=precision), log=say)
+                                      normalize="feature" if standardize else normalize.value, restarts=restarts,
+                                      precision=precision.value), log=say)
     ref = m["reference"]
     say(f"test: influencer accuracy {100 * m['influencer']['accuracy']:.2f}% (macro F1 "
         f"{m['influencer']['macro_f1']:.3f}, n={m['influencer']['n']}); post accuracy "

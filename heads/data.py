@@ -50,13 +50,10 @@ def _present(x: np.ndarray, segments: tuple, present: np.ndarray | None) -> list
     return out
 
 
-def input_scaling(bags: list[np.ndarray], segments: tuple, per: str = "feature",
+def input_scaling(bags: list[np.ndarray], segments: tuple,
                   presents: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of each feature and its scale over the training posts whose half is present (float64 sums).
+    """Mean and std of each feature over the training posts whose half is present (float64 sums).
 
-    `per="feature"`: each feature divided by its own std. `per="modality"`: each feature centred,
-    then one scale per modality (the root mean square of its centred features), which keeps the
-    geometry of the features (a loud post stays loud) while removing a common offset.
     A missing half (all zeros) is kept out of its modality's statistics: counting it would
     drag the mean towards zero by the missing share and inflate the std.
     """
@@ -74,11 +71,6 @@ def input_scaling(bags: list[np.ndarray], segments: tuple, per: str = "feature",
     count = np.maximum(count, 1)
     mean = total / count
     var = np.maximum(sq / count - mean ** 2, 0)
-    if per == "modality":
-        start = 0
-        for w in segments:
-            var[start:start + w] = var[start:start + w].mean()
-            start += w
     std = np.sqrt(var)
     return mean.astype(np.float32), np.where(std > 0, std, 1).astype(np.float32)
 

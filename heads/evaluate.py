@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from cache.readers import load_bags
+from cache.schema import SPLITS
 from cache.store import open_store
 from heads.infer import load_run, predict_bags
 
@@ -18,7 +19,7 @@ def posts_curve(run: str, counts: list[int], *, seed: int = 0, store_url: str | 
     store = open_store(store_url or config["store"]["url"])
     modality = config["fit"]["modality"]
     label, split = store["influencers/label"][:], store["influencers/split"][:]
-    test = np.flatnonzero((label >= 0) & (split == 3))
+    test = np.flatnonzero((label >= 0) & (split == SPLITS["test"]))
     bags, masks = load_bags(store, test, modality)
     keep = [i for i, m in enumerate(masks) if m.any()]
     y = label[test][keep]

@@ -7,15 +7,8 @@ import os
 import numpy as np
 import torch
 
-from cache.store import UserError
 from heads.model import HeadConfig, InfluencerProfiler
-
-
-def resolve_device(device: str) -> str:
-    """'auto' is CUDA where there is one, else the CPU; any other name is taken as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+from runtime.errors import UserError
 
 
 def pad_batch(bags, masks, idx, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from cache.store import UserError
+from runtime.errors import UserError
 
 
 @dataclass

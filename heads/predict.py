@@ -25,15 +25,16 @@ import torch
 
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from cache.compute import describe, ordered_results
 from cache.labels import LabelError, release_categories
 from cache.outputs import begin_predictions, finish_predictions
-from cache.schema import SPLITS
-from cache.progress import Progress
 from cache.readers import influencer_groups, post_features, require_features
+from cache.schema import SPLITS
 from cache.store import open_store
-from heads.infer import load_run, pad_batch, resolve_device
+from heads.infer import load_run, pad_batch
 from heads.rundir import write_json_atomic
+from runtime.compute import describe, ordered_results
+from runtime.device import pick_device
+from runtime.progress import Progress
 
 TOP_POSTS = 3
 GROUP_ROWS = 16384      # posts per task at least: a task's fixed cost (opening the store, arrays) is amortised
@@ -50,7 +51,7 @@ def _loaded(run: str, stamp: int, device: str):
 
 def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, batch_size: int, device: str) -> dict:
     """Outputs of influencers j0 … j0+len(offs)-2, whose posts are rows offs[0]:offs[-1]."""
-    model, config = _loaded(run, stamp, resolve_device(device))
+    model, config = _loaded(run, stamp, str(pick_device(device)))
     dev = next(model.parameters()).device
     icats, pcats = config["influencer_categories"], config["post_categories"]
     post_head = config.get("post_head_trained", True)

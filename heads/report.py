@@ -3,20 +3,7 @@ from __future__ import annotations
 
 import os
 
-
-def table(title: str, rows: list[tuple[str, str, dict]], categories: list[str]) -> str:
-    """rows: (model, input, metrics) with metrics from heads.metrics.classification_metrics."""
-    head = "| Model | Input | Accuracy | " + " | ".join(c.capitalize() for c in categories) + " |"
-    rule = "|" + "---|" * (3 + len(categories))
-    lines = [f"### {title}", "", head, rule]
-    for model, inp, m in rows:
-        if m is None or m.get("n", 0) == 0:
-            note = (m or {}).get("note", "n/a")
-            lines.append(f"| {model} | {inp} | {note} | " + " | ".join("" for _ in categories) + " |")
-            continue
-        f1 = " | ".join(f"{m['f1'].get(c, float('nan')):.3f}" for c in categories)
-        lines.append(f"| {model} | {inp} | {100 * m['accuracy']:.2f}% | {f1} |")
-    return "\n".join(lines) + "\n"
+from runtime.reporting import table
 
 
 def write_report(run: str, config: dict, metrics: dict) -> str:

@@ -15,16 +15,18 @@ from dataclasses import asdict, dataclass
 import torch
 
 from cache import schema
-from cache.hardware import cpu_has_bf16
 from cache.readers import MODALITY_SETS, feature_dim, require_features
-from cache.store import UserError, open_store
+from cache.store import open_store
 from heads.data import input_scaling, load_labelled
-from heads.infer import predict_bags, predict_posts, resolve_device
+from heads.infer import predict_bags, predict_posts
 from heads.loop import criterion, train_once
-from heads.metrics import classification_metrics
+from runtime.reporting import classification_metrics
 from heads.model import HeadConfig, InfluencerProfiler
 from heads.reference import logistic_reference
 from heads.rundir import RunFolder, git_commit, store_fingerprint
+from runtime.console import say
+from runtime.device import pick_device, pick_precision
+from runtime.errors import UserError
 
 
 @dataclass
@@ -42,15 +44,12 @@ class FitConfig:
     aux_batch: int = 256
     lr: float = 1e-3              # paper §5.1
     warmup_steps: int = 50
-    schedule: str = "constant"    # after warm-up; or "cosine" (to 10 % at max_steps)
     weight_decay: float = 0.0
     attention_lr: float = 0.1     # learning rate of the attention's parameters, relative to lr
     attention_warmup: int = 300   # steps with the attention held at its (nearly uniform) start: mean pooling
-    post_keep: float = 1.0        # share of a bag's posts kept at each training step (1 = all)
     dropout: float = 0.5          # paper §5.1
     normalize: str = "auto"       # input scaling fitted on train posts, missing halves kept out: "feature"
-                                  # (each feature's mean and std), "modality" (centred, one scale per
-                                  # modality), "none" (raw); "auto" trains with "feature" and with "none"
+                                  # (each feature's mean and std) or "none" (raw); "auto" trains with both
                                   # and keeps the better on validation (README: why)
     restarts: int = 1             # independent initialisations; the best on validation is kept
     # fp32 by default: bf16 is a speed trick, and a default only once shown to keep accuracy on every
@@ -65,7 +64,7 @@ def _check(cfg: FitConfig) -> None:
     """Refuse bad options before anything is read or written."""
     choices = {"modality": ("both", "image", "text"), "pooling": ("attention", "mean"),
                "attention": ("paper", "gated"), "precision": ("auto", "fp32", "bf16"),
-               "schedule": ("constant", "cosine"), "normalize": ("auto", "feature", "modality", "none")}
+               "normalize": ("auto", "feature", "none")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"--{name} must be {', '.join(allowed)}; got {getattr(cfg, name)!r}")
@@ -73,8 +72,6 @@ def _check(cfg: FitConfig) -> None:
         raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.restarts < 1 or cfg.max_steps < 1 or cfg.batch_size < 1:
         raise UserError("--restarts, --max-steps and --batch-size must be at least 1")
-    if not 0 < cfg.post_keep <= 1:
-        raise UserError(f"--post-keep must be in (0, 1], got {cfg.post_keep}")
 
 
 def reference_verdict(head_val: float, ref_val: float, n_val: int) -> tuple[str | None, str | None]:
@@ -96,9 +93,9 @@ def reference_verdict(head_val: float, ref_val: float, n_val: int) -> tuple[str 
     return "note", f"{said}, by one of {n_val} validation influencers: within validation noise"
 
 
-def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
+def fit(url: str, out: str, cfg: FitConfig, log=say) -> dict:
     _check(cfg)
-    device = torch.device(resolve_device(cfg.device))
+    device = pick_device(cfg.device)
     store = open_store(url)
     require_features(store, cfg.modality)
     run = RunFolder(out)
@@ -112,7 +109,7 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
     head = HeadConfig(in_dim=feature_dim(cfg.modality), pooling=cfg.pooling, attention=cfg.attention,
                       dropout=cfg.dropout, n_influencer=len(store.influencer_categories),
                       n_post=len(store.post_categories), segments=segments)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and (device.type == "cuda" or cpu_has_bf16()))
+    use_bf16 = pick_precision(cfg.precision, device) == "bf16"
     config = {"fit": asdict(cfg), "model": head.to_dict(), "store": store_fingerprint(store), "git_commit": git_commit(),
               "command": " ".join(sys.argv), "influencer_categories": store.influencer_categories,
               "post_categories": store.post_categories, "torch": torch.__version__, "device": str(device),
@@ -131,7 +128,7 @@ def fit(url: str, out: str, cfg: FitConfig, log=print) -> dict:
     log(f"reference: logistic regression on mean features, validation accuracy {100 * reference['val_acc']:.2f}% "
         f"(C={reference['C']})")
     norms = ("feature", "none") if cfg.normalize == "auto" else (cfg.normalize,)
-    scalings = {n: input_scaling(data["train"]["bags"], segments, n, data["train"]["masks"]) for n in norms
+    scalings = {n: input_scaling(data["train"]["bags"], segments, data["train"]["masks"]) for n in norms
                 if n != "none"}
 
     def on_round(row):

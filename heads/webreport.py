@@ -30,10 +30,12 @@ import time
 from dataclasses import dataclass
 
 from cache import schema
-from cache.store import UserError, open_store
+from cache.store import open_store
 from heads.cards import influencer_cards, post_examples, thumbnail
 from heads.explorer import TIERS, explorer_rows, influencer_columns, store_predictions
 from heads.figures import INPUTS, confusion_figure, curves_figure, fig5a, fig5b
+from runtime.console import say
+from runtime.errors import UserError
 
 POST_EXAMPLES = 6
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
@@ -313,7 +315,7 @@ def _cards_section(c: _Ctx, pred: dict | None, pred_note: str, cards: int):
 
 
 def write_report(run: str, store_url: str, out: str, *, baselines: str | None = None, predictions: str | None = None,
-                 ablate: str | None = None, cards: int = 12, dataset: str | None = None, log=print) -> dict:
+                 ablate: str | None = None, cards: int = 12, dataset: str | None = None, log=say) -> dict:
     t0 = time.perf_counter()
     config = _read_json(os.path.join(run, "config.json"))
     metrics = _read_json(os.path.join(run, "metrics.json"))

@@ -96,3 +96,35 @@ def shard_files(path: str, modality: str) -> dict[str, int]:
     """Modification time of each block's feature shard file: unchanged means not rewritten."""
     base = os.path.join(path, "features", modality, "c")
     return {b: os.stat(os.path.join(base, b, "0")).st_mtime_ns for b in os.listdir(base)}
+
+
+@pytest.fixture(scope="session")
+def fp32_store(sample, tiny_bert, tmp_path_factory):
+    """The sample's text features, fp32 on the CPU: the reference the text jobs must reproduce."""
+    from extract.text import run_text
+    path = build_store(sample, str(tmp_path_factory.mktemp("t") / "s.zarr"), block=64)
+    run_text(path, "0/1", model=tiny_bert, precision="fp32", device="cpu", batch_tokens=512, quiet=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def extracted(sample, encoder_file, tmp_path_factory):
+    """The sample's image features through the CLI (2 decoding workers), with the CLI's output."""
+    from typer.testing import CliRunner
+    from extract.cli import app as extract_app
+    path = build_store(sample, str(tmp_path_factory.mktemp("i") / "s.zarr"))
+    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", encoder_file[0],
+                                         "--workers", "2", "--batch-size", "16"])
+    assert r.exit_code == 0, r.output
+    return path, r.output
+
+
+@pytest.fixture
+def block_delay(monkeypatch):
+    """Crash drills: shard jobs started from here (subprocesses included) wait this long after each
+    committed block, so that they can be killed mid-run (extract.jobs.BLOCK_DELAY_ENV)."""
+    from extract.jobs import BLOCK_DELAY_ENV
+
+    def set_delay(seconds: float) -> None:
+        monkeypatch.setenv(BLOCK_DELAY_ENV, str(seconds))
+    return set_delay

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import baselines.run as brun
 from baselines.aggregate import influencer_means
 from baselines.cli import app as baselines_app
+import baselines.run as brun
 from cache.store import open_store
 from cache.synthetic import planted_store
 
@@ -104,14 +104,20 @@ def results(tmp_path_factory):
     def spy(pipes, xt, yt, xv, yv):
         spied["model"].append((xt, xv))
         return real_select(pipes, xt, yt, xv, yv)
-    real_ts = brun.fb.TextSocial.fit
+    real_ts = brun.fb.text_social_model
 
-    def spy_ts(self, texts, social, y):
-        spied["textsocial"].append(social)
-        return real_ts(self, texts, social, y)
+    def spy_ts(seed=0):
+        model = real_ts(seed)
+        real_fit = model.fit
+
+        def fit(x, y):
+            spied["textsocial"].append(x)
+            return real_fit(x, y)
+        model.fit = fit
+        return model
     mp = pytest.MonkeyPatch()
     mp.setattr(brun, "select_and_fit", spy)
-    mp.setattr(brun.fb.TextSocial, "fit", spy_ts)
+    mp.setattr(brun.fb, "text_social_model", spy_ts)
     try:
         r = brun.run_baselines(path, str(d / "out"), models=["gnb", "knn", "svc", "rf"], log=lambda *_: None)
     finally:

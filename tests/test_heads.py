@@ -301,7 +301,7 @@ def test_presence_comes_from_statuses_not_zeros(tmp_path):
     s["features/image_status"][:] = st
     x, present = post_features(s, slice(0, 24), "both")
     assert present.shape == (24, 2) and present[0].all() and not present[1, 0] and present[1, 1]
-    mean, std = input_scaling([x], (1024, 768), "feature", [present])
+    mean, std = input_scaling([x], (1024, 768), [present])
     ref = np.delete(x[:, :1024].astype(np.float64), 1, axis=0)      # post 0 counts, post 1 does not
     np.testing.assert_allclose(mean[:1024], ref.mean(0), rtol=1e-3, atol=1e-3)
     model = InfluencerProfiler(HeadConfig(segments=(1024, 768)))
@@ -370,7 +370,7 @@ def test_bf16_keeps_narrow_band_features_once_normalised():
     x = 20 + 0.01 * torch.randn(256, 12)
     assert x.to(torch.bfloat16)[:, 0].unique().numel() == 1
     model = InfluencerProfiler(HeadConfig(in_dim=12, hidden=8, attention_dim=4)).eval()
-    mean, std = input_scaling([x.numpy()], (12,), "feature")
+    mean, std = input_scaling([x.numpy()], (12,))
     model.set_input_scaling(torch.from_numpy(mean), torch.from_numpy(std))
     with torch.no_grad():
         ref = model.fuse(model.normalise(x))

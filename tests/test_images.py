@@ -19,7 +19,7 @@ from extract.finetune import FinetuneConfig, finetune
 from extract.images import ImageEncoder, load_encoder, run_images
 from extract.imaging import ImageError, decode
 from extract.sample import make_sample
-from tests.conftest import build_store, kill_after_blocks, shard_files
+from tests.conftest import build_store
 
 QUIET = dict(log=lambda *a, **k: None, quiet=True)
 
@@ -158,15 +158,6 @@ def test_trainable_blocks_out_of_range():
 
 # ------------------------------------------------------------------ extraction
 
-@pytest.fixture(scope="module")
-def extracted(sample, encoder_file, tmp_path_factory):
-    path = build_store(sample, str(tmp_path_factory.mktemp("i") / "s.zarr"))
-    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", encoder_file[0],
-                                         "--workers", "2", "--batch-size", "16"])
-    assert r.exit_code == 0, r.output
-    return path, r.output
-
-
 def test_every_bad_image_gets_its_status_and_is_listed(sample, extracted):
     path, output = extracted
     s = open_store(path)
@@ -252,42 +243,6 @@ def test_other_encoder_is_refused(extracted, encoder_file):
         run_images(extracted[0], "0/1", encoder_path=encoder_file[0], precision=other, quiet=True)
 
 
-def _cmd(store, shard, encoder, *extra):
-    return [sys.executable, "-m", "extract.cli_main", "images", store, "--shard", shard, "--encoder", encoder,
-            "--workers", "1", "--batch-size", "16", *extra]
-
-
-def test_sigkill_then_rerun_redoes_only_unfinished_blocks(sample, encoder_file, extracted, tmp_path):
-    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
-    kill_after_blocks(_cmd(path, "0/1", encoder_file[0], "--throttle", "0.5"), path, "image")
-    done_before = open_store(path)["features/image_done"][:]
-    assert 2 <= done_before.sum() < len(done_before), "killed mid-run"
-    assert verify(open_store(path)) == []
-    before = shard_files(path, "image")
-    time.sleep(0.05)
-    out = subprocess.run(_cmd(path, "0/1", encoder_file[0]), capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert f"{int(done_before.sum())} already done" in out.stderr
-    s = open_store(path)
-    assert verify(s) == [] and s["features/image_done"][:].all()
-    after = shard_files(path, "image")
-    for b in np.flatnonzero(done_before):
-        assert after[str(b)] == before[str(b)], f"block {b} was recomputed"
-    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
-
-
-def test_two_shards_at_once(sample, encoder_file, extracted, tmp_path):
-    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
-    procs = [subprocess.Popen(_cmd(path, f"{i}/2", encoder_file[0]), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    for p in procs:
-        assert p.wait() == 0, p.stderr.read()
-    s = open_store(path)
-    assert verify(s) == [] and s["features/image_done"][:].all()
-    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
-    np.testing.assert_array_equal(s["features/image_status"][:], open_store(extracted[0])["features/image_status"][:])
-
-
 def test_cli_errors_are_one_line(store_path, tmp_path):
     r = CliRunner().invoke(extract_app, ["images", store_path, "--shard", "0/1", "--encoder", str(tmp_path / "no.pt")])
     assert r.exit_code == 2 and "no such encoder file" in r.output
@@ -362,17 +317,6 @@ def test_plan_launchers_run_the_shards(sample, encoder_file, extracted, tmp_path
     k8s = subprocess.run(container["command"] + container["args"], capture_output=True, text=True,
                          env=dict(env, JOB_COMPLETION_INDEX="1"))
     assert k8s.returncode == 0, k8s.stderr
-    s = open_store(path)
-    assert verify(s) == [] and s["features/image_done"][:].all()
-    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
-
-
-def test_same_shard_given_to_two_jobs_at_once_is_still_correct(sample, encoder_file, extracted, tmp_path):
-    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
-    procs = [subprocess.Popen(_cmd(path, "0/1", encoder_file[0]), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for p in procs:
-        assert p.wait() == 0, p.stderr.read()
     s = open_store(path)
     assert verify(s) == [] and s["features/image_done"][:].all()
     np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])

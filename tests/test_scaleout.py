@@ -196,7 +196,8 @@ def s3_cluster(s3):
         yield c.scheduler_address
 
 
-def test_whole_pipeline_on_s3_equals_a_local_store(sample, s3, tiny_bert, encoder_file, s3_cluster, tmp_path):
+def test_whole_pipeline_on_s3_equals_a_local_store(sample, s3, tiny_bert, encoder_file, s3_cluster, block_delay,
+                                                    tmp_path):
     """Index, shard jobs (one SIGKILLed and rerun), verify, heads fit/predict, baselines on an s3:// store."""
     cluster = s3_cluster
     url, local = f"{s3}/pipeline.zarr", str(tmp_path / "local.zarr")
@@ -205,8 +206,10 @@ def test_whole_pipeline_on_s3_equals_a_local_store(sample, s3, tiny_bert, encode
     _extract(local, tiny_bert, encoder_file[0])
     # on S3: a text job killed after its first block, then the same command completes it
     extract = os.path.join(BIN, "extract")
-    kill_after_blocks([extract, "text", url, "--shard", "0/1", "--model", tiny_bert, "--precision", "fp32",
-                       "--throttle", "2"], url, "text", blocks=1)
+    block_delay(2)
+    kill_after_blocks([extract, "text", url, "--shard", "0/1", "--model", tiny_bert, "--precision", "fp32"],
+                      url, "text", blocks=1)
+    block_delay(0)
     done = open_store(url)["features/text_done"][:]
     assert 1 <= done.sum() < len(done), done
     _extract(url, tiny_bert, encoder_file[0], text_shards=("0/1",))

@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from cache.schema import Status
 from cache.store import StoreError, open_store
 from extract.cli import app as extract_app
 from extract.text import load_text_encoder, run_text
-from tests.conftest import build_store, kill_after_blocks, shard_files
+from tests.conftest import build_store
 
 
 def _reference(path, captions):
@@ -26,13 +25,6 @@ def _reference(path, captions):
             enc = tok(c, truncation=True, max_length=128, return_tensors="pt")
             out.append(model(**enc).last_hidden_state[0, 0].numpy())
     return np.stack(out)
-
-
-@pytest.fixture(scope="module")
-def fp32_store(sample, tiny_bert, tmp_path_factory):
-    path = build_store(sample, str(tmp_path_factory.mktemp("t") / "s.zarr"), block=64)
-    run_text(path, "0/1", model=tiny_bert, precision="fp32", device="cpu", batch_tokens=512, quiet=True)
-    return path
 
 
 def test_fp32_features_equal_transformers_within_float16(fp32_store, tiny_bert):
@@ -80,40 +72,6 @@ def test_batches_respect_the_token_budget(tiny_bert):
         assert (np.diff(lengths[rows]) >= 0).all()
         seen += rows.tolist()
     assert sorted(seen) == list(range(len(lengths)))
-
-
-def _cmd(store, shard, model, *extra):
-    return [sys.executable, "-m", "extract.cli_main", "text", store, "--shard", shard, "--model", model,
-            "--device", "cpu", "--precision", "fp32", "--batch-tokens", "512", *extra]
-
-
-def test_sigkill_then_rerun_redoes_only_unfinished_blocks(sample, tiny_bert, fp32_store, tmp_path):
-    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
-    kill_after_blocks(_cmd(path, "0/1", tiny_bert, "--throttle", "0.5"), path, "text")
-    done_before = open_store(path)["features/text_done"][:]
-    assert 2 <= done_before.sum() < len(done_before), "killed mid-run"
-    before = shard_files(path, "text")
-    time.sleep(0.05)
-    out = subprocess.run(_cmd(path, "0/1", tiny_bert), capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert f"{int(done_before.sum())} already done" in out.stderr
-    s = open_store(path)
-    assert verify(s) == [] and s["features/text_done"][:].all()
-    after = shard_files(path, "text")
-    for b in np.flatnonzero(done_before):
-        assert after[str(b)] == before[str(b)], f"block {b} was recomputed"
-    np.testing.assert_array_equal(s["features/text"][:], open_store(fp32_store)["features/text"][:])
-
-
-def test_two_shards_at_once(sample, tiny_bert, fp32_store, tmp_path):
-    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
-    procs = [subprocess.Popen(_cmd(path, f"{i}/2", tiny_bert), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    for p in procs:
-        assert p.wait() == 0, p.stderr.read()
-    s = open_store(path)
-    assert verify(s) == [] and s["features/text_done"][:].all()
-    np.testing.assert_array_equal(s["features/text"][:], open_store(fp32_store)["features/text"][:])
 
 
 def test_cli_unloadable_model_says_what_to_pass(store_path, tmp_path):

@@ -20,7 +20,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
 import dask
-from cache.store import UserError
+from runtime.errors import UserError
 
 
 @contextlib.contextmanager

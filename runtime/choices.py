@@ -1,0 +1,54 @@
+"""The command lines' fixed choices, as typer shows and checks them (`--precision [auto|fp32|bf16|fp16]`).
+
+Each command passes `.value` (a plain string) to the library, so the library and the run files
+never hold an Enum."""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Precision(str, Enum):
+    """Extraction: auto is bf16 on GPUs and bf16-capable CPUs; fp16 is for GPUs."""
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class HeadPrecision(str, Enum):
+    """`heads fit`: fp32 by default (README: why); auto as for extraction."""
+    fp32 = "fp32"
+    bf16 = "bf16"
+    auto = "auto"
+
+
+class Decoder(str, Enum):
+    pil = "pil"
+    nvjpeg = "nvjpeg"
+
+
+class WeakLabels(str, Enum):
+    posts = "posts"
+    influencers = "influencers"
+
+
+class Modality(str, Enum):
+    both = "both"
+    image = "image"
+    text = "text"
+
+
+class Pooling(str, Enum):
+    attention = "attention"
+    mean = "mean"
+
+
+class Attention(str, Enum):
+    paper = "paper"
+    gated = "gated"
+
+
+class Normalize(str, Enum):
+    auto = "auto"
+    feature = "feature"
+    none = "none"

@@ -1,0 +1,40 @@
+"""The packages' boundaries (DESIGN.md, issue #16): `runtime` imports nothing of the project, `cache`
+only `runtime`, `baselines` nothing of `heads`; and no module grows past 400 lines."""
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = {"runtime", "cache", "extract", "heads", "baselines"}
+ALLOWED = {"runtime": {"runtime"}, "cache": {"runtime", "cache"}, "baselines": {"runtime", "cache", "baselines"}}
+
+
+def _modules(package: str):
+    for dirpath, _, files in os.walk(os.path.join(ROOT, package)):
+        for f in files:
+            if f.endswith(".py"):
+                yield os.path.join(dirpath, f)
+
+
+def _imports(path: str) -> set[str]:
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    out = set()
+    for node in ast.walk(tree):        # function-level imports count too
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out & PROJECT
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_it_may(package):
+    wrong = {os.path.relpath(p, ROOT): sorted(_imports(p) - ALLOWED[package]) for p in _modules(package)}
+    assert not {k: v for k, v in wrong.items() if v}
+
+
+def test_no_module_over_400_lines():
+    long = {os.path.relpath(p, ROOT): n for pkg in PROJECT for p in _modules(pkg)
+            if (n := sum(1 for _ in open(p, encoding="utf-8"))) > 400}
+    assert not long
