@@ -108,7 +108,7 @@ def parse_set(items: list[str]) -> dict:
         try:
             out[key] = json.loads(value)        # numbers, true/false, null
         except ValueError:
-            out[key] = value                    # a word: "cosine", "gated"
+            out[key] = value                    # a word: "gated", "feature"
     return out
 
 

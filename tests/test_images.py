@@ -353,13 +353,21 @@ def test_disk_full_or_permission_error_mid_block(sample, encoder_file, extracted
 
 def test_block_finished_elsewhere_after_planning_does_not_shift_batches(sample, encoder_file, extracted, tmp_path,
                                                                          monkeypatch):
-    """The decoding batches are laid out from one read of the done flags; the job loop must follow that
-    plan even if another job meanwhile finishes a block (else block 1 would get block 0's images)."""
+    """The decoding batches are laid out from the one read of the done flags that the job loop follows
+    (run_shard reads them once and hands them to the job's plan). Here that read leaves out block 0,
+    as if another job had just finished it: block 0 is neither decoded nor written, and every other
+    block gets its own images (a plan differing from the loop would give block 1 block 0's images)."""
     import extract.jobs
     path = build_store(sample, str(tmp_path / "s.zarr"))
     real = extract.jobs.pending_blocks
     monkeypatch.setattr(extract.jobs, "pending_blocks", lambda *a, **k: real(*a, **k)[1:])
     run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
-    s = open_store(path)
+    s, ref = open_store(path), open_store(extracted[0])
+    done = s["features/image_done"][:]
+    assert not done[0] and done[1:].all()
+    later = slice(s.block_rows(1).start, s.n_posts)
+    np.testing.assert_array_equal(s["features/image"][later], ref["features/image"][later])
+    monkeypatch.undo()
+    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
     assert verify(s) == [] and s["features/image_done"][:].all()
-    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
+    np.testing.assert_array_equal(s["features/image"][:], ref["features/image"][:])
