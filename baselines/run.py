@@ -33,15 +33,37 @@ def _split_rows(split: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.flatnonzero((split == SPLITS[name]) & keep) for name in ("train", "val", "test")}
 
 
-def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inputs=("text", "image", "both"),
-                  feature_baselines: bool = True, scheduler: str | None = None, compare: list[str] | None = None,
-                  seed: int = 0, log=say) -> dict:
+class _Recorder:
+    """Scores each baseline on its test rows, keeps its predictions, says one line per baseline."""
+
+    def __init__(self, results: dict, total: int, log):
+        self.results, self.total, self.log = results, total, log
+        self.pred_rows: list[list] = []
+        self.done = 0
+
+    def __call__(self, task, model, inp, y_true, y_pred, rows, extra, cats):
+        self.done += 1
+        metrics = classification_metrics(y_true, y_pred, cats)
+        self.results[task].append({"model": model, "input": inp, **extra, "metrics": metrics})
+        for r, t, p in zip(rows, y_true, y_pred):
+            self.pred_rows.append([task, model, inp, int(r), cats[t], cats[p]])
+        self.log(f"[{self.done}/{self.total}] {model} on {inp} ({task}s): test accuracy "
+                 f"{100 * metrics['accuracy']:.2f}% (n={metrics['n']}) {extra.get('seconds', 0):.1f}s")
+
+
+def _check_choices(models, inputs) -> None:
     for m in models:
         if m not in MODEL_NAMES:
             raise UserError(f"unknown model {m!r}; choose from {', '.join(MODEL_NAMES)}")
     for i in inputs:
         if i not in INPUT_NAMES:
             raise UserError(f"unknown input {i!r}; choose from text, image, both")
+
+
+def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inputs=("text", "image", "both"),
+                  feature_baselines: bool = True, scheduler: str | None = None, compare: list[str] | None = None,
+                  seed: int = 0, log=say) -> dict:
+    _check_choices(models, inputs)
     store = open_store(url)
     needed = sorted({m for i in inputs for m in MODALITY_SETS[i]})
     for m in needed:
@@ -59,9 +81,8 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
     means, counts = influencer_means(url, agg, labelled, scheduler=scheduler)
     log(f"per-influencer means of {len(labelled)} labelled influencers in {time.perf_counter() - t0:.1f}s "
         f"({describe(scheduler)})")
-    usable = counts > 0
     y_inf = label[labelled].astype(np.int64)
-    rows_inf = _split_rows(split[labelled], usable)
+    rows_inf = _split_rows(split[labelled], counts > 0)
     for name in ("train", "val"):
         if not len(rows_inf[name]):
             raise StoreError(f"{url}: no usable labelled influencers in the {name} split")
@@ -69,71 +90,68 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
     plabel, psplit = store["posts/label"][:], store["posts/split"][:]
     prow = np.flatnonzero(plabel >= 0)
     px, ppresent = post_features_at(store, prow, "both" if have_both else agg)
-    pok = ppresent.any(1)
-    rows_post = _split_rows(psplit[prow], pok)
+    rows_post = _split_rows(psplit[prow], ppresent.any(1))
     y_post = plabel[prow].astype(np.int64)
 
     results: dict = {"influencer": [], "post": [], "store": url, "seed": seed,
                      "test_influencers": [int(labelled[i]) for i in rows_inf["test"]]}
-    pred_rows: list[list] = []
     jobs = [(m, i) for m in models for i in inputs]
-    total = len(jobs) * 2 + (3 if feature_baselines else 0)
-    done = 0
-
-    def record(task, model, inp, y_true, y_pred, rows, extra, cats):
-        nonlocal done
-        done += 1
-        metrics = classification_metrics(y_true, y_pred, cats)
-        results[task].append({"model": model, "input": inp, **extra, "metrics": metrics})
-        for r, t, p in zip(rows, y_true, y_pred):
-            pred_rows.append([task, model, inp, int(r), cats[t], cats[p]])
-        log(f"[{done}/{total}] {model} on {inp} ({task}s): test accuracy {100 * metrics['accuracy']:.2f}% "
-            f"(n={metrics['n']}) {extra.get('seconds', 0):.1f}s")
-
-    def slice_of(inp, x_all):
-        cols = SLICES[inp] if agg == "both" or x_all.shape[1] == 1792 else slice(0, x_all.shape[1])
-        return x_all[:, cols].astype(np.float32)
-
+    record = _Recorder(results, len(jobs) * 2 + (3 if feature_baselines else 0), log)
+    tasks = (("influencer", means, y_inf, rows_inf, labelled, icats), ("post", px, y_post, rows_post, prow, pcats))
     for model, inp in jobs:
-        for task, x_all, y, rows, base_rows, cats in (
-                ("influencer", means, y_inf, rows_inf, labelled, icats),
-                ("post", px, y_post, rows_post, prow, pcats)):
-            t = time.perf_counter()
-            x = slice_of(inp, x_all)
-            r = rows
-            if not len(r["train"]) or not len(r["val"]):
-                log(f"skip {model} on {inp} ({task}s): no labelled train/val rows")
-                continue
-            clf, params, val_acc = select_and_fit(candidates(model, seed), x[r["train"]], y[r["train"]],
-                                                  x[r["val"]], y[r["val"]])
-            pred = clf.predict(x[r["test"]]) if len(r["test"]) else np.zeros(0, np.int64)
-            record(task, MODEL_NAMES[model], INPUT_NAMES[inp], y[r["test"]], pred, base_rows[r["test"]],
-                   {"params": params, "val_accuracy": val_acc, "seconds": time.perf_counter() - t}, cats)
-
+        for task, x_all, y, rows, base_rows, cats in tasks:
+            _model_baseline(model, inp, agg, task, x_all, y, rows, base_rows, cats, seed, record, log)
     if feature_baselines:
-        t = time.perf_counter()
-        tags, texts, social = fb.influencer_texts(store, labelled)
-        tr, te = rows_inf["train"], rows_inf["test"]
-        pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
-        tag = fb.tag_model(seed).fit(pick(tags, tr), y_inf[tr])
-        record("influencer", "Tag", "Hashtags", y_inf[te], tag.predict(pick(tags, te)), labelled[te],
-               {"seconds": time.perf_counter() - t}, icats)
-        t = time.perf_counter()
-        ts = fb.text_social_model(seed).fit(fb.text_social_matrix(pick(texts, tr), social[tr]), y_inf[tr])
-        record("influencer", "Text&Social", "Captions & social", y_inf[te],
-               ts.predict(fb.text_social_matrix(pick(texts, te), social[te])),
-               labelled[te], {"seconds": time.perf_counter() - t}, icats)
-        t = time.perf_counter()
-        if not (store.has_features("image") and store["features/image_done"][:].any()):
-            results["influencer"].append({"model": "Image", "input": "Post image votes",
-                                          "metrics": {"n": 0, "note": "n/a: no image features in the store"}})
-        else:
-            _image_baseline(store, px, agg, y_inf, y_post, rows_inf, rows_post, labelled, icats, pcats, seed, record, t)
-        results["influencer"].append({"model": "User", "input": "Profile & like graph",
-                                      "metrics": {"n": 0, "note": fb.USER_NOTE}})
-
+        _feature_baselines(store, labelled, y_inf, rows_inf, px, agg, y_post, rows_post, icats, pcats, seed, record)
     for run in compare or []:
         _add_compare(results, run, store)
+    _write_outputs(out, url, results, record.pred_rows, rows_inf, rows_post, icats, pcats)
+    results["seconds"] = time.perf_counter() - t0
+    return results
+
+
+def _model_baseline(model, inp, agg, task, x_all, y, rows, base_rows, cats, seed, record, log) -> None:
+    """One model on one input for one task: searched on validation, refit on train, scored on test."""
+    t = time.perf_counter()
+    cols = SLICES[inp] if agg == "both" or x_all.shape[1] == 1792 else slice(0, x_all.shape[1])
+    x = x_all[:, cols].astype(np.float32)
+    if not len(rows["train"]) or not len(rows["val"]):
+        log(f"skip {model} on {inp} ({task}s): no labelled train/val rows")
+        return
+    clf, params, val_acc = select_and_fit(candidates(model, seed), x[rows["train"]], y[rows["train"]],
+                                          x[rows["val"]], y[rows["val"]])
+    pred = clf.predict(x[rows["test"]]) if len(rows["test"]) else np.zeros(0, np.int64)
+    record(task, MODEL_NAMES[model], INPUT_NAMES[inp], y[rows["test"]], pred, base_rows[rows["test"]],
+           {"params": params, "val_accuracy": val_acc, "seconds": time.perf_counter() - t}, cats)
+
+
+def _feature_baselines(store, labelled, y_inf, rows_inf, px, agg, y_post, rows_post, icats, pcats, seed,
+                       record) -> None:
+    """Tag, Text&Social and Image (Table 1's feature rows); User is listed as not reproducible."""
+    t = time.perf_counter()
+    tags, texts, social = fb.influencer_texts(store, labelled)
+    tr, te = rows_inf["train"], rows_inf["test"]
+    pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
+    tag = fb.tag_model(seed).fit(pick(tags, tr), y_inf[tr])
+    record("influencer", "Tag", "Hashtags", y_inf[te], tag.predict(pick(tags, te)), labelled[te],
+           {"seconds": time.perf_counter() - t}, icats)
+    t = time.perf_counter()
+    ts = fb.text_social_model(seed).fit(fb.text_social_matrix(pick(texts, tr), social[tr]), y_inf[tr])
+    record("influencer", "Text&Social", "Captions & social", y_inf[te],
+           ts.predict(fb.text_social_matrix(pick(texts, te), social[te])),
+           labelled[te], {"seconds": time.perf_counter() - t}, icats)
+    t = time.perf_counter()
+    if not (store.has_features("image") and store["features/image_done"][:].any()):
+        record.results["influencer"].append({"model": "Image", "input": "Post image votes",
+                                             "metrics": {"n": 0, "note": "n/a: no image features in the store"}})
+    else:
+        _image_baseline(store, px, agg, y_inf, y_post, rows_inf, rows_post, labelled, icats, pcats, seed, record, t)
+    record.results["influencer"].append({"model": "User", "input": "Profile & like graph",
+                                         "metrics": {"n": 0, "note": fb.USER_NOTE}})
+
+
+def _write_outputs(out, url, results, pred_rows, rows_inf, rows_post, icats, pcats) -> None:
+    """predictions.csv, results.json and results.md (the paper's Table 1 and 2 layout)."""
     with open(os.path.join(out, "predictions.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["task", "model", "input", "row", "true", "predicted"])
@@ -148,8 +166,6 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
                 [(r["model"], r["input"], r["metrics"]) for r in results["post"]], pcats)]
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(md))
-    results["seconds"] = time.perf_counter() - t0
-    return results
 
 
 def _image_baseline(store, px, agg, y_inf, y_post, rows_inf, rows_post, labelled, icats, pcats, seed, record, t):

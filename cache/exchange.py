@@ -122,15 +122,15 @@ def export_store(url: str, out: str, labelled_only: bool = False, compress_image
     import h5py
     store = open_store(url)
     t0 = time.perf_counter()
-    infl = rows = new_offsets = None
+    sel = None                 # labelled-only: (influencers kept, posts kept, their offsets)
     partial = 0
     if labelled_only:
         infl, rows, new_offsets, partial = _selection(store)
         if not len(infl):
             raise StoreError(f"{url}: nothing is labelled; run `cache labels` first or export without --labelled-only")
-    n_new = store.n_posts if rows is None else len(rows)
-    m_new = store.n_influencers if infl is None else len(infl)
-    blocks_new = -(-n_new // store.block)
+        sel = (infl, rows, new_offsets)
+    n_new = store.n_posts if sel is None else len(sel[1])
+    m_new = store.n_influencers if sel is None else len(sel[0])
     tmp = f"{out}.partial"
     written = 0
     with h5py.File(tmp, "w") as f:
@@ -144,17 +144,7 @@ def export_store(url: str, out: str, labelled_only: bool = False, compress_image
             f.require_group(gpath).attrs["zarr_attrs"] = json.dumps(dict(g.attrs))
         for path, arr in _arrays(store.group):
             lay = _layout(arr)
-            table = path.split("/")[0]
-            if labelled_only and path == "influencers/offsets":
-                shape = (m_new + 1,)
-            elif labelled_only and path.endswith("_done"):
-                shape = (blocks_new,)
-            elif labelled_only and (table == "posts" or (table in ("features", "predictions") and arr.shape[0] == store.n_posts)):
-                shape = (n_new,) + arr.shape[1:]
-            elif labelled_only and (table == "influencers" or (table == "predictions" and arr.shape[0] == store.n_influencers)):
-                shape = (m_new,) + arr.shape[1:]
-            else:
-                shape = arr.shape
+            shape = _export_shape(store, path, arr, sel, n_new, m_new)
             dtype = h5py.string_dtype("utf-8") if lay["dtype"] == "str" else np.dtype(lay["dtype"])
             # Features are written raw unless asked: lzf runs at ~80 MB/s on one core and saves ~10-40 %
             # (ReLU zeros); the dense text features do not compress at all. Tables are small: lzf.
@@ -165,37 +155,62 @@ def export_store(url: str, out: str, labelled_only: bool = False, compress_image
                                  compression=compress)
             d.attrs["zarr_attrs"] = json.dumps(dict(arr.attrs))
             d.attrs["zarr_layout"] = json.dumps(lay)
-            if not shape[0]:
-                continue
-            if labelled_only and path == "influencers/offsets":
-                d[:] = new_offsets
-            elif labelled_only and path.endswith("_done"):
-                src_done = arr[:]
-                row_done = src_done[rows // store.block]
-                d[:] = np.array([row_done[b * store.block:(b + 1) * store.block].all() for b in range(blocks_new)])
-            elif shape[0] == arr.shape[0] or not labelled_only:
-                step = _step(store, path, arr)
-                for a, piece in _prefetched(lambda a: arr[a:a + step], range(0, shape[0], step)):
-                    d[a:a + len(piece)] = piece.astype(object) if lay["dtype"] == "str" else piece
-                    written += piece.nbytes if lay["dtype"] != "str" else 0
-                    if progress and path.startswith("features/") and arr.ndim == 2:
-                        progress(len(piece))
-            else:
-                pick = rows if shape[0] == n_new else infl
-                pieces = _pieces(pick, _step(store, path, arr), store.block if arr.ndim == 2 else None)
-
-                def gather(ab, arr=arr, pick=pick):
-                    return arr.get_orthogonal_selection((pick[ab[0]:ab[1]],) + (slice(None),) * (arr.ndim - 1))
-                for (a, _), piece in _prefetched(gather, pieces):
-                    if path == "posts/influencer":
-                        piece = np.searchsorted(infl, piece.astype(np.int64)).astype(piece.dtype)
-                    d[a:a + len(piece)] = piece.astype(object) if lay["dtype"] == "str" else piece
-                    written += piece.nbytes if lay["dtype"] != "str" else 0
-                    if progress and path.startswith("features/") and arr.ndim == 2:
-                        progress(len(piece))
+            if shape[0]:
+                written += _export_array(store, path, arr, d, lay, sel, n_new, progress)
     os.replace(tmp, out)
     return {"out": out, "posts": int(n_new), "influencers": int(m_new), "partial_bags": partial,
             "bytes": os.path.getsize(out), "array_bytes": written, "seconds": time.perf_counter() - t0}
+
+
+def _export_shape(store, path: str, arr, sel, n_new: int, m_new: int) -> tuple:
+    """The exported array's shape: the store's, or cut to the labelled influencers and their posts."""
+    if sel is None:
+        return arr.shape
+    table = path.split("/")[0]
+    if path == "influencers/offsets":
+        return (m_new + 1,)
+    if path.endswith("_done"):
+        return (-(-n_new // store.block),)
+    if table == "posts" or (table in ("features", "predictions") and arr.shape[0] == store.n_posts):
+        return (n_new,) + arr.shape[1:]
+    if table == "influencers" or (table == "predictions" and arr.shape[0] == store.n_influencers):
+        return (m_new,) + arr.shape[1:]
+    return arr.shape
+
+
+def _export_array(store, path: str, arr, d, lay: dict, sel, n_new: int, progress) -> int:
+    """Copy one array into its dataset a block at a time (the next block read while this one is
+    written); returns the bytes of numbers written."""
+    written = 0
+
+    def put(a, piece):
+        nonlocal written
+        d[a:a + len(piece)] = piece.astype(object) if lay["dtype"] == "str" else piece
+        written += piece.nbytes if lay["dtype"] != "str" else 0
+        if progress and path.startswith("features/") and arr.ndim == 2:
+            progress(len(piece))
+
+    if sel is not None and path == "influencers/offsets":
+        d[:] = sel[2]
+    elif sel is not None and path.endswith("_done"):
+        row_done = arr[:][sel[1] // store.block]
+        d[:] = np.array([row_done[b * store.block:(b + 1) * store.block].all() for b in range(d.shape[0])])
+    elif sel is None or d.shape[0] == arr.shape[0]:
+        step = _step(store, path, arr)
+        for a, piece in _prefetched(lambda a: arr[a:a + step], range(0, d.shape[0], step)):
+            put(a, piece)
+    else:
+        infl, rows = sel[0], sel[1]
+        pick = rows if d.shape[0] == n_new else infl
+        pieces = _pieces(pick, _step(store, path, arr), store.block if arr.ndim == 2 else None)
+
+        def gather(ab):
+            return arr.get_orthogonal_selection((pick[ab[0]:ab[1]],) + (slice(None),) * (arr.ndim - 1))
+        for (a, _), piece in _prefetched(gather, pieces):
+            if path == "posts/influencer":
+                piece = np.searchsorted(infl, piece.astype(np.int64)).astype(piece.dtype)
+            put(a, piece)
+    return written
 
 
 def import_store(path: str, url: str, progress=None) -> dict:

@@ -205,61 +205,73 @@ def apply_labels(store: Store, influencers_csv: str | None, posts_csv: str | Non
     `release`: also draw influencer labels from the release's categories; a hand label from
     `influencers_csv` always wins for its influencer (hand-labelled influencers are not drawn).
     """
-    summary: dict = {}
-    plans = []     # (table, label array, split array, source array or None, summary)
+    plans = []     # (table, label array, split array, source array or None, record, categories)
     if influencers_csv or release:
-        n = store.n_influencers
-        label_arr = np.full(n, -1, dtype=np.int8)
-        split_arr = np.zeros(n, dtype=np.int8)
-        source = np.zeros(n, dtype=np.int8)
-        rec: dict = {"seed": seed, "file": None, "sha256": None}
-        hand_rows = np.zeros(0, np.int64)
-        if influencers_csv:
-            rows = _read_csv(influencers_csv, "username")
-            users = {str(u): j for j, u in enumerate(store["influencers/username"][:])}
-            labels = _validate(influencers_csv, rows, store.influencer_categories, users)
-            if not labels:
-                raise LabelError(f"{influencers_csv}: no label rows (a header only?); nothing was changed")
-            hand_rows = np.array([users[k] for k in labels], dtype=np.int64)
-            cats = np.array([v[0] for v in labels.values()], dtype=np.int8)
-            given = np.array([schema.SPLITS[v[1]] if v[1] else 0 for v in labels.values()], dtype=np.int8)
-            label_arr[hand_rows] = cats
-            split_arr[hand_rows] = assign_splits(cats, given, seed)
-            source[hand_rows] = schema.LABEL_SOURCES["hand"]
-            rec.update(file=os.path.abspath(influencers_csv), sha256=_file_digest(influencers_csv))
-        if release:
-            taken = np.zeros(n, dtype=bool)
-            taken[hand_rows] = True
-            r_label, r_split, mapped, info = _draw_release(store, release, seed, taken)
-            drawn = r_label >= 0
-            label_arr[drawn], split_arr[drawn] = r_label[drawn], r_split[drawn]
-            source[drawn] = schema.LABEL_SOURCES["release"]
-            info["drawn"] = int(drawn.sum())
-            if len(hand_rows):
-                info["hand_vs_release"] = _disagreements(store, mapped, hand_rows, label_arr[hand_rows])
-            rec["from_release"] = info
-        rec["source"] = "+".join(k for k in ("hand", "release") if (source == schema.LABEL_SOURCES[k]).any())
-        plans.append(("influencers", label_arr, split_arr, source, rec, store.influencer_categories))
+        plans.append(_influencer_plan(store, influencers_csv, seed, release))
     if posts_csv:
-        rows = _read_csv(posts_csv, "post_id")
-        where = _post_rows(store, {k for _, k, _, _ in rows})
-        labels = _validate(posts_csv, rows, store.post_categories, where)
+        plans.append(_post_plan(store, posts_csv, seed))
+    return _write_plans(store, plans)
+
+
+def _influencer_plan(store: Store, influencers_csv: str | None, seed: int, release: ReleaseDraw | None) -> tuple:
+    n = store.n_influencers
+    label_arr = np.full(n, -1, dtype=np.int8)
+    split_arr = np.zeros(n, dtype=np.int8)
+    source = np.zeros(n, dtype=np.int8)
+    rec: dict = {"seed": seed, "file": None, "sha256": None}
+    hand_rows = np.zeros(0, np.int64)
+    if influencers_csv:
+        rows = _read_csv(influencers_csv, "username")
+        users = {str(u): j for j, u in enumerate(store["influencers/username"][:])}
+        labels = _validate(influencers_csv, rows, store.influencer_categories, users)
         if not labels:
-            raise LabelError(f"{posts_csv}: no label rows (a header only?); nothing was changed")
-        rows_idx = np.fromiter((where[k] for k in labels), dtype=np.int64, count=len(labels))
+            raise LabelError(f"{influencers_csv}: no label rows (a header only?); nothing was changed")
+        hand_rows = np.array([users[k] for k in labels], dtype=np.int64)
         cats = np.array([v[0] for v in labels.values()], dtype=np.int8)
         given = np.array([schema.SPLITS[v[1]] if v[1] else 0 for v in labels.values()], dtype=np.int8)
-        label_arr = np.full(store.n_posts, -1, dtype=np.int8)
-        split_arr = np.zeros(store.n_posts, dtype=np.int8)
-        label_arr[rows_idx] = cats
-        split_arr[rows_idx] = assign_splits(cats, given, seed)
-        plans.append(("posts", label_arr, split_arr, None,
-                      {"seed": seed, "file": os.path.abspath(posts_csv), "sha256": _file_digest(posts_csv),
-                       "source": "hand"}, store.post_categories))
+        label_arr[hand_rows] = cats
+        split_arr[hand_rows] = assign_splits(cats, given, seed)
+        source[hand_rows] = schema.LABEL_SOURCES["hand"]
+        rec.update(file=os.path.abspath(influencers_csv), sha256=_file_digest(influencers_csv))
+    if release:
+        taken = np.zeros(n, dtype=bool)
+        taken[hand_rows] = True
+        r_label, r_split, mapped, info = _draw_release(store, release, seed, taken)
+        drawn = r_label >= 0
+        label_arr[drawn], split_arr[drawn] = r_label[drawn], r_split[drawn]
+        source[drawn] = schema.LABEL_SOURCES["release"]
+        info["drawn"] = int(drawn.sum())
+        if len(hand_rows):
+            info["hand_vs_release"] = _disagreements(store, mapped, hand_rows, label_arr[hand_rows])
+        rec["from_release"] = info
+    rec["source"] = "+".join(k for k in ("hand", "release") if (source == schema.LABEL_SOURCES[k]).any())
+    return "influencers", label_arr, split_arr, source, rec, store.influencer_categories
+
+
+def _post_plan(store: Store, posts_csv: str, seed: int) -> tuple:
+    rows = _read_csv(posts_csv, "post_id")
+    where = _post_rows(store, {k for _, k, _, _ in rows})
+    labels = _validate(posts_csv, rows, store.post_categories, where)
+    if not labels:
+        raise LabelError(f"{posts_csv}: no label rows (a header only?); nothing was changed")
+    rows_idx = np.fromiter((where[k] for k in labels), dtype=np.int64, count=len(labels))
+    cats = np.array([v[0] for v in labels.values()], dtype=np.int8)
+    given = np.array([schema.SPLITS[v[1]] if v[1] else 0 for v in labels.values()], dtype=np.int8)
+    label_arr = np.full(store.n_posts, -1, dtype=np.int8)
+    split_arr = np.zeros(store.n_posts, dtype=np.int8)
+    label_arr[rows_idx] = cats
+    split_arr[rows_idx] = assign_splits(cats, given, seed)
+    return ("posts", label_arr, split_arr, None,
+            {"seed": seed, "file": os.path.abspath(posts_csv), "sha256": _file_digest(posts_csv), "source": "hand"},
+            store.post_categories)
+
+
+def _write_plans(store: Store, plans: list[tuple]) -> dict:
+    """The write protocol, as for feature blocks: flip a marker, write the arrays, then record what was
+    written and clear the marker in one metadata write. A killed run leaves the marker set, which
+    `cache verify` and every reader of labels report, instead of new labels beside old splits."""
+    summary: dict = {}
     previous = dict(store.group.attrs.get("labels") or {})
-    # The write protocol, as for feature blocks: flip a marker, write the arrays, then record what was
-    # written and clear the marker in one metadata write. A killed run leaves the marker set, which
-    # `cache verify` and every reader of labels report, instead of new labels beside old splits.
     store.group.attrs["labels_pending"] = [p[0] for p in plans]
     for table, label_arr, split_arr, source, rec, categories in plans:
         store[f"{table}/label"][:] = label_arr

@@ -36,12 +36,22 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
     rng = np.random.default_rng(seed)
     counts = post_counts if post_counts is not None else np.full(influencers, posts, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    n = int(offsets[-1])
-    n_cat = len(schema.POST_CATEGORIES)
+    dominant, post_cat = _categories(rng, counts, on_topic)
+    store = create_store(url, "(planted)", block)
+    _write_tables(store, rng, post_cat, counts, offsets, dominant)
+    _plant_labels(store, rng, post_cat, dominant, labelled_influencers, spread_labels, label_posts, seed)
+    if write_features:
+        _plant_features(store, rng, post_cat, seed, noise, fast_noise, offset, scale, missing)
+    return {"post_category": post_cat, "dominant": dominant, "offsets": offsets}
+
+
+def _categories(rng, counts: np.ndarray, on_topic: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each influencer's dominant category, and each post's category: on topic, off topic, or a distractor."""
+    influencers, n = len(counts), int(counts.sum())
     dominant = rng.permutation(np.arange(influencers) % len(schema.INFLUENCER_CATEGORIES))
     infl_to_post = np.array([schema.POST_CATEGORIES.index(c) for c in schema.INFLUENCER_CATEGORIES])
     post_cat = np.empty(n, dtype=np.int64)
-    owner = np.repeat(np.arange(influencers), counts).astype(np.int32)
+    owner = np.repeat(np.arange(influencers), counts)
     r = rng.random(n)
     on = r < on_topic
     sec = (r >= on_topic) & (r < on_topic + 0.1)
@@ -50,10 +60,13 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
     rest = ~(on | sec)
     post_cat[rest] = rng.choice([schema.POST_CATEGORIES.index("other"), schema.POST_CATEGORIES.index("product")],
                                 size=int(rest.sum()))
+    return dominant, post_cat
 
-    store = create_store(url, "(planted)", block)
+
+def _write_tables(store, rng, post_cat, counts, offsets, dominant) -> None:
+    n, influencers = len(post_cat), len(counts)
     store["posts/id"].append(np.array([f"p{i}" for i in range(n)], dtype=object))
-    store["posts/influencer"].append(owner)
+    store["posts/influencer"].append(np.repeat(np.arange(influencers), counts).astype(np.int32))
     store["posts/caption"].append(np.array([f"#{schema.POST_CATEGORIES[c]} post" for c in post_cat], dtype=object))
     store["posts/image"].append(np.array([""] * n, dtype=object))
     store["posts/timestamp"].append(np.arange(n, 0, -1, dtype=np.int64) + 1_500_000_000)
@@ -69,6 +82,11 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
     })
     create_labels(store)
     create_features(store)
+
+
+def _plant_labels(store, rng, post_cat, dominant, labelled_influencers, spread_labels, label_posts, seed) -> None:
+    """Influencer labels (their dominant category) and post labels (their category), split as `cache labels` does."""
+    n, influencers = len(post_cat), len(dominant)
     n_lab = influencers if labelled_influencers is None else labelled_influencers
     lab = (np.unique(np.linspace(0, influencers - 1, n_lab).round().astype(np.int64)) if spread_labels and n_lab
            else np.arange(n_lab))
@@ -87,32 +105,35 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
     store["posts/split"][:] = ps
     store.group.attrs.update(complete=True, release_categories=schema.RELEASE_CATEGORIES,
                              labels={"planted": {"seed": seed}})
-    if write_features:
-        distractors = [schema.POST_CATEGORIES.index("other"), schema.POST_CATEGORIES.index("product")]
-        protos = {m: rng.normal(0, 1, (n_cat, d)).astype(np.float32) for m, d in schema.MODALITIES.items()}
-        pools = {m: rng.normal(0, 1, (block + 4093, d)).astype(np.float32) for m, d in schema.MODALITIES.items()} \
-            if fast_noise else None
-        common = {"image": np.abs(rng.normal(0, offset, schema.MODALITIES["image"])),
-                  "text": rng.normal(0, offset, schema.MODALITIES["text"])}
-        absent = {m: rng.random(n) < share for m, share in zip(("image", "text"), missing)}
-        for m, d in schema.MODALITIES.items():
-            claim_fingerprint(store, m, {"kind": m, "model": "planted", "seed": seed})
-            for b in range(store.n_blocks):
-                rows = store.block_rows(b)
-                cats = post_cat[rows]
-                # `other` and `product` posts are the most varied on Instagram: their noise is
-                # larger, so averaging them in drowns the on-topic signal; attention can learn to
-                # look past them.
-                noise_scale = np.where(np.isin(cats, distractors), 4 * noise, noise).astype(np.float32)[:, None]
-                if pools is not None:
-                    start = int(rng.integers(0, 4093))
-                    noise_rows = pools[m][start:start + len(cats)]
-                else:
-                    noise_rows = rng.normal(0, 1, (len(cats), d)).astype(np.float32)
-                x = common[m].astype(np.float32) + (protos[m][cats] + noise_rows * noise_scale) * scale
-                if m == "image":
-                    x = np.maximum(x, 0)   # image features come out of a ReLU
-                status = np.where(absent[m][rows], schema.Status.NO_INPUT, schema.Status.OK).astype(np.uint8)
-                commit_block(store, m, b, np.where(status[:, None] == schema.Status.OK, x, 0).astype(np.float16),
-                             status)
-    return {"post_category": post_cat, "dominant": dominant, "offsets": offsets}
+
+
+def _plant_features(store, rng, post_cat, seed, noise, fast_noise, offset, scale, missing) -> None:
+    """Both modalities' features, block by block through the commit protocol (module docstring)."""
+    n, n_cat, block = len(post_cat), len(schema.POST_CATEGORIES), store.block
+    distractors = [schema.POST_CATEGORIES.index("other"), schema.POST_CATEGORIES.index("product")]
+    protos = {m: rng.normal(0, 1, (n_cat, d)).astype(np.float32) for m, d in schema.MODALITIES.items()}
+    pools = {m: rng.normal(0, 1, (block + 4093, d)).astype(np.float32) for m, d in schema.MODALITIES.items()} \
+        if fast_noise else None
+    common = {"image": np.abs(rng.normal(0, offset, schema.MODALITIES["image"])),
+              "text": rng.normal(0, offset, schema.MODALITIES["text"])}
+    absent = {m: rng.random(n) < share for m, share in zip(("image", "text"), missing)}
+    for m, d in schema.MODALITIES.items():
+        claim_fingerprint(store, m, {"kind": m, "model": "planted", "seed": seed})
+        for b in range(store.n_blocks):
+            rows = store.block_rows(b)
+            cats = post_cat[rows]
+            # `other` and `product` posts are the most varied on Instagram: their noise is
+            # larger, so averaging them in drowns the on-topic signal; attention can learn to
+            # look past them.
+            noise_scale = np.where(np.isin(cats, distractors), 4 * noise, noise).astype(np.float32)[:, None]
+            if pools is not None:
+                start = int(rng.integers(0, 4093))
+                noise_rows = pools[m][start:start + len(cats)]
+            else:
+                noise_rows = rng.normal(0, 1, (len(cats), d)).astype(np.float32)
+            x = common[m].astype(np.float32) + (protos[m][cats] + noise_rows * noise_scale) * scale
+            if m == "image":
+                x = np.maximum(x, 0)   # image features come out of a ReLU
+            status = np.where(absent[m][rows], schema.Status.NO_INPUT, schema.Status.OK).astype(np.uint8)
+            commit_block(store, m, b, np.where(status[:, None] == schema.Status.OK, x, 0).astype(np.float16),
+                         status)

@@ -30,7 +30,7 @@ from extract.encoder_file import default_preprocessing, save_encoder
 from extract.imaging import ImageError, decode, normalize
 from extract.inception import ImageEncoder, load_imagenet_backbone
 from runtime.console import say
-from runtime.device import DTYPES, pick_device, pick_precision
+from runtime.device import autocast, pick_device, pick_precision
 from runtime.errors import UserError
 from runtime.progress import Progress
 
@@ -196,21 +196,8 @@ def _trainable_state(encoder: ImageEncoder) -> dict:
     return {k: v.detach().clone() for k, v in encoder.state_dict().items() if k.startswith(names)}
 
 
-def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = False) -> dict:
-    device = pick_device(cfg.device)
-    prec = pick_precision(cfg.precision, device)
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
-    pre = default_preprocessing(cfg.image_size)
-    store = open_store(url, "r")
-    root = cfg.dataset or store.attrs.get("dataset_root") or ""
-    if not os.path.isdir(root):
-        raise UserError(f"dataset root {root!r} (recorded in {url}) is not a folder; pass --dataset PATH")
-    if "posts/label" not in store:
-        raise UserError(f"{url} has no labels: run `cache labels` first")
-    if cfg.labels not in ("posts", "influencers") or cfg.posts_per_influencer < 1:
-        raise UserError(f"--labels must be posts or influencers and --posts-per-influencer >= 1, got "
-                         f"{cfg.labels!r}, {cfg.posts_per_influencer}")
+def _labelled_sets(store, url: str, cfg: FinetuneConfig) -> tuple:
+    """(train paths, train labels, val paths, val labels, what they are, the labels' record)."""
     categories = store.post_categories
     recorded = store.attrs.get("labels") or {}
     if cfg.labels == "posts":
@@ -231,84 +218,110 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = Fal
                       "classes": sorted({categories[int(c)] for c in np.unique(train_y)})}
     if len(train_paths) < 2 or len(val_paths) < 1:
         raise UserError(f"{url}: {len(train_paths)} {what} and {len(val_paths)} val posts have an "
-                         f"image; fine-tuning needs some of each (see `cache info`)")
+                        f"image; fine-tuning needs some of each (see `cache info`)")
+    return train_paths, train_y, val_paths, val_y, what, label_info
+
+
+def _new_encoder(cfg: FinetuneConfig, n_classes: int, log) -> tuple[ImageEncoder, str]:
+    """Inception-v3 with the new layers, from ImageNet weights (or random ones, said loudly); its source."""
+    encoder = ImageEncoder(n_classes, cfg.trainable_blocks, cfg.weights != "random", cfg.dropout,
+                           init_weights=cfg.weights == "random")
+    if cfg.weights != "random":
+        return encoder, load_imagenet_backbone(encoder, cfg.weights)
+    log("WARNING: --weights random: Inception-v3 with RANDOM weights. Its features are UNTRAINED below the "
+        "trained blocks: fine for smoke runs, meaningless for results.")
+    return encoder, "random (untrained)"
+
+
+def _resume(ckpt_path: str, settings: dict, encoder, optimizer, log) -> tuple[list, dict, int]:
+    """(history, best, first epoch): from the checkpoint of an interrupted run with the same options."""
+    if not os.path.exists(ckpt_path):
+        return [], {"val_accuracy": -1.0, "epoch": 0, "state": None}, 1
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if ckpt["settings"] != settings:
+        diff = sorted(k for k in settings if ckpt["settings"].get(k) != settings[k])
+        raise UserError(f"{ckpt_path} is a checkpoint of a run with other options ({', '.join(diff)}); "
+                        f"rerun with the same options to resume, or delete it to start over")
+    encoder.load_state_dict(ckpt["encoder"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    log(f"resuming from {ckpt_path} after epoch {ckpt['epoch']}")
+    return ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+
+
+def _train_epoch(encoder, loader, optimizer, device, pre, prec: str, progress: Progress) -> dict:
+    """One pass over the training posts; unreadable images are skipped and counted."""
+    loss_fn = nn.CrossEntropyLoss()
+    encoder.train()
+    total, correct, seen, skipped = 0.0, 0, 0, 0
+    for x, y, ok in loader:
+        skipped += int((~ok).sum())
+        x, y = x[ok], y[ok].to(device)
+        if len(x) < 2:       # batch norm in the trained blocks needs two images
+            progress.update(len(ok))
+            continue
+        with autocast(device, prec):
+            logits = encoder(_to_input(x, device, pre))
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        progress.update(len(ok), failures=int((~ok).sum()))
+    progress.close()
+    return {"loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1), "unreadable": skipped}
+
+
+def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = False) -> dict:
+    device = pick_device(cfg.device)
+    prec = pick_precision(cfg.precision, device)
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    pre = default_preprocessing(cfg.image_size)
+    store = open_store(url, "r")
+    root = cfg.dataset or store.attrs.get("dataset_root") or ""
+    if not os.path.isdir(root):
+        raise UserError(f"dataset root {root!r} (recorded in {url}) is not a folder; pass --dataset PATH")
+    if "posts/label" not in store:
+        raise UserError(f"{url} has no labels: run `cache labels` first")
+    if cfg.labels not in ("posts", "influencers") or cfg.posts_per_influencer < 1:
+        raise UserError(f"--labels must be posts or influencers and --posts-per-influencer >= 1, got "
+                        f"{cfg.labels!r}, {cfg.posts_per_influencer}")
+    categories = store.post_categories
+    train_paths, train_y, val_paths, val_y, what, label_info = _labelled_sets(store, url, cfg)
     workers = min(os.cpu_count() or 1, 8) if cfg.workers is None else cfg.workers
 
     torch.manual_seed(cfg.seed)
-    transform_input = cfg.weights != "random"
-    encoder = ImageEncoder(len(categories), cfg.trainable_blocks, transform_input, cfg.dropout,
-                           init_weights=cfg.weights == "random")
-    if cfg.weights == "random":
-        source = "random (untrained)"
-        log("WARNING: --weights random: Inception-v3 with RANDOM weights. Its features are UNTRAINED below the "
-            "trained blocks: fine for smoke runs, meaningless for results.")
-    else:
-        source = load_imagenet_backbone(encoder, cfg.weights)
+    encoder, source = _new_encoder(cfg, len(categories), log)
     encoder.to(device).to(memory_format=torch.channels_last)
-
     train_ds = LabelledImages(root, train_paths, train_y, pre["resize"], pre["crop"], cfg.augment)
     val_ds = LabelledImages(root, val_paths, val_y, pre["resize"], pre["crop"], False)
     train_loader = _loader(train_ds, cfg.batch_size, True, workers, cfg.seed, device)
     val_loader = _loader(val_ds, cfg.batch_size, False, workers, cfg.seed, device)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=DTYPES[prec], enabled=prec != "fp32")
-
     if cfg.weights == "random":
         calibrate_batchnorm(encoder, val_loader if len(val_ds) >= len(train_ds) else train_loader, device, pre)
     optimizer = torch.optim.Adam(encoder.trainable_parameters(), lr=cfg.lr)
     # What a checkpoint must agree on to be resumed (the number of decoding workers need not).
     settings = {k: v for k, v in asdict(cfg).items() if k != "workers"}
-    table = "posts" if cfg.labels == "posts" else "influencers"
-    settings.update(store=store.location, label_digest=(recorded.get(table) or {}).get("arrays"))
+    recorded = (store.attrs.get("labels") or {}).get("posts" if cfg.labels == "posts" else "influencers") or {}
+    settings.update(store=store.location, label_digest=recorded.get("arrays"))
     ckpt_path = f"{out}.ckpt"
-    history: list[dict] = []
-    best = {"val_accuracy": -1.0, "epoch": 0, "state": None}
-    first_epoch = 1
-    if os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt["settings"] != settings:
-            diff = sorted(k for k in settings if ckpt["settings"].get(k) != settings[k])
-            raise UserError(f"{ckpt_path} is a checkpoint of a run with other options ({', '.join(diff)}); "
-                             f"rerun with the same options to resume, or delete it to start over")
-        encoder.load_state_dict(ckpt["encoder"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        history, best = ckpt["history"], ckpt["best"]
-        first_epoch = ckpt["epoch"] + 1
-        log(f"resuming from {ckpt_path} after epoch {ckpt['epoch']}")
+    history, best, first_epoch = _resume(ckpt_path, settings, encoder, optimizer, log)
 
     n_train = sum(p.numel() for p in encoder.trainable_parameters())
     log(f"fine-tuning {', '.join(encoder.trainable_names) or 'no inception blocks'} + proj + classifier "
         f"({n_train:,} trainable parameters) on {len(train_ds)} {what}, selecting on {len(val_ds)} val "
         f"posts; {device}, {prec}, input {pre['crop']}px, {workers} decoding workers")
-    loss_fn = nn.CrossEntropyLoss()
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1000 + epoch)
         train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
-        encoder.train()
         progress = Progress(len(train_ds), "images", f"finetune epoch {epoch}/{cfg.epochs}", quiet=quiet)
-        total, correct, seen, skipped = 0.0, 0, 0, 0
-        for x, y, ok in train_loader:
-            skipped += int((~ok).sum())
-            x, y = x[ok], y[ok].to(device)
-            if len(x) < 2:       # batch norm in the trained blocks needs two images
-                progress.update(len(ok))
-                continue
-            with autocast():
-                logits = encoder(_to_input(x, device, pre))
-                loss = loss_fn(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            progress.update(len(ok), failures=int((~ok).sum()))
-        progress.close()
-        val_acc, _, _ = evaluate(encoder, val_loader, device, pre, autocast)
-        row = {"epoch": epoch, "loss": total / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-               "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 1), "unreadable": skipped}
+        row = _train_epoch(encoder, train_loader, optimizer, device, pre, prec, progress)
+        val_acc, _, _ = evaluate(encoder, val_loader, device, pre, lambda: autocast(device, prec))
+        row = {"epoch": epoch, "loss": row["loss"], "train_accuracy": row["train_accuracy"], "val_accuracy": val_acc,
+               "seconds": round(time.perf_counter() - t0, 1), "unreadable": row["unreadable"]}
         history.append(row)
         improved = val_acc > best["val_accuracy"]
         if improved:
@@ -321,16 +334,16 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = Fal
         os.replace(tmp, ckpt_path)
 
     encoder.load_state_dict(best["state"], strict=False)
-    val_acc, y, p = evaluate(encoder, val_loader, device, pre, lambda: torch.autocast(device.type, enabled=False))
+    val_acc, y, p = evaluate(encoder, val_loader, device, pre, lambda: autocast(device, "fp32"))
     encoder.to("cpu").to(memory_format=torch.contiguous_format)
     per_class = {categories[c]: float((p[y == c] == c).mean()) for c in range(len(categories)) if (y == c).any()}
     majority = float(np.bincount(val_y, minlength=len(categories)).max() / len(val_y))
     metrics = {"val_accuracy": val_acc, "best_epoch": best["epoch"], "val_accuracy_per_class": per_class,
-               "val_majority_baseline": majority, "train_posts": len(train_ds), "val_posts": len(val_ds)}
-    metrics["labels"] = label_info
+               "val_majority_baseline": majority, "train_posts": len(train_ds), "val_posts": len(val_ds),
+               "labels": label_info}
     meta = {"categories": categories, "weights_source": source, "labels": label_info,
             "model": {"arch": "inception_v3", "trainable_blocks": cfg.trainable_blocks,
-                      "trainable": encoder.trainable_names, "transform_input": transform_input,
+                      "trainable": encoder.trainable_names, "transform_input": cfg.weights != "random",
                       "dropout": cfg.dropout, "feature": "relu(Linear(2048, 1024)(avgpool))"},
             "preprocessing": pre, "training": settings, "history": history, "metrics": metrics,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -339,4 +352,3 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = Fal
     log(f"wrote {out}: val post accuracy {val_acc:.3f} (fp32, best epoch {best['epoch']}; majority class "
         f"{majority:.3f})")
     return metrics
-

@@ -7,8 +7,6 @@ in batches. Only the influencer table (34 K rows) is held whole.
 """
 from __future__ import annotations
 
-import fcntl
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -22,10 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cache import schema
-from runtime.progress import Progress
-from cache.store import (StoreError, UserError, create_features, create_labels, create_store, open_store,
-                         write_influencers)
+from cache.store import create_features, create_labels, create_store, write_influencers
 from extract import release
+from extract.target import prepare_target
+from runtime.errors import UserError
+from runtime.progress import Progress
 
 POSTS_PER_TASK = 2000   # posts handed to a worker at once: amortises IPC, keeps memory small
 FLUSH_ROWS = 8192       # rows buffered before an append to the store: the bound on index's memory
@@ -71,85 +70,6 @@ class _ProblemLog:
         for name, values in zip(("kind", "where", "detail"), cols):
             self.store[f"problems/{name}"].append(np.array(values, dtype=object))
         self.buffer.clear()
-
-
-LOCK_NAME = ".index.lock"
-
-
-def _is_our_store(path: str) -> bool:
-    """A folder holding a Zarr group written by `extract index` (schema_version in its attributes)."""
-    try:
-        with open(os.path.join(path, "zarr.json"), "rb") as f:
-            meta = json.loads(f.read(1 << 20))
-        return isinstance(meta, dict) and "schema_version" in (meta.get("attributes") or {})
-    except (OSError, ValueError, RecursionError):
-        return False
-
-
-def _refuse_existing(url: str, overwrite: bool) -> None:
-    """Object stores: an existing store of ours is replaced only with --overwrite; anything else is refused."""
-    try:
-        open_store(url, "r", allow_incomplete=True)
-    except StoreError as e:
-        if "not an Influencer Profiler store" in str(e):
-            raise StoreError(f"{url}: a Zarr group that is not an Influencer Profiler store is here; nothing was "
-                             f"changed; choose a new store URL") from None
-        return      # nothing there (or nothing readable as a store): a new store is written
-    if not overwrite:
-        raise StoreError(f"{url}: a store already exists here; pass --overwrite to index again and discard "
-                         f"its features, labels and predictions")
-
-
-def prepare_target(root: str, url: str, overwrite: bool):
-    """Check STORE before anything is written, lock it against a second `extract index`, empty it.
-
-    A local STORE must be a new path, an empty folder, or (with --overwrite) a store of ours;
-    never the dataset root, a folder that contains it, or a folder of anything else: indexing
-    replaces what is there. Returns the lock's file descriptor (held until the process ends).
-    """
-    if "://" in url:
-        _refuse_existing(url, overwrite)
-        return None
-    path = os.path.abspath(url)
-    real, real_root = os.path.realpath(path), os.path.realpath(root)
-    if real == real_root or real_root.startswith(real.rstrip(os.sep) + os.sep):
-        raise StoreError(f"{url}: this is the dataset root or a folder containing it; choose a new folder for the store")
-    if os.path.lexists(path):
-        if os.path.islink(path) or not os.path.isdir(path):
-            raise StoreError(f"{url}: exists and is not a folder; choose a new path for the store")
-        entries = [e for e in os.listdir(path) if e != LOCK_NAME]
-        if entries and not _is_our_store(path):
-            raise StoreError(f"{url}: the folder is not empty and is not an Influencer Profiler store "
-                             f"(it holds {entries[0]!r}{' and more' if len(entries) > 1 else ''}); "
-                             f"nothing was changed; choose a new or empty folder")
-        if entries and not overwrite:
-            held = _features_held(url)
-            raise StoreError(f"{url}: {'the store already holds ' + held if held else 'a store already exists here'}; "
-                             f"pass --overwrite to index it again and discard its features, labels and predictions")
-    os.makedirs(path, exist_ok=True)
-    fd = os.open(os.path.join(path, LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StoreError(f"{url}: another `extract index` is writing this store now; wait for it to finish") from None
-    for entry in os.listdir(path):        # checked above: a store of ours, replaced with --overwrite
-        if entry != LOCK_NAME:
-            full = os.path.join(path, entry)
-            if os.path.isdir(full) and not os.path.islink(full):
-                shutil.rmtree(full)
-            else:
-                os.remove(full)
-    return fd
-
-
-def _features_held(url: str) -> str:
-    try:
-        old = open_store(url, "r", allow_incomplete=True)
-        held = [m for m in schema.MODALITIES if f"features/{m}_done" in old and old[f"features/{m}_done"][:].any()]
-    except StoreError:
-        return ""
-    return f"{' and '.join(held)} features" if held else ""
 
 
 def _build_manifest(root: str, db: sqlite3.Connection, names: dict[str, int], extra: list[str],
@@ -315,6 +235,32 @@ def run_index(dataset: str, url: str, *, max_posts: int = 300, block: int = sche
             os.close(lock)      # releases the lock
 
 
+class _PostBatch:
+    """Posts gathered in columns and appended to the store's post arrays every FLUSH_ROWS rows."""
+
+    def __init__(self, store):
+        self.store = store
+        self.cols: dict[str, list] = {k: [] for k in schema.POST_STR + schema.POST_INT + ["influencer"]}
+        self.written = 0
+
+    def add(self, infl: int, post: dict) -> None:
+        for k in schema.POST_STR + schema.POST_INT:
+            self.cols[k].append(post[k])
+        self.cols["influencer"].append(infl)
+        if len(self.cols["id"]) >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.cols["id"]:
+            return
+        for k, values in self.cols.items():
+            dtype = object if k in schema.POST_STR else ("int32" if k == "influencer" else "int64")
+            self.store[f"posts/{k}"].append(np.asarray(values, dtype=dtype))
+        self.written += len(self.cols["id"])
+        for v in self.cols.values():
+            v.clear()
+
+
 def _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, start, mode) -> IndexReport:
     store = create_store(url, root, block, mode=mode)
     problems = _ProblemLog(store)
@@ -331,22 +277,8 @@ def _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, sta
         users = [r.username for r in rows] + extra
         total = db.execute("SELECT COUNT(*) FROM m").fetchone()[0]
         progress = Progress(total, "posts", "index", quiet=quiet)
-
         offsets = np.zeros(len(users) + 1, dtype=np.int64)
-        batch: dict[str, list] = {k: [] for k in schema.POST_STR + schema.POST_INT + ["influencer"]}
-        n_written = 0
-
-        def flush():
-            nonlocal n_written
-            if not batch["id"]:
-                return
-            for k, values in batch.items():
-                dtype = object if k in schema.POST_STR else ("int32" if k == "influencer" else "int64")
-                store[f"posts/{k}"].append(np.asarray(values, dtype=dtype))
-            n_written += len(batch["id"])
-            for v in batch.values():
-                v.clear()
-
+        batch = _PostBatch(store)
         for results, worker_problems, n_seen in _bounded_map(_Task(root, max_posts), _groups(db, users), workers):
             for p in worker_problems:
                 problems.add(*p)
@@ -355,32 +287,18 @@ def _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, sta
                     problems.add("influencer_no_posts", users[infl], "no readable post")
                 offsets[infl + 1] = len(posts)
                 for p in posts:
-                    for k in schema.POST_STR + schema.POST_INT:
-                        batch[k].append(p[k])
-                    batch["influencer"].append(infl)
+                    batch.add(infl, p)
             progress.update(n_seen, failures=len(worker_problems))
-            if len(batch["id"]) >= FLUSH_ROWS:
-                flush()
-        flush()
+        batch.flush()
         progress.close()
         db.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     np.cumsum(offsets, out=offsets)
+    n_written = batch.written
     assert offsets[-1] == n_written == store.n_posts, "posts appended out of step with offsets"
-    release_cat = {c: i for i, c in enumerate(schema.RELEASE_CATEGORIES)}
-    pad = [-1] * len(extra)
-    write_influencers(store, {
-        "username": np.array(users, dtype=object),
-        "offsets": offsets,
-        "followers": np.array([r.followers for r in rows] + pad, dtype=np.int64),
-        "followees": np.array([r.followees for r in rows] + pad, dtype=np.int64),
-        "posts_total": np.array([r.posts_total for r in rows] + pad, dtype=np.int64),
-        # The release's own category (model-assigned, not ground truth; -1 unknown),
-        # indexing root attribute release_categories.
-        "release_category": np.array([release_cat.get(r.category, -1) for r in rows] + pad, dtype=np.int8),
-    })
+    _write_influencer_table(store, rows, users, extra, offsets)
     problems.flush()
     create_labels(store)
     create_features(store)
@@ -393,3 +311,19 @@ def _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, sta
         complete=True,
     )
     return IndexReport(int(n_written), len(users), problems.counts, seconds)
+
+
+def _write_influencer_table(store, rows, users: list[str], extra: list[str], offsets: np.ndarray) -> None:
+    """influencers/*: influencers.txt's rows, then the unlisted influencers whose posts were found (-1 counts)."""
+    release_cat = {c: i for i, c in enumerate(schema.RELEASE_CATEGORIES)}
+    pad = [-1] * len(extra)
+    write_influencers(store, {
+        "username": np.array(users, dtype=object),
+        "offsets": offsets,
+        "followers": np.array([r.followers for r in rows] + pad, dtype=np.int64),
+        "followees": np.array([r.followees for r in rows] + pad, dtype=np.int64),
+        "posts_total": np.array([r.posts_total for r in rows] + pad, dtype=np.int64),
+        # The release's own category (model-assigned, not ground truth; -1 unknown),
+        # indexing root attribute release_categories.
+        "release_category": np.array([release_cat.get(r.category, -1) for r in rows] + pad, dtype=np.int8),
+    })

@@ -189,104 +189,89 @@ def _media_node(post_id: str, user: str, owner_id: int, caption: str | None, ts:
     }
 
 
-def make_sample(out: str, influencers: int = 48, posts: int = 30, seed: int = 0, *,
-                label_fraction: float = 0.4, image_size: int = 256, clean: bool = False) -> dict:
-    """Write the dataset; returns counts of what was written."""
-    if influencers < 1 or posts < 1:
-        raise UserError("--influencers and --posts must be at least 1")
-    rng = np.random.default_rng(seed)
-    for d in (release.INFO_DIR, release.IMAGE_DIR, "labels"):
-        os.makedirs(os.path.join(out, d), exist_ok=True)
-    users = [_username(i, rng) for i in range(influencers)]
-    dominant = [i % len(INFLUENCER_CATEGORIES) for i in range(influencers)]
-    rng.shuffle(dominant)
-    mapping_rows: list[str] = []
-    post_labels: list[tuple[str, str]] = []
-    n_images = 0
-    next_id = 1_700_000_000_000_000_000
-    t0 = 1_546_300_800  # 2019-01-01
+class _Writer:
+    """Writes posts (their .info, images and mapping row) in release format, drawing from one rng."""
 
-    first_image: dict[str, str] = {}   # post id -> its first image file
+    def __init__(self, out: str, rng: np.random.Generator, image_size: int):
+        self.out, self.rng, self.image_size = out, rng, image_size
+        self.mapping_rows: list[str] = []
+        self.first_image: dict[str, str] = {}     # post id -> its first image file
+        self.n_images = 0
+        self.next_id = 1_700_000_000_000_000_000
 
-    def write_post(user: str, owner: int, cat: str, ts: int, list_in_mapping: bool = True) -> str:
-        nonlocal next_id, n_images
-        next_id += int(rng.integers(10**6, 10**9))
-        post_id = str(next_id)
+    def post(self, user: str, owner: int, cat: str, ts: int, list_in_mapping: bool = True) -> str:
+        rng, out, size = self.rng, self.out, self.image_size
+        self.next_id += int(rng.integers(10**6, 10**9))
+        post_id = str(self.next_id)
         kind = str(rng.choice(["image", "sidecar", "video"], p=[0.75, 0.17, 0.08]))
-        h = w = image_size
+        h = w = size
         if rng.random() < 0.3:
-            h = int(image_size * rng.choice([0.75, 1.25]))
-        ids = [post_id] if kind != "sidecar" else [str(next_id + 17 * k + 1) for k in range(int(rng.integers(2, 5)))]
+            h = int(size * rng.choice([0.75, 1.25]))
+        ids = ([post_id] if kind != "sidecar" else
+               [str(self.next_id + 17 * k + 1) for k in range(int(rng.integers(2, 5)))])
         for k, image_id in enumerate(ids):
             # a carousel's later images are not always on topic
             icat = cat if k == 0 or rng.random() < 0.6 else str(rng.choice(POST_CATEGORIES))
             with open(os.path.join(out, release.IMAGE_DIR, f"{user}-{image_id}.jpg"), "wb") as f:
                 f.write(_jpeg(_pattern(POST_CATEGORIES.index(icat), rng, h, w)))
-            n_images += 1
-        first_image[post_id] = os.path.join(out, release.IMAGE_DIR, f"{user}-{ids[0]}.jpg")
+            self.n_images += 1
+        self.first_image[post_id] = os.path.join(out, release.IMAGE_DIR, f"{user}-{ids[0]}.jpg")
         node = _media_node(post_id, user, owner, _caption(cat, rng), ts, kind, (h, w), rng)
         with open(os.path.join(out, release.INFO_DIR, f"{user}-{post_id}.info"), "w", encoding="utf-8") as f:
             json.dump(node, f, ensure_ascii=False)
         if list_in_mapping:
-            mapping_rows.append(f"{user}\t{post_id}.info\t{[f'{i}.jpg' for i in ids]!r}")
+            self.mapping_rows.append(f"{user}\t{post_id}.info\t{[f'{i}.jpg' for i in ids]!r}")
         return post_id
 
-    for i, user in enumerate(users):
-        dom = INFLUENCER_CATEGORIES[dominant[i]]
-        on_topic = rng.uniform(0.35, 0.75)
-        n = max(1, int(posts * rng.uniform(0.8, 1.0))) if i % 7 else posts
-        ts = t0 + int(rng.integers(0, 10**7))
-        for _ in range(n):
-            r = rng.random()
-            if r < on_topic:
-                cat = dom
-            else:
-                cat = str(rng.choice(["other", "product", str(rng.choice(POST_CATEGORIES))], p=[0.4, 0.3, 0.3]))
-            ts += int(rng.integers(3600, 5 * 86400))
-            pid = write_post(user, 10_000 + i, cat, ts)
-            if rng.random() < label_fraction:
-                post_labels.append((pid, cat))
+    def last_post_id(self) -> str:
+        return self.mapping_rows[-1].split("\t")[1].split(".")[0]
 
-    extra_users = []
-    if not clean:
-        # Posts of an influencer that influencers.txt does not list.
-        ghost = "ghost.account_"
-        extra_users.append(ghost)
-        for _ in range(3):
-            write_post(ghost, 99_999, "other", t0 + int(rng.integers(0, 10**7)))
-        first = users[0]
-        # A malformed .info, listed in the mapping.
-        write_post(first, 10_000, "other", t0 + 1)
-        pid = mapping_rows[-1].split("\t")[1].split(".")[0]
-        with open(os.path.join(out, release.INFO_DIR, f"{first}-{pid}.info"), "w") as f:
-            f.write('{"id": "' + pid + '", "edge_media_to_caption": {"edges": [')
-        # A mapping row whose files do not exist; one whose image does not exist.
-        mapping_rows.append(f"{first}\t1111111111111111111.info\t['1111111111111111111.jpg']")
-        write_post(first, 10_000, "other", t0 + 2)
-        pid = mapping_rows[-1].split("\t")[1].split(".")[0]
-        mapping_rows[-1] = f"{first}\t{pid}.info\t['2222222222222222222.jpg']"
-        # Duplicate mapping rows.
-        mapping_rows.append(mapping_rows[0])
-        mapping_rows.append(mapping_rows[len(mapping_rows) // 2])
-        # A post whose .info exists but which the mapping does not list.
-        write_post(users[-1], 10_000 + influencers - 1, "other", t0 + 3, list_in_mapping=False)
-        # The bad images, as the first images of posts of the second influencer (or the first).
-        owner = users[1 % influencers]
-        planted_posts = [pid for pid, path in first_image.items()
-                         if os.path.basename(path).startswith(owner + "-")][:len(PLANTED_IMAGES)]
-        planted = []
-        for pid, kind in zip(planted_posts, PLANTED_IMAGES):
-            with open(first_image[pid], "wb") as f:
-                f.write(_bad_image(kind, rng, image_size))
-            planted.append((pid, os.path.relpath(first_image[pid], out), kind, PLANTED_IMAGES[kind]))
-        with open(os.path.join(out, "labels", "planted_images.csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["post_id", "image", "kind", "expected"])
-            w.writerows(planted)
 
+def _plant_edge_cases(w: _Writer, users: list[str], t0: int) -> list[str]:
+    """What the real release holds and the index must survive; returns the unlisted influencers."""
+    rng, out = w.rng, w.out
+    # Posts of an influencer that influencers.txt does not list.
+    ghost = "ghost.account_"
+    for _ in range(3):
+        w.post(ghost, 99_999, "other", t0 + int(rng.integers(0, 10**7)))
+    first = users[0]
+    # A malformed .info, listed in the mapping.
+    w.post(first, 10_000, "other", t0 + 1)
+    pid = w.last_post_id()
+    with open(os.path.join(out, release.INFO_DIR, f"{first}-{pid}.info"), "w") as f:
+        f.write('{"id": "' + pid + '", "edge_media_to_caption": {"edges": [')
+    # A mapping row whose files do not exist; one whose image does not exist.
+    w.mapping_rows.append(f"{first}\t1111111111111111111.info\t['1111111111111111111.jpg']")
+    w.post(first, 10_000, "other", t0 + 2)
+    pid = w.last_post_id()
+    w.mapping_rows[-1] = f"{first}\t{pid}.info\t['2222222222222222222.jpg']"
+    # Duplicate mapping rows.
+    w.mapping_rows.append(w.mapping_rows[0])
+    w.mapping_rows.append(w.mapping_rows[len(w.mapping_rows) // 2])
+    # A post whose .info exists but which the mapping does not list.
+    w.post(users[-1], 10_000 + len(users) - 1, "other", t0 + 3, list_in_mapping=False)
+    # The bad images, as the first images of posts of the second influencer (or the first).
+    owner = users[1 % len(users)]
+    planted_posts = [pid for pid, path in w.first_image.items()
+                     if os.path.basename(path).startswith(owner + "-")][:len(PLANTED_IMAGES)]
+    planted = []
+    for pid, kind in zip(planted_posts, PLANTED_IMAGES):
+        with open(w.first_image[pid], "wb") as f:
+            f.write(_bad_image(kind, rng, w.image_size))
+        planted.append((pid, os.path.relpath(w.first_image[pid], out), kind, PLANTED_IMAGES[kind]))
+    with open(os.path.join(out, "labels", "planted_images.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["post_id", "image", "kind", "expected"])
+        writer.writerows(planted)
+    return [ghost]
+
+
+def _write_lists(w: _Writer, users: list[str], dominant: list[int], posts: int, clean: bool) -> None:
+    """The mapping file and influencers.txt (whose categories, like the release's, are sometimes off)."""
+    rng, out = w.rng, w.out
     with open(os.path.join(out, release.MAPPING_FILE), "w", encoding="utf-8") as f:
         f.write("influencer_name\tJSON_PostMetadata_file_name\tImage_file_name\n")
-        f.write("\n".join(mapping_rows) + "\n")
+        f.write("\n".join(w.mapping_rows) + "\n")
     with open(os.path.join(out, release.INFLUENCERS_FILE), "w", encoding="utf-8") as f:
         f.write("Username\tCategory\t#Followers\t#Followees\t#Posts\n" + "=" * 50 + "\n")
         for i, user in enumerate(users):
@@ -303,14 +288,50 @@ def make_sample(out: str, influencers: int = 48, posts: int = 30, seed: int = 0,
         if not clean:
             f.write("no_posts.here\tfood\t5000\t300\t120\n")  # listed, no posts
 
+
+def _write_labels(out: str, users: list[str], dominant: list[int], post_labels: list[tuple[str, str]]) -> None:
     with open(os.path.join(out, "labels", "influencers.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["username", "category"])
+        writer = csv.writer(f)
+        writer.writerow(["username", "category"])
         for i, user in enumerate(users):
-            w.writerow([user, INFLUENCER_CATEGORIES[dominant[i]]])
+            writer.writerow([user, INFLUENCER_CATEGORIES[dominant[i]]])
     with open(os.path.join(out, "labels", "posts.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["post_id", "category"])
-        w.writerows(post_labels)
-    return {"influencers": influencers + len(extra_users), "posts": len(mapping_rows), "images": n_images,
+        writer = csv.writer(f)
+        writer.writerow(["post_id", "category"])
+        writer.writerows(post_labels)
+
+
+def make_sample(out: str, influencers: int = 48, posts: int = 30, seed: int = 0, *,
+                label_fraction: float = 0.4, image_size: int = 256, clean: bool = False) -> dict:
+    """Write the dataset; returns counts of what was written."""
+    if influencers < 1 or posts < 1:
+        raise UserError("--influencers and --posts must be at least 1")
+    rng = np.random.default_rng(seed)
+    for d in (release.INFO_DIR, release.IMAGE_DIR, "labels"):
+        os.makedirs(os.path.join(out, d), exist_ok=True)
+    users = [_username(i, rng) for i in range(influencers)]
+    dominant = [i % len(INFLUENCER_CATEGORIES) for i in range(influencers)]
+    rng.shuffle(dominant)
+    w = _Writer(out, rng, image_size)
+    post_labels: list[tuple[str, str]] = []
+    t0 = 1_546_300_800  # 2019-01-01
+    for i, user in enumerate(users):
+        dom = INFLUENCER_CATEGORIES[dominant[i]]
+        on_topic = rng.uniform(0.35, 0.75)
+        n = max(1, int(posts * rng.uniform(0.8, 1.0))) if i % 7 else posts
+        ts = t0 + int(rng.integers(0, 10**7))
+        for _ in range(n):
+            r = rng.random()
+            if r < on_topic:
+                cat = dom
+            else:
+                cat = str(rng.choice(["other", "product", str(rng.choice(POST_CATEGORIES))], p=[0.4, 0.3, 0.3]))
+            ts += int(rng.integers(3600, 5 * 86400))
+            pid = w.post(user, 10_000 + i, cat, ts)
+            if rng.random() < label_fraction:
+                post_labels.append((pid, cat))
+    extra_users = [] if clean else _plant_edge_cases(w, users, t0)
+    _write_lists(w, users, dominant, posts, clean)
+    _write_labels(out, users, dominant, post_labels)
+    return {"influencers": influencers + len(extra_users), "posts": len(w.mapping_rows), "images": w.n_images,
             "labelled_posts": len(post_labels)}

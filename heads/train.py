@@ -110,15 +110,7 @@ def fit(url: str, out: str, cfg: FitConfig, log=say) -> dict:
                       dropout=cfg.dropout, n_influencer=len(store.influencer_categories),
                       n_post=len(store.post_categories), segments=segments)
     use_bf16 = pick_precision(cfg.precision, device) == "bf16"
-    config = {"fit": asdict(cfg), "model": head.to_dict(), "store": store_fingerprint(store), "git_commit": git_commit(),
-              "command": " ".join(sys.argv), "influencer_categories": store.influencer_categories,
-              "post_categories": store.post_categories, "torch": torch.__version__, "device": str(device),
-              "precision": "bf16" if use_bf16 else "fp32",
-              # The post head learns only from labelled posts (the release's labels are per influencer):
-              # without them its outputs mean nothing, and `heads predict` leaves post categories empty.
-              "post_head_trained": bool(len(data["posts_train"]["y"])),
-              "labels": {t: {k: r.get(k) for k in ("source", "file", "labelled", "from_release") if k in r}
-                         for t, r in (store.attrs.get("labels") or {}).items() if isinstance(r, dict)}}
+    config = _run_config(cfg, head, store, device, use_bf16, data)
     run.write_json("config.json", config)
     if not config["post_head_trained"]:
         log("no labelled train posts: the post head is not trained (influencer labels only); "
@@ -127,6 +119,32 @@ def fit(url: str, out: str, cfg: FitConfig, log=say) -> dict:
     reference = logistic_reference(data, segments, cfg.seed)
     log(f"reference: logistic regression on mean features, validation accuracy {100 * reference['val_acc']:.2f}% "
         f"(C={reference['C']})")
+    model, best = _train_restarts(cfg, head, data, segments, device, use_bf16, run, log)
+    run.save_model(model, head.to_dict(), asdict(cfg), store.influencer_categories, store.post_categories)
+    metrics = _score(model, best["row"], data, reference, store, device, run, log)
+    metrics["seconds"] = time.perf_counter() - t0
+    run.write_json("metrics.json", metrics)
+    from heads.report import write_report
+    write_report(out, config, metrics)
+    return metrics
+
+
+def _run_config(cfg: FitConfig, head: HeadConfig, store, device, use_bf16: bool, data: dict) -> dict:
+    """config.json: the options, the model, the store and its labels, the code and the machine."""
+    return {"fit": asdict(cfg), "model": head.to_dict(), "store": store_fingerprint(store), "git_commit": git_commit(),
+            "command": " ".join(sys.argv), "influencer_categories": store.influencer_categories,
+            "post_categories": store.post_categories, "torch": torch.__version__, "device": str(device),
+            "precision": "bf16" if use_bf16 else "fp32",
+            # The post head learns only from labelled posts (the release's labels are per influencer):
+            # without them its outputs mean nothing, and `heads predict` leaves post categories empty.
+            "post_head_trained": bool(len(data["posts_train"]["y"])),
+            "labels": {t: {k: r.get(k) for k in ("source", "file", "labelled", "from_release") if k in r}
+                       for t, r in (store.attrs.get("labels") or {}).items() if isinstance(r, dict)}}
+
+
+def _train_restarts(cfg: FitConfig, head: HeadConfig, data: dict, segments: tuple, device, use_bf16: bool,
+                    run: RunFolder, log) -> tuple[InfluencerProfiler, dict]:
+    """Every (normalisation, restart) trained in turn; the best on the validation criterion is kept."""
     norms = ("feature", "none") if cfg.normalize == "auto" else (cfg.normalize,)
     scalings = {n: input_scaling(data["train"]["bags"], segments, data["train"]["masks"]) for n in norms
                 if n != "none"}
@@ -151,12 +169,14 @@ def fit(url: str, out: str, cfg: FitConfig, log=say) -> dict:
         if best is None or criterion(got["row"]) > criterion(best["row"]):
             best = got
     model.load_state_dict(best["state"])
-    run.save_model(model, head.to_dict(), asdict(cfg), store.influencer_categories, store.post_categories)
+    return model, best
 
+
+def _score(model, row: dict, data: dict, reference: dict, store, device, run: RunFolder, log) -> dict:
+    """Test scores of the kept state and of the reference, the reference's verdict, test_predictions.csv."""
     test, ptest = data["test"], data["posts_test"]
     probs, _ = predict_bags(model, test["bags"], test["masks"], device)
     post_probs = predict_posts(model, ptest["x"], device, present=ptest["present"])
-    row = best["row"]
     metrics = {
         "best_epoch": row["epoch"], "best_step": row["step"], "best_restart": row["restart"],
         "normalize": row["normalize"],
@@ -164,7 +184,7 @@ def fit(url: str, out: str, cfg: FitConfig, log=say) -> dict:
         "influencer": classification_metrics(test["y"], probs.argmax(1), store.influencer_categories),
         "post": classification_metrics(ptest["y"], post_probs.argmax(1), store.post_categories),
         "reference": {k: v for k, v in reference.items() if k != "test_pred"},
-        "unusable_bags": data["unusable"], "seconds": time.perf_counter() - t0,
+        "unusable_bags": data["unusable"],
     }
     metrics["reference"]["influencer"] = classification_metrics(test["y"], reference["test_pred"],
                                                                 store.influencer_categories)
@@ -173,7 +193,4 @@ def fit(url: str, out: str, cfg: FitConfig, log=say) -> dict:
         metrics[kind] = text
         log(f"{kind}: {text}")
     run.write_test_predictions(store, test, probs, ptest, post_probs)
-    run.write_json("metrics.json", metrics)
-    from heads.report import write_report
-    write_report(out, config, metrics)
     return metrics

@@ -13,7 +13,8 @@ from cache.labels import LabelError, apply_labels
 from cache.store import StoreError, create_store, open_store
 from extract import release
 from extract.cli import app as extract_app
-from extract.index import prepare_target, run_index
+from extract.index import run_index
+from extract.target import prepare_target
 from tests.hostile import USERS, info_json, post_ids, posts_by_user, write_dataset
 
 
