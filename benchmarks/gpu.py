@@ -12,6 +12,9 @@ the sample's captions), it measures:
   job's worker count) and the model alone on synthetic tensors, so the bottleneck is named;
 - features computed on CUDA against a CPU fp32 reference on a few hundred posts (cosine);
 - `heads fit` and `heads predict` on CUDA;
+- `--compile` (torch.compile) against the same model uncompiled, steady state after a warm-up pass
+  (text encoder on tokenised captions; Inception on synthetic tensors), last, since compiling takes
+  minutes; the README keeps it off by default until this has shown it pays;
 and prints one table (captions/s, images/s, ratio to the plain loop, GPU memory peak and busy
 share sampled with nvidia-smi, decode workers) with the extrapolation to 10.2 M posts per GPU.
 Every step is timed and its failure recorded, so one broken path does not lose the others.
@@ -133,9 +136,9 @@ def plain_text(url: str, device, limit: int) -> dict:
     return {"captions": len(captions), "per_s": len(captions) / plain_loop(captions, tokenizer, model, device)}
 
 
-def job_text(url: str, device: str) -> dict:
+def job_text(url: str, device: str, compile: bool = False) -> dict:
     from extract.text import run_text
-    r = run_text(url, "0/1", model="random", device=device, quiet=True)
+    r = run_text(url, "0/1", model="random", device=device, compile=compile, quiet=True)
     return {"captions": r.rows, "per_s": r.rows / r.seconds, "loop_s": r.seconds}
 
 
@@ -158,9 +161,10 @@ def plain_images(paths: list[str], encoder: str, device) -> dict:
     return {"images": len(paths), "per_s": len(paths) / plain_loop(paths, load_encoder(encoder).encoder, device)}
 
 
-def job_images(url: str, encoder: str, device: str, decoder: str, workers) -> dict:
+def job_images(url: str, encoder: str, device: str, decoder: str, workers, compile: bool = False) -> dict:
     from extract.images import run_images
-    r = run_images(url, "0/1", encoder_path=encoder, device=device, decoder=decoder, workers=workers, quiet=True)
+    r = run_images(url, "0/1", encoder_path=encoder, device=device, decoder=decoder, workers=workers,
+                   compile=compile, quiet=True)
     return {"images": r.rows, "per_s": r.rows / r.seconds, "loop_s": r.seconds}
 
 
@@ -186,23 +190,44 @@ def nvjpeg_decode_rate(paths: list[str], device) -> dict:
     return {"per_s": len(raw) / (time.perf_counter() - t)}
 
 
-def model_only(encoder: str, device, batch: int, reps: int, crop: int) -> dict:
+def model_only(encoder: str, device, batch: int, reps: int, crop: int, compile: bool = False) -> dict:
     import torch
     from extract.images import load_encoder
-    from runtime.device import DTYPES, pick_precision
+    from runtime.device import DTYPES, maybe_compile, pick_precision
     model = load_encoder(encoder).encoder.to(device).eval().to(memory_format=torch.channels_last)
+    features = maybe_compile(model.features, compile)
     prec = pick_precision("auto", device)
     x = torch.randn(batch, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(device.type, dtype=DTYPES[prec], enabled=prec != "fp32"):
-        model.features(x)
+        t = time.perf_counter()
+        features(x)
+        warm_s = time.perf_counter() - t
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         for _ in range(reps):
-            model.features(x)
+            features(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return {"per_s": batch * reps / (time.perf_counter() - t), "precision": prec, "batch": batch}
+    return {"per_s": batch * reps / (time.perf_counter() - t), "precision": prec, "batch": batch,
+            "first_call_s": round(warm_s, 1)}
+
+
+def text_model(url: str, device: str, compile: bool, n: int) -> dict:
+    """Captions/s of the text encoder alone (tokenised beforehand), after a warm-up pass over the same
+    captions, so that torch.compile's compilations are not in the rate."""
+    from cache.store import open_store
+    from extract.text import load_text_encoder
+    s = open_store(url)
+    enc = load_text_encoder("random", s, device=device, compile=compile)
+    prepared = enc.prepare([str(c) for c in s["posts/caption"][:n]])
+    t = time.perf_counter()
+    enc.encode(prepared)
+    warm_s = time.perf_counter() - t
+    t = time.perf_counter()
+    enc.encode(prepared)
+    return {"per_s": len(prepared.ids) / (time.perf_counter() - t), "first_pass_s": round(warm_s, 1),
+            "precision": enc.precision}
 
 
 def agreement(url: str, data: str, encoder: str, n: int) -> dict:
@@ -265,16 +290,19 @@ def table(r: dict, device_name: str) -> str:
 
     lines = [f"GPU bench on {device_name}, {time.strftime('%Y-%m-%d')}; sample: {r['sample'].get('posts', 0):,} posts, "
              f"{r['sample'].get('images', 0):,} images, mean JPEG {r['sample'].get('jpeg_kb')} KB", "",
-             "| path | rate | vs plain loop | GPU memory peak | GPU busy | notes |", "|---|---:|---:|---:|---:|---|"]
+             "| path | rate | vs reference | GPU memory peak | GPU busy | notes |", "|---|---:|---:|---:|---:|---|"]
     for name, unit, plain in (("text_job", "captions/s", "text_plain"), ("text_plain", "captions/s", None),
                               ("images_pil", "images/s", "images_plain"), ("images_nvjpeg", "images/s", "images_plain"),
-                              ("images_plain", "images/s", None)):
+                              ("images_plain", "images/s", None), ("text_model", "captions/s", None),
+                              ("text_model_compiled", "captions/s", "text_model"),
+                              ("model_only", "images/s", None), ("model_only_compiled", "images/s", "model_only")):
         rate, base = get(name, "per_s"), get(plain, "per_s") if plain else None
         note = "" if (r.get(name) or {}).get("ok", False) else (r.get(name) or {}).get("error", "not run")
         lines.append(f"| {name} | {f(rate)} {unit} | {f(rate / base, '{:.1f}x') if rate and base else ''} | "
                      f"{f(get(name, 'gpu_memory_mib'))} MiB | {f(get(name, 'gpu_busy_pct'), '{:.0f} %')} | {note} |")
     d = r.get("decode") or {}
-    lines += ["", f"decode only: plain {f(d.get('plain_per_s'))}/s, fast {f(d.get('fast_per_s'))}/s in one process, "
+    lines += ["", "reference: the plain loop on the same GPU for text_job and images_*; the same model uncompiled "
+                  "for *_compiled (steady state, after a warm-up pass that compiles)", f"decode only: plain {f(d.get('plain_per_s'))}/s, fast {f(d.get('fast_per_s'))}/s in one process, "
                   f"{f(d.get('workers_per_s'))}/s in {d.get('workers')} workers; nvJPEG {f(get('nvjpeg_decode', 'per_s'))}/s; "
                   f"Inception alone {f(get('model_only', 'per_s'))} images/s ({get('model_only', 'precision')})",
               f"agreement with CPU fp32: text min cosine {f(get('agreement', 'text_min_cosine'), '{:.5f}')} "
@@ -333,6 +361,13 @@ def main() -> None:
         step(results, "model_only", model_only, enc, device, 8 if dry else 256, 2 if dry else 20, 75 if dry else 299)
         step(results, "agreement", agreement, pil, data, enc, 16 if dry else 256)
         step(results, "heads", heads_on, pil, tmp, device_s, dry)
+        # last: torch.compile's first calls compile (a minute or more); the figures above come first.
+        # Steady-state model rates with and without it, warmed up on the same inputs first.
+        n_text = 64 if dry else 8192
+        step(results, "text_model", text_model, pil, device_s, False, n_text)
+        if not dry:     # compiling BERT-base and Inception on a CPU takes minutes: the dry run skips them
+            step(results, "text_model_compiled", text_model, pil, device_s, True, n_text)
+            step(results, "model_only_compiled", model_only, enc, device, 256, 20, 299, True)
         text = table(results, name)
         print("\n" + text)
         save(results)

@@ -52,11 +52,13 @@ def text(store: str = typer.Argument(..., help="store path or URL"),
          max_length: int = typer.Option(128, help="tokens per caption, [CLS] and [SEP] included"),
          batch_tokens: int = typer.Option(None, help="token budget per batch (default 4096 CPU, 65536 GPU)"),
          device: str = typer.Option("auto", help="auto, cpu or cuda"),
-         precision: Precision = typer.Option("auto", help="auto: bf16 on GPUs and bf16-capable CPUs")):
+         precision: Precision = typer.Option("auto", help="auto: bf16 on GPUs and bf16-capable CPUs"),
+         compile: bool = typer.Option(False, "--compile", help="torch.compile the model (off by default until "
+                                      "shown to pay on a GPU; README)")):
     """BERT [CLS] features of every caption in the shard's blocks, resumable block by block."""
     from extract.text import run_text
     report = run_text(store, shard, model=model, max_length=max_length, batch_tokens=batch_tokens,
-                      device=device, precision=precision.value)
+                      device=device, precision=precision.value, compile=compile)
     say(f"text {shard}: {report.summary('captions')}")
 
 
@@ -106,11 +108,14 @@ def images(store: str = typer.Argument(..., help="store path or URL"),
            decoder: Decoder = typer.Option("pil", help="pil (JPEG draft mode in the workers) or nvjpeg "
                                                    "(torchvision.io.decode_jpeg on the device)"),
            exact: bool = typer.Option(False, help="full decode and torchvision's resize, fp32: reference output"),
-           dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`")):
+           dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`"),
+           compile: bool = typer.Option(False, "--compile", help="torch.compile the model (off by default until "
+                                        "shown to pay on a GPU; README)")):
     """1024-d image features of every post in the shard's blocks, resumable block by block."""
     from extract.images import run_images
     report = run_images(store, shard, encoder_path=encoder, batch_size=batch_size, workers=workers,
-                        device=device, precision=precision.value, decoder=decoder.value, exact=exact, dataset=dataset)
+                        device=device, precision=precision.value, decoder=decoder.value, exact=exact, dataset=dataset,
+                        compile=compile)
     say(f"images {shard}: {report.summary('images')}")
 
 

@@ -334,21 +334,30 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = Fal
         os.replace(tmp, ckpt_path)
 
     encoder.load_state_dict(best["state"], strict=False)
+    metrics = _write_encoder_file(out, encoder, cfg, val_loader, val_y, device, pre, categories, best,
+                                  {"source": source, "labels": label_info, "settings": settings, "history": history,
+                                   "train_posts": len(train_ds), "val_posts": len(val_ds)})
+    os.remove(ckpt_path)
+    log(f"wrote {out}: val post accuracy {metrics['val_accuracy']:.3f} (fp32, best epoch {best['epoch']}; "
+        f"majority class {metrics['val_majority_baseline']:.3f})")
+    return metrics
+
+
+def _write_encoder_file(out, encoder, cfg: FinetuneConfig, val_loader, val_y, device, pre, categories, best,
+                        run: dict) -> dict:
+    """Score the kept state on validation in fp32 and write the encoder file with its record; the metrics."""
     val_acc, y, p = evaluate(encoder, val_loader, device, pre, lambda: autocast(device, "fp32"))
     encoder.to("cpu").to(memory_format=torch.contiguous_format)
     per_class = {categories[c]: float((p[y == c] == c).mean()) for c in range(len(categories)) if (y == c).any()}
     majority = float(np.bincount(val_y, minlength=len(categories)).max() / len(val_y))
     metrics = {"val_accuracy": val_acc, "best_epoch": best["epoch"], "val_accuracy_per_class": per_class,
-               "val_majority_baseline": majority, "train_posts": len(train_ds), "val_posts": len(val_ds),
-               "labels": label_info}
-    meta = {"categories": categories, "weights_source": source, "labels": label_info,
+               "val_majority_baseline": majority, "train_posts": run["train_posts"], "val_posts": run["val_posts"],
+               "labels": run["labels"]}
+    meta = {"categories": categories, "weights_source": run["source"], "labels": run["labels"],
             "model": {"arch": "inception_v3", "trainable_blocks": cfg.trainable_blocks,
                       "trainable": encoder.trainable_names, "transform_input": cfg.weights != "random",
                       "dropout": cfg.dropout, "feature": "relu(Linear(2048, 1024)(avgpool))"},
-            "preprocessing": pre, "training": settings, "history": history, "metrics": metrics,
+            "preprocessing": pre, "training": run["settings"], "history": run["history"], "metrics": metrics,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     save_encoder(out, encoder, meta)
-    os.remove(ckpt_path)
-    log(f"wrote {out}: val post accuracy {val_acc:.3f} (fp32, best epoch {best['epoch']}; majority class "
-        f"{majority:.3f})")
     return metrics

@@ -26,7 +26,7 @@ from runtime.errors import UserError
 from extract.encoder_file import EncoderFile, default_preprocessing, load_encoder, save_encoder  # noqa: F401
 from extract.inception import DIM, ImageEncoder, load_imagenet_backbone  # noqa: F401
 from extract.release import inside
-from runtime.device import autocast, pick_device, pick_precision
+from runtime.device import autocast, maybe_compile, pick_device, pick_precision
 
 # A batch not decoded in this long (a hung network filesystem) stops the job with an error instead
 # of hanging it; done blocks are kept and a rerun goes on from there.
@@ -167,7 +167,7 @@ class ImageJob:
     modality, unit = "image", "images"
 
     def __init__(self, ef: EncoderFile, store, root: str, dev: torch.device, prec: str,
-                 batch_size: int, workers: int, exact: bool, decoder: str):
+                 batch_size: int, workers: int, exact: bool, decoder: str, compile: bool = False):
         self.pre, self.dev, self.prec = ef.preprocessing, dev, prec
         self.store, self.root = store, root
         self.batch_size, self.workers, self.exact, self.decoder = batch_size, workers, exact, decoder
@@ -175,6 +175,7 @@ class ImageJob:
         self.encoder = ef.encoder.to(dev).eval()
         if dev.type == "cuda" or prec != "fp32":
             self.encoder = self.encoder.to(memory_format=torch.channels_last)
+        self.features = maybe_compile(self.encoder.features, compile)
         self.it = iter(())
 
     def plan(self, blocks: list[int]) -> None:
@@ -222,7 +223,7 @@ class ImageJob:
             if len(ok):
                 x = normalize(pixels[torch.from_numpy(ok)].to(dev, non_blocking=True), pre["mean"], pre["std"])
                 with autocast(dev, self.prec):
-                    f = self.encoder.features(x.contiguous(memory_format=torch.channels_last))
+                    f = self.features(x.contiguous(memory_format=torch.channels_last))
                 feats[done - rows.start + ok] = f.float().cpu().numpy()
             status[done - rows.start:done - rows.start + m] = st
             failures += errors
@@ -235,7 +236,8 @@ class ImageJob:
 
 def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | None = None,
                workers: int | None = None, device: str = "auto", precision: str = "auto",
-               decoder: str = "pil", exact: bool = False, dataset: str | None = None, quiet: bool = False):
+               decoder: str = "pil", exact: bool = False, dataset: str | None = None, compile: bool = False,
+               quiet: bool = False):
     from cache.blocks import parse_shard
     from cache.store import open_store
     from extract.jobs import run_shard
@@ -260,5 +262,5 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
         workers = min(os.cpu_count() or 1, 16)
     if batch_size < 1 or workers < 0:
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
-    job = ImageJob(load_encoder(encoder_path), store, root, dev, prec, batch_size, workers, exact, decoder)
+    job = ImageJob(load_encoder(encoder_path), store, root, dev, prec, batch_size, workers, exact, decoder, compile)
     return run_shard(store, sh, job, quiet=quiet)

@@ -17,7 +17,7 @@ import torch
 from cache.schema import Status
 from cache.store import Store
 from runtime.console import warn
-from runtime.device import DTYPES, pick_device, pick_precision, weights_digest
+from runtime.device import DTYPES, maybe_compile, pick_device, pick_precision, weights_digest
 from runtime.errors import EncoderLoadError, UserError
 
 DEFAULT_MODEL = "bert-base-uncased"
@@ -79,9 +79,9 @@ class Prepared:
 
 class TextEncoder:
     def __init__(self, name: str, tokenizer, model, device: torch.device, precision: str,
-                 max_length: int, batch_tokens: int):
+                 max_length: int, batch_tokens: int, compile: bool = False):
         self.name, self.tokenizer, self.device, self.precision = name, tokenizer, device, precision
-        self.max_length, self.batch_tokens = max_length, batch_tokens
+        self.max_length, self.batch_tokens, self.compiled = max_length, batch_tokens, compile
         self.dim = model.config.hidden_size
         self.fingerprint = {
             "kind": "text", "model": name, "weights_sha256": weights_digest(model),
@@ -89,6 +89,7 @@ class TextEncoder:
             "pooling": "cls_last_layer", "max_length": max_length, "precision": precision,
         }
         self.model = model.to(device=device, dtype=DTYPES[precision]).eval()
+        self.forward = maybe_compile(self.model, compile)
         ids = tokenizer([""], truncation=True, max_length=max_length)["input_ids"][0]
         self._empty = ids
 
@@ -129,12 +130,14 @@ class TextEncoder:
         pad = self.tokenizer.pad_token_id or 0
         for rows in self.batches(lengths):
             width = int(lengths[rows].max())
+            if self.compiled:       # widths in steps of 16: a few shapes to compile, not one per length
+                width = min(-(-width // 16) * 16, self.max_length)
             batch = np.full((len(rows), width), pad, dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
             for k, r in enumerate(rows):
                 batch[k, :lengths[r]] = ids[r]
                 mask[k, :lengths[r]] = 1
-            hidden = self.model(input_ids=torch.from_numpy(batch).to(self.device),
+            hidden = self.forward(input_ids=torch.from_numpy(batch).to(self.device),
                                 attention_mask=torch.from_numpy(mask).to(self.device)).last_hidden_state
             out[rows] = hidden[:, 0].float().cpu().numpy()
         return out, prepared.status
@@ -149,7 +152,7 @@ def _store_captions(store: Store, limit: int):
 
 
 def load_text_encoder(name: str, store: Store | None = None, *, device: str = "auto", precision: str = "auto",
-                      max_length: int = 128, batch_tokens: int | None = None) -> TextEncoder:
+                      max_length: int = 128, batch_tokens: int | None = None, compile: bool = False) -> TextEncoder:
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
     if max_length < 2 or max_length > 512:
@@ -167,7 +170,7 @@ def load_text_encoder(name: str, store: Store | None = None, *, device: str = "a
                          f"features/text is 768-d (BERT-base)")
     if batch_tokens is None:
         batch_tokens = 65536 if dev.type == "cuda" else 4096
-    return TextEncoder(name, tokenizer, model, dev, prec, max_length, batch_tokens)
+    return TextEncoder(name, tokenizer, model, dev, prec, max_length, batch_tokens, compile)
 
 
 class TextJob:
@@ -197,12 +200,12 @@ class TextJob:
 
 def run_text(url: str, shard: str, *, model: str = DEFAULT_MODEL, max_length: int = 128,
              batch_tokens: int | None = None, device: str = "auto", precision: str = "auto",
-             quiet: bool = False):
+             compile: bool = False, quiet: bool = False):
     from cache.blocks import parse_shard
     from cache.store import open_store
     from extract.jobs import run_shard
     sh = parse_shard(shard)
     store = open_store(url, "r+")
     encoder = load_text_encoder(model, store, device=device, precision=precision, max_length=max_length,
-                                batch_tokens=batch_tokens)
+                                batch_tokens=batch_tokens, compile=compile)
     return run_shard(store, sh, TextJob(encoder, store), quiet=quiet)

@@ -53,6 +53,13 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
+def maybe_compile(fn, enabled: bool):
+    """torch.compile(fn) when asked (shapes that vary become dynamic after the first recompile), else fn.
+
+    Off by default everywhere: it has not yet been shown to pay on a GPU (benchmarks/gpu.py measures it)."""
+    return torch.compile(fn) if enabled else fn
+
+
 def weights_digest(module: torch.nn.Module) -> str:
     """sha256 of every parameter and buffer, in name order: two encoders agree iff their weights do."""
     h = hashlib.sha256()

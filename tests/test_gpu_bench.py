@@ -16,7 +16,7 @@ def test_gpu_bench_dry_run(tmp_path):
     r = json.load(open(tmp_path / "gpu-bench.json"))
     assert r["dry_run"] is True
     for step in ("sample", "text_plain", "text_job", "finetune", "images_plain", "images_pil", "decode", "model_only",
-                 "agreement", "heads"):
+                 "text_model", "agreement", "heads"):
         assert r[step]["ok"], (step, r[step].get("error"))
     assert r["agreement"]["text_min_cosine"] >= 0.999 and r["agreement"]["image_min_cosine"] >= 0.99
     assert r["text_job"]["captions"] == r["sample"]["posts"]
