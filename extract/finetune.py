@@ -175,14 +175,14 @@ def calibrate_batchnorm(encoder: ImageEncoder, loader, device, pre, max_images: 
 
 
 @torch.no_grad()
-def evaluate(encoder, loader, device, pre, autocast) -> tuple[float, np.ndarray, np.ndarray]:
+def evaluate(encoder, loader, device, pre, amp) -> tuple[float, np.ndarray, np.ndarray]:
     encoder.eval()
     ys, ps = [], []
     for x, y, ok in loader:
         x, y = x[ok], y[ok]
         if not len(x):
             continue
-        with autocast():
+        with amp():
             logits = encoder(_to_input(x, device, pre))
         ys.append(y.numpy())
         ps.append(logits.float().argmax(1).cpu().numpy())

@@ -187,8 +187,7 @@ class ImageJob:
         if not batches:
             return                              # no worker processes for a shard with nothing to do
         ds = BatchDecoder(self.store.url, self.root, batches, self.store.block, self.pre["resize"], self.pre["crop"],
-                          self.exact,
-                          raw_jpeg=self.decoder == "nvjpeg")
+                          self.exact, raw_jpeg=self.decoder == "nvjpeg")
         loader = torch.utils.data.DataLoader(
             ds, batch_size=None, shuffle=False, num_workers=self.workers,
             multiprocessing_context="spawn" if self.workers else None,
