@@ -47,7 +47,7 @@ bench-gpu:
 	python3 -c "import zarr, numcodecs, dask" 2>/dev/null || { \
 		python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
 		&& echo "installed the carried wheels into /tmp/site"; }
-	PYTHONPATH=/tmp/site:$$PYTHONPATH PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py
+	PYTHONPATH=/tmp/site:$$PYTHONPATH PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py $(GPU_ARGS)
 
 wheels:
 	mkdir -p .whl && $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -1,7 +1,8 @@
 """Does `heads fit` learn what the features hold? Planted stores of several difficulties, several seeds.
 
     python benchmarks/heads_quality.py [--stores small,real,...] [--seeds 3] [--precisions fp32,bf16]
-                                       [--poolings attention,mean] [--set KEY=VALUE ...] [--workers 2] [--quick]
+                                       [--poolings attention,mean] [--set KEY=VALUE ...] [--workers 2] [--device cpu]
+                                       [--quick]
 
 Each store plants a prototype per post category; a post is its category's prototype plus
 noise, and loud `other`/`product` posts (4x the noise) pollute an influencer's mean, so
@@ -87,7 +88,7 @@ def one_fit(job: tuple) -> dict:
     import torch
     torch.set_num_threads(1)
     from heads.train import FitConfig, fit
-    cfg = FitConfig(pooling=pooling, precision=precision, seed=seed, device="cpu", **overrides)
+    cfg = FitConfig(pooling=pooling, precision=precision, seed=seed, **{"device": "cpu", **overrides})
     t = time.perf_counter()
     m = fit(path, out, cfg, log=lambda *a: None)
     shutil.rmtree(out, ignore_errors=True)
@@ -120,17 +121,19 @@ def main() -> None:
     ap.add_argument("--poolings", default="attention,mean")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where the fits run (cuda: bf16 at the hardware's own speed)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", help="write every result here")
     args = ap.parse_args()
     catalogue = QUICK if args.quick else STORES
     names = list(QUICK) if args.quick else args.stores.split(",")
-    overrides = parse_set(args.set)
+    overrides = {"device": args.device, **parse_set(args.set)}
     if args.quick:
         overrides = {"max_steps": 40, "min_steps": 10, "patience": 20, "eval_steps": 10, **overrides}
     tmp = tempfile.mkdtemp(prefix="bench-quality-")
     results = {}
-    print(f"heads fit quality: {args.seeds} seeds; overrides {overrides or 'none (the defaults)'}")
+    shown = {k: v for k, v in overrides.items() if k != "device"}
+    print(f"heads fit quality on {args.device}: {args.seeds} seeds; overrides {shown or 'none (the defaults)'}")
     try:
         for name in names:
             kw, what = catalogue[name]
@@ -139,7 +142,8 @@ def main() -> None:
             base = baselines_on_means(path)
             jobs = [(path, os.path.join(tmp, f"{name}-{p}-{pr}-{s}"), p, pr, s, overrides)
                     for p in args.poolings.split(",") for pr in args.precisions.split(",") for s in range(args.seeds)]
-            with ProcessPoolExecutor(args.workers) as pool:
+            import multiprocessing
+            with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 rows = list(pool.map(one_fit, jobs))
             results[name] = {"what": what, **base, "runs": rows}
             print(f"\n{name}: {what}", flush=True)

@@ -68,12 +68,16 @@ class BatchDecoder(torch.utils.data.Dataset):
         return self._paths[1]
 
     def __getitem__(self, k: int):
+        """Batch k: (k, pixels, rows, status, raw, errors). `pixels` holds only the images decoded
+        here, in `rows` order (a failed or missing image costs no transfer); `raw` holds the JPEG
+        bytes left to nvJPEG, by row."""
         batch = self.batches[k]
         paths = self._block_paths(batch.block)
         base = batch.block * self.block
         n = batch.stop - batch.start
-        pixels = np.zeros((n, self.crop, self.crop, 3), dtype=np.uint8)
         status = np.full(n, Status.OK, dtype=np.uint8)
+        decoded: list[np.ndarray] = []
+        rows: list[int] = []
         raw: dict[int, bytes] = {}
         errors: list[tuple[int, str, str]] = []
         for i in range(n):
@@ -91,11 +95,13 @@ class BatchDecoder(torch.utils.data.Dataset):
                     if data is not None:
                         raw[i] = data
                         continue
-                pixels[i] = decode(path, self.resize, self.crop, self.exact)
+                decoded.append(decode(path, self.resize, self.crop, self.exact))
+                rows.append(i)
             except ImageError as e:
                 status[i] = e.status
                 errors.append((batch.start + i, rel, e.reason))
-        return k, torch.from_numpy(pixels), status, raw, errors
+        pixels = np.stack(decoded) if decoded else np.zeros((0, self.crop, self.crop, 3), dtype=np.uint8)
+        return k, torch.from_numpy(pixels), np.array(rows, dtype=np.int64), status, raw, errors
 
 
 def _jpeg_bytes(path: str) -> bytes | None:
@@ -121,12 +127,12 @@ def _jpeg_bytes(path: str) -> bytes | None:
     return data
 
 
-def _gpu_decode(raw: dict[int, bytes], device: torch.device, resize: int, crop: int) -> dict[int, torch.Tensor | None]:
+def _gpu_decode(raw: dict[int, bytes], device: torch.device, resize: int,
+                crop: int) -> tuple[list[int], torch.Tensor | None, list[int]]:
     """Batched torchvision.io.decode_jpeg on the device (nvJPEG on CUDA), then resize and centre crop
-    on the device. Returns HWC uint8 tensors, None for an image that failed."""
+    there, one call per image size (a release's images share a few sizes). Returns the rows decoded,
+    their NHWC uint8 pixels in that order (None if none), and the rows that failed."""
     from torchvision.io import ImageReadMode, decode_jpeg
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as F
     keys = list(raw)
     datas = [torch.frombuffer(bytearray(raw[k]), dtype=torch.uint8) for k in keys]
     try:
@@ -138,14 +144,24 @@ def _gpu_decode(raw: dict[int, bytes], device: torch.device, resize: int, crop: 
                 images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
             except Exception:
                 images.append(None)
-    out: dict[int, torch.Tensor | None] = {}
-    for k, img in zip(keys, images):
-        if img is None:
-            out[k] = None
-            continue
-        img = F.center_crop(F.resize(img, resize, InterpolationMode.BILINEAR, antialias=True), crop)
-        out[k] = img.permute(1, 2, 0)
-    return out
+    failed = [k for k, img in zip(keys, images) if img is None]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for j, img in enumerate(images):
+        if img is not None:
+            by_size.setdefault(tuple(img.shape[1:]), []).append(j)
+    rows, parts = [], []
+    for js in by_size.values():
+        rows += [keys[j] for j in js]
+        parts.append(resize_crop(torch.stack([images[j] for j in js]), resize, crop))
+    return rows, (torch.cat(parts) if parts else None), failed
+
+
+def resize_crop(images: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+    """NCHW uint8 images of one size → NHWC uint8: shorter side to `resize` (bilinear, antialiased),
+    centre crop to `crop`; torchvision's functional ops, so the same on any device."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+    return F.center_crop(F.resize(images, resize, InterpolationMode.BILINEAR, antialias=True), crop).permute(0, 2, 3, 1)
 
 
 def image_fingerprint(ef: EncoderFile, precision: str, exact: bool, decoder: str) -> dict:
@@ -200,34 +216,34 @@ class ImageJob:
 
     @torch.inference_mode()
     def encode(self, rows: slice):
+        """A block's batches from the workers: pixels to the device (pinned, non-blocking), nvJPEG's
+        share decoded there, the model; features stay on the device until the block is done, so the
+        host queues the next batch while the device computes (one synchronisation per block)."""
         pre, dev = self.pre, self.dev
         n = rows.stop - rows.start
-        feats = np.zeros((n, DIM), dtype=np.float32)
+        feats = torch.zeros((n, DIM), dtype=torch.float32, device=dev)
         status = np.empty(n, dtype=np.uint8)
         failures: list[tuple[int, str, str]] = []
         done = rows.start
         while done < rows.stop:
-            _, pixels, st, raw, errors = next(self.it)
+            _, pixels, cpu_rows, st, raw, errors = next(self.it)
             m = len(st)
+            x, ok = pixels.to(dev, non_blocking=True), np.asarray(cpu_rows, dtype=np.int64)
             if raw:
-                decoded = _gpu_decode(raw, dev, pre["resize"], pre["crop"])
-                pixels = pixels.to(dev)
-                for i, img in decoded.items():
-                    if img is None:
-                        st[i] = Status.UNREADABLE
-                        errors.append((done + i, "", "nvJPEG could not decode it"))
-                    else:
-                        pixels[i] = img
-            ok = np.flatnonzero(st == Status.OK)
+                gpu_rows, gpu_pixels, failed = _gpu_decode(raw, dev, pre["resize"], pre["crop"])
+                for i in failed:
+                    st[i] = Status.UNREADABLE
+                    errors.append((done + i, "", "nvJPEG could not decode it"))
+                if gpu_pixels is not None:
+                    x, ok = torch.cat([x, gpu_pixels]), np.concatenate([cpu_rows, np.array(gpu_rows, dtype=np.int64)])
             if len(ok):
-                x = normalize(pixels[torch.from_numpy(ok)].to(dev, non_blocking=True), pre["mean"], pre["std"])
                 with autocast(dev, self.prec):
-                    f = self.features(x.contiguous(memory_format=torch.channels_last))
-                feats[done - rows.start + ok] = f.float().cpu().numpy()
+                    f = self.features(normalize(x, pre["mean"], pre["std"]).contiguous(memory_format=torch.channels_last))
+                feats[torch.from_numpy(done - rows.start + ok).to(dev)] = f.float()
             status[done - rows.start:done - rows.start + m] = st
             failures += errors
             done += m
-        return feats, status, failures
+        return feats.cpu().numpy(), status, failures
 
     def close(self) -> None:
         self.it = iter(())                      # the worker processes end with the loader's iterator

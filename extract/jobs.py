@@ -59,6 +59,14 @@ class JobReport:
     no_input: int
     unreadable: int
     seconds: float
+    first_block_s: float = 0.0      # until the first block was committed: start-up and the pipeline's fill
+    first_block_rows: int = 0
+
+    @property
+    def steady_per_s(self) -> float | None:
+        """Rows per second after the first block: the rate a long job runs at (None with one block)."""
+        rest = self.seconds - self.first_block_s
+        return (self.rows - self.first_block_rows) / rest if self.blocks_done > 1 and rest > 0 else None
 
     def summary(self, unit: str) -> str:
         rate = self.rows / self.seconds if self.seconds else 0.0
@@ -78,6 +86,7 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False)
         delay = float(os.environ.get(BLOCK_DELAY_ENV) or 0)
         start = time.perf_counter()
         counts = np.zeros(4, dtype=np.int64)
+        first = (0.0, 0)
         with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
             ahead = pool.submit(job.prepare, rows[0]) if rows else None
             for i, (b, r) in enumerate(zip(pending, rows)):
@@ -88,6 +97,8 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False)
                 commit_block(store, job.modality, b, features, status)
                 _report_failures(store, job.modality, r, failures)
                 counts += np.bincount(status, minlength=4)[:4]
+                if i == 0:
+                    first = (time.perf_counter() - start, r.stop - r.start)
                 progress.update(r.stop - r.start, failures=int((status == Status.UNREADABLE).sum()),
                                 extra=f"blocks {len(mine) - len(pending) + i + 1}/{len(mine)}")
                 if delay:
@@ -96,7 +107,7 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False)
     finally:
         job.close()
     return JobReport(len(pending), len(mine) - len(pending), int(counts.sum()),
-                     int(counts[Status.NO_INPUT]), int(counts[Status.UNREADABLE]), time.perf_counter() - start)
+                     int(counts[Status.NO_INPUT]), int(counts[Status.UNREADABLE]), time.perf_counter() - start, *first)
 
 
 def _report_failures(store: Store, modality: str, rows: slice, failures: list[tuple[int, str, str]]) -> None:

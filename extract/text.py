@@ -7,6 +7,7 @@ it; PyTorch's scaled-dot-product attention; inference mode.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from dataclasses import dataclass
@@ -90,19 +91,42 @@ class TextEncoder:
         }
         self.model = model.to(device=device, dtype=DTYPES[precision]).eval()
         self.forward = maybe_compile(self.model, compile)
-        ids = tokenizer([""], truncation=True, max_length=max_length)["input_ids"][0]
-        self._empty = ids
+        self._empty = self._slow_ids([""])[0]
+        self._ids = self._fast_ids()
+
+    def _fast_ids(self):
+        """The Rust tokenizer's own batch call (parallel, no Python-side dicts of masks), when the
+        tokenizer has one and it gives exactly the ids the transformers call gives; else None."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        backend = copy.deepcopy(backend)
+        backend.enable_truncation(self.max_length)
+        backend.no_padding()
+        call = getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+        def ids(captions):
+            return [e.ids for e in call(captions)]
+        probe = ["", "a", "Hello, World! #food 🍝 naïve café", "x " * (2 * self.max_length), "日本語のテキスト"]
+        try:
+            same = ids(probe) == self._slow_ids(probe)
+        except Exception:
+            same = False
+        return ids if same else None
+
+    def _slow_ids(self, captions):
+        return self.tokenizer(captions, truncation=True, max_length=self.max_length)["input_ids"]
 
     def prepare(self, captions: list[str]) -> Prepared:
         """Tokenise a block; '' gets status 2 (no input), a caption that fails gets status 3."""
         status = np.full(len(captions), Status.OK, dtype=np.uint8)
         try:
-            ids = self.tokenizer(captions, truncation=True, max_length=self.max_length)["input_ids"]
+            ids = (self._ids or self._slow_ids)(captions)
         except Exception:           # some caption is untokenisable: find it, keep the rest
             ids = []
             for i, c in enumerate(captions):
                 try:
-                    ids.append(self.tokenizer([c], truncation=True, max_length=self.max_length)["input_ids"][0])
+                    ids.append(self._slow_ids([c])[0])
                 except Exception:
                     ids.append(self._empty)
                     status[i] = Status.UNREADABLE
@@ -125,7 +149,9 @@ class TextEncoder:
     @torch.inference_mode()
     def encode(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
         ids = prepared.ids
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        # [CLS] vectors stay on the device until the block is done: one synchronisation per block, so
+        # the host pads the next batch while the device computes this one
+        out = torch.empty((len(ids), self.dim), dtype=torch.float32, device=self.device)
         lengths = np.array([len(x) for x in ids], dtype=np.int64)
         pad = self.tokenizer.pad_token_id or 0
         for rows in self.batches(lengths):
@@ -138,9 +164,9 @@ class TextEncoder:
                 batch[k, :lengths[r]] = ids[r]
                 mask[k, :lengths[r]] = 1
             hidden = self.forward(input_ids=torch.from_numpy(batch).to(self.device),
-                                attention_mask=torch.from_numpy(mask).to(self.device)).last_hidden_state
-            out[rows] = hidden[:, 0].float().cpu().numpy()
-        return out, prepared.status
+                                  attention_mask=torch.from_numpy(mask).to(self.device)).last_hidden_state
+            out[torch.from_numpy(rows).to(self.device)] = hidden[:, 0].float()
+        return out.cpu().numpy(), prepared.status
 
 
 def _store_captions(store: Store, limit: int):

@@ -36,7 +36,7 @@ def fit(store: str = typer.Argument(..., help="store path or URL"),
         normalize: Normalize = typer.Option("auto", help="input scaling fitted on the train posts: feature (each feature's "
                                       "mean and std), none, or auto (both, the better on validation)"),
         standardize: bool = typer.Option(False, help="the same as --normalize feature (kept for old scripts)"),
-        restarts: int = typer.Option(1, help="independent initialisations; the best on validation is kept"),
+        restarts: int = typer.Option(2, help="independent initialisations; the best on validation is kept"),
         seed: int = typer.Option(0),
         device: str = typer.Option("auto"),
         precision: HeadPrecision = typer.Option("fp32", help="fp32 (the default: bf16 is not yet shown to keep accuracy on "

@@ -127,8 +127,9 @@ def test_images_outside_the_dataset_are_never_read(data, tmp_path):
     for raw_jpeg in (False, True):
         dec = BatchDecoder("(unused)", str(data), [Batch(0, 0, 2)], 256, 342, 299, False, raw_jpeg=raw_jpeg)
         dec._paths = (0, np.array(["../secret.jpg", f"{release.IMAGE_DIR}/missing.jpg"], dtype=object))
-        _, _, status, raw, errors = dec[0]
+        _, pixels, rows, status, raw, errors = dec[0]
         assert status[0] == Status.UNREADABLE and "outside the dataset" in errors[0][2] and not raw
+        assert len(pixels) == len(rows) == 0                # nothing decoded, nothing sent to the model
         assert status[1] == Status.NO_INPUT
 
 
