@@ -192,6 +192,10 @@ class ImageJob:
         if dev.type == "cuda" or prec != "fp32":
             self.encoder = self.encoder.to(memory_format=torch.channels_last)
         self.features = maybe_compile(self.encoder.features, compile)
+        # compiled: every batch padded to the batch size, so that a short batch (a block's last, or one
+        # with failed images) is not a new shape to compile (the GPU bench saw one such recompile take
+        # 28 s); rows are independent in eval mode, so padding changes no feature
+        self.pad_batches = compile
         self.it = iter(())
 
     def plan(self, blocks: list[int]) -> None:
@@ -237,9 +241,11 @@ class ImageJob:
                 if gpu_pixels is not None:
                     x, ok = torch.cat([x, gpu_pixels]), np.concatenate([cpu_rows, np.array(gpu_rows, dtype=np.int64)])
             if len(ok):
+                if self.pad_batches and len(ok) < self.batch_size:
+                    x = torch.cat([x, x.new_zeros((self.batch_size - len(ok), *x.shape[1:]))])
                 with autocast(dev, self.prec):
                     f = self.features(normalize(x, pre["mean"], pre["std"]).contiguous(memory_format=torch.channels_last))
-                feats[torch.from_numpy(done - rows.start + ok).to(dev)] = f.float()
+                feats[torch.from_numpy(done - rows.start + ok).to(dev)] = f[:len(ok)].float()
             status[done - rows.start:done - rows.start + m] = st
             failures += errors
             done += m

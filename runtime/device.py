@@ -56,7 +56,8 @@ def autocast(device: torch.device, precision: str):
 def maybe_compile(fn, enabled: bool):
     """torch.compile(fn) when asked (shapes that vary become dynamic after the first recompile), else fn.
 
-    Off by default everywhere: it has not yet been shown to pay on a GPU (benchmarks/gpu.py measures it)."""
+    Off by default: on an H200 the text model gained nothing and Inception alone 2.1x, and the image
+    job with its padded batches has not yet been measured there (benchmarks/gpu.py; README)."""
     return torch.compile(fn) if enabled else fn
 
 

@@ -391,3 +391,28 @@ def test_device_decode_resizes_each_size_in_one_call_like_one_by_one(tmp_path):
     for k, row in enumerate(rows):
         one = decode_jpeg(torch.frombuffer(bytearray(raw[row]), dtype=torch.uint8), mode=ImageReadMode.RGB)
         torch.testing.assert_close(pixels[k], resize_crop(one[None], 342, 299)[0], rtol=0, atol=0)
+
+
+def test_compiled_job_pads_short_batches_without_changing_features(sample, encoder_file, extracted, tmp_path,
+                                                                    monkeypatch):
+    """--compile pads every batch to the batch size (a short one would be a new shape to compile).
+    With compilation itself replaced by the plain model, the padded job's features equal the
+    reference job's: padding rows change no real row."""
+    import extract.images as images
+    monkeypatch.setattr(images, "maybe_compile", lambda fn, enabled: fn)
+    seen = []
+    path = build_store(sample, str(tmp_path / "s.zarr"))
+    job_init = images.ImageJob.__init__
+
+    def spy(self, *a, **kw):
+        job_init(self, *a, **kw)
+        features = self.features
+        self.features = lambda x: (seen.append(len(x)), features(x))[1]
+    monkeypatch.setattr(images.ImageJob, "__init__", spy)
+    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=7, compile=True, quiet=True)
+    assert set(seen) == {7}                                 # every call the same shape
+    s, ref = open_store(path), open_store(extracted[0])
+    np.testing.assert_array_equal(s["features/image_status"][:], ref["features/image_status"][:])
+    ok = s["features/image_status"][:] == Status.OK
+    np.testing.assert_allclose(s["features/image"][:][ok].astype(np.float32),
+                               ref["features/image"][:][ok].astype(np.float32), rtol=2e-3, atol=2e-3)
