@@ -54,11 +54,12 @@ def text(store: str = typer.Argument(..., help="store path or URL"),
          device: str = typer.Option("auto", help="auto, cpu or cuda"),
          precision: Precision = typer.Option("auto", help="auto: bf16 on GPUs and bf16-capable CPUs"),
          compile: bool = typer.Option(False, "--compile", help="torch.compile the model (off by default until "
-                                      "shown to pay on a GPU; README)")):
+                                      "shown to pay on a GPU; README)"),
+         workers: int = typer.Option(0, help="processes that read and tokenise blocks ahead (0: one thread)")):
     """BERT [CLS] features of every caption in the shard's blocks, resumable block by block."""
     from extract.text import run_text
     report = run_text(store, shard, model=model, max_length=max_length, batch_tokens=batch_tokens,
-                      device=device, precision=precision.value, compile=compile)
+                      device=device, precision=precision.value, compile=compile, workers=workers)
     say(f"text {shard}: {report.summary('captions')}")
 
 

@@ -14,6 +14,7 @@ JPEGs can also be decoded by nvJPEG through torchvision.io (`--decoder nvjpeg`).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,6 +198,7 @@ class ImageJob:
         # 28 s); rows are independent in eval mode, so padding changes no feature
         self.pad_batches = compile
         self.it = iter(())
+        self.waited = 0.0                       # seconds spent waiting for the decoding workers
 
     def plan(self, blocks: list[int]) -> None:
         batches = []
@@ -230,7 +232,9 @@ class ImageJob:
         failures: list[tuple[int, str, str]] = []
         done = rows.start
         while done < rows.stop:
+            t = time.perf_counter()
             _, pixels, cpu_rows, st, raw, errors = next(self.it)
+            self.waited += time.perf_counter() - t
             m = len(st)
             x, ok = pixels.to(dev, non_blocking=True), np.asarray(cpu_rows, dtype=np.int64)
             if raw:

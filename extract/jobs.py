@@ -50,6 +50,10 @@ class BlockJob(Protocol):
     def close(self) -> None:
         """Release workers and devices."""
 
+    # seconds `encode` spent waiting for inputs made elsewhere (the image job's decoding workers);
+    # counted as waiting for inputs, not encoding, in the job's report
+    waited: float
+
 
 @dataclass
 class JobReport:
@@ -61,6 +65,11 @@ class JobReport:
     seconds: float
     first_block_s: float = 0.0      # until the first block was committed: start-up and the pipeline's fill
     first_block_rows: int = 0
+    # where the loop's time went: waiting for the next block's inputs (the input side is the bottleneck
+    # when this is large), encoding (the model, and for images the device-side decode), committing
+    wait_s: float = 0.0
+    encode_s: float = 0.0
+    commit_s: float = 0.0
 
     @property
     def steady_per_s(self) -> float | None:
@@ -71,7 +80,8 @@ class JobReport:
     def summary(self, unit: str) -> str:
         rate = self.rows / self.seconds if self.seconds else 0.0
         return (f"{self.blocks_done} blocks ({self.rows} {unit}) written, {self.blocks_skipped} already done; "
-                f"{rate:.1f} {unit}/s; no input {self.no_input}, unreadable {self.unreadable}")
+                f"{rate:.1f} {unit}/s; no input {self.no_input}, unreadable {self.unreadable}; "
+                f"{self.wait_s:.1f} s waiting for inputs, {self.encode_s:.1f} s encoding, {self.commit_s:.1f} s writing")
 
 
 def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False) -> JobReport:
@@ -87,15 +97,20 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False)
         start = time.perf_counter()
         counts = np.zeros(4, dtype=np.int64)
         first = (0.0, 0)
+        spent = np.zeros(3)         # waiting for inputs, encoding, committing
         with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
             ahead = pool.submit(job.prepare, rows[0]) if rows else None
             for i, (b, r) in enumerate(zip(pending, rows)):
+                t0 = time.perf_counter()
                 inputs = ahead.result()
                 if i + 1 < len(rows):
                     ahead = pool.submit(job.prepare, rows[i + 1])
+                t1 = time.perf_counter()
                 features, status, failures = job.encode(inputs)
+                t2 = time.perf_counter()
                 commit_block(store, job.modality, b, features, status)
                 _report_failures(store, job.modality, r, failures)
+                spent += (t1 - t0, t2 - t1, time.perf_counter() - t2)
                 counts += np.bincount(status, minlength=4)[:4]
                 if i == 0:
                     first = (time.perf_counter() - start, r.stop - r.start)
@@ -104,10 +119,12 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False)
                 if delay:
                     time.sleep(delay)
         progress.close()
+        spent += (job.waited, -job.waited, 0.0)
     finally:
         job.close()
     return JobReport(len(pending), len(mine) - len(pending), int(counts.sum()),
-                     int(counts[Status.NO_INPUT]), int(counts[Status.UNREADABLE]), time.perf_counter() - start, *first)
+                     int(counts[Status.NO_INPUT]), int(counts[Status.UNREADABLE]), time.perf_counter() - start, *first,
+                     *map(float, spent))
 
 
 def _report_failures(store: Store, modality: str, rows: slice, failures: list[tuple[int, str, str]]) -> None:

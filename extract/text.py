@@ -2,21 +2,21 @@
 
 Fast the way inference stacks are: within a block, captions are sorted by token length and
 batched under a token budget (dynamic padding) and put back in order afterwards;
-tokenising the next block overlaps the model (extract.jobs); bf16 where the hardware has
+tokenising the next block overlaps the model (extract.jobs; in `--workers` processes with
+extract.tokenise); bf16 where the hardware has
 it; PyTorch's scaled-dot-product attention; inference mode.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from cache.schema import Status
 from cache.store import Store
+from extract.tokenise import Prepared, Tokeniser, TokenisingWorkers
 from runtime.console import warn
 from runtime.device import DTYPES, maybe_compile, pick_device, pick_precision, weights_digest
 from runtime.errors import EncoderLoadError, UserError
@@ -71,13 +71,6 @@ def _pretrained(name: str):
     return tokenizer, model
 
 
-@dataclass
-class Prepared:
-    ids: list[list[int]]        # token ids per row, [CLS] … [SEP], truncated
-    status: np.ndarray
-    start: int = 0              # the block's first row (set by TextJob: failures name their post)
-
-
 class TextEncoder:
     def __init__(self, name: str, tokenizer, model, device: torch.device, precision: str,
                  max_length: int, batch_tokens: int, compile: bool = False):
@@ -91,49 +84,11 @@ class TextEncoder:
         }
         self.model = model.to(device=device, dtype=DTYPES[precision]).eval()
         self.forward = maybe_compile(self.model, compile)
-        self._empty = self._slow_ids([""])[0]
-        self._ids = self._fast_ids()
-
-    def _fast_ids(self):
-        """The Rust tokenizer's own batch call (parallel, no Python-side dicts of masks), when the
-        tokenizer has one and it gives exactly the ids the transformers call gives; else None."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            return None
-        backend = copy.deepcopy(backend)
-        backend.enable_truncation(self.max_length)
-        backend.no_padding()
-        call = getattr(backend, "encode_batch_fast", backend.encode_batch)
-
-        def ids(captions):
-            return [e.ids for e in call(captions)]
-        probe = ["", "a", "Hello, World! #food 🍝 naïve café", "x " * (2 * self.max_length), "日本語のテキスト"]
-        try:
-            same = ids(probe) == self._slow_ids(probe)
-        except Exception:
-            same = False
-        return ids if same else None
-
-    def _slow_ids(self, captions):
-        return self.tokenizer(captions, truncation=True, max_length=self.max_length)["input_ids"]
+        self.tokenise = Tokeniser(tokenizer, max_length)
 
     def prepare(self, captions: list[str]) -> Prepared:
-        """Tokenise a block; '' gets status 2 (no input), a caption that fails gets status 3."""
-        status = np.full(len(captions), Status.OK, dtype=np.uint8)
-        try:
-            ids = (self._ids or self._slow_ids)(captions)
-        except Exception:           # some caption is untokenisable: find it, keep the rest
-            ids = []
-            for i, c in enumerate(captions):
-                try:
-                    ids.append(self._slow_ids([c])[0])
-                except Exception:
-                    ids.append(self._empty)
-                    status[i] = Status.UNREADABLE
-        for i, c in enumerate(captions):
-            if status[i] == Status.OK and not c.strip():
-                status[i] = Status.NO_INPUT
-        return Prepared(list(ids), status)
+        """Tokenise captions here, in this process (extract.tokenise)."""
+        return self.tokenise(captions)
 
     def batches(self, lengths: np.ndarray):
         """Row indices sorted by length, cut so that rows × longest row ≤ the token budget."""
@@ -148,23 +103,21 @@ class TextEncoder:
 
     @torch.inference_mode()
     def encode(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
-        ids = prepared.ids
+        lengths, offsets, flat = prepared.lengths, prepared.offsets, prepared.flat
         # [CLS] vectors stay on the device until the block is done: one synchronisation per block, so
         # the host pads the next batch while the device computes this one
-        out = torch.empty((len(ids), self.dim), dtype=torch.float32, device=self.device)
-        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        out = torch.empty((len(lengths), self.dim), dtype=torch.float32, device=self.device)
         pad = self.tokenizer.pad_token_id or 0
         for rows in self.batches(lengths):
             width = int(lengths[rows].max())
             if self.compiled:       # widths in steps of 16: a few shapes to compile, not one per length
                 width = min(-(-width // 16) * 16, self.max_length)
-            batch = np.full((len(rows), width), pad, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for k, r in enumerate(rows):
-                batch[k, :lengths[r]] = ids[r]
-                mask[k, :lengths[r]] = 1
+            cols = np.arange(width)
+            valid = cols[None, :] < lengths[rows][:, None]
+            at = np.minimum(offsets[rows][:, None] + cols[None, :], max(len(flat) - 1, 0))
+            batch = np.where(valid, flat[at] if len(flat) else pad, pad)
             hidden = self.forward(input_ids=torch.from_numpy(batch).to(self.device),
-                                  attention_mask=torch.from_numpy(mask).to(self.device)).last_hidden_state
+                                  attention_mask=torch.from_numpy(valid.astype(np.int64)).to(self.device)).last_hidden_state
             out[torch.from_numpy(rows).to(self.device)] = hidden[:, 0].float()
         return out.cpu().numpy(), prepared.status
 
@@ -200,18 +153,28 @@ def load_text_encoder(name: str, store: Store | None = None, *, device: str = "a
 
 
 class TextJob:
-    """`extract text` as a shard job (extract.jobs.BlockJob): captions in, [CLS] features out."""
+    """`extract text` as a shard job (extract.jobs.BlockJob): captions in, [CLS] features out.
+    With `workers`, blocks are read and tokenised ahead in that many processes (extract.tokenise);
+    without, in run_shard's prefetch thread."""
     modality, unit = "text", "captions"
+    waited = 0.0                                # tokenising happens in prepare, timed by run_shard
 
-    def __init__(self, encoder: TextEncoder, store: Store):
-        self.encoder, self.captions = encoder, store["posts/caption"]
+    def __init__(self, encoder: TextEncoder, store: Store, workers: int = 0):
+        self.encoder, self.store, self.workers = encoder, store, workers
+        self.captions = store["posts/caption"]
         self.fingerprint = encoder.fingerprint
+        self.pool: TokenisingWorkers | None = None
 
     def plan(self, blocks: list[int]) -> None:
-        pass                                    # captions are read block by block in prepare
+        if self.workers and blocks:
+            self.pool = TokenisingWorkers(self.encoder.tokenise, self.store.url,
+                                          [self.store.block_rows(b) for b in blocks], self.workers)
 
     def prepare(self, rows: slice) -> Prepared:
-        prepared = self.encoder.prepare([str(c) for c in self.captions[rows]])
+        if self.pool is not None:
+            prepared = self.pool.next(rows)
+        else:
+            prepared = self.encoder.prepare([str(c) for c in self.captions[rows]])
         prepared.start = rows.start
         return prepared
 
@@ -221,17 +184,21 @@ class TextJob:
         return features, status, [(int(prepared.start + i), "caption", "the tokenizer refused it") for i in failed]
 
     def close(self) -> None:
-        pass
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 def run_text(url: str, shard: str, *, model: str = DEFAULT_MODEL, max_length: int = 128,
              batch_tokens: int | None = None, device: str = "auto", precision: str = "auto",
-             compile: bool = False, quiet: bool = False):
+             compile: bool = False, workers: int = 0, quiet: bool = False):
     from cache.blocks import parse_shard
     from cache.store import open_store
     from extract.jobs import run_shard
     sh = parse_shard(shard)
+    if workers < 0:
+        raise UserError("--workers must be >= 0")
     store = open_store(url, "r+")
     encoder = load_text_encoder(model, store, device=device, precision=precision, max_length=max_length,
                                 batch_tokens=batch_tokens, compile=compile)
-    return run_shard(store, sh, TextJob(encoder, store), quiet=quiet)
+    return run_shard(store, sh, TextJob(encoder, store, workers), quiet=quiet)

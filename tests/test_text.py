@@ -98,3 +98,37 @@ def test_random_vocabulary_is_the_same_in_every_process(store_path):
             "print(len(v), hashlib.sha256(repr(sorted(v.items())).encode()).hexdigest())")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout for _ in range(2)}
     assert len(outs) == 1 and int(next(iter(outs)).split()[0]) > 100
+
+
+def test_tokenising_workers_write_what_the_thread_writes(sample, tiny_bert, fp32_store, tmp_path, monkeypatch):
+    """`extract text --workers 2`: blocks read and tokenised ahead in two processes give the very
+    features and statuses the in-process job gives (a lone surrogate is refused in a worker too)."""
+    from extract.tokenise import TokenisingWorkers
+    taken = []
+    plain_next = TokenisingWorkers.next
+    monkeypatch.setattr(TokenisingWorkers, "next", lambda self, rows: taken.append(rows) or plain_next(self, rows))
+    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
+    r = CliRunner().invoke(extract_app, ["text", path, "--shard", "0/1", "--model", tiny_bert, "--precision", "fp32",
+                                         "--device", "cpu", "--batch-tokens", "512", "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    s, ref = open_store(path), open_store(fp32_store)
+    assert len(taken) == s.n_blocks > 1                     # every block came from the workers
+    np.testing.assert_array_equal(s["features/text_status"][:], ref["features/text_status"][:])
+    np.testing.assert_array_equal(s["features/text"][:], ref["features/text"][:])
+    assert verify(s) == []
+
+
+def test_tokeniser_gives_the_transformers_ids(tiny_bert, store_path):
+    """The Rust batch call is used only when it agrees with the transformers call; on the sample's
+    captions (emoji, accents, long ones cut at 128) they agree id for id, and pickling (how worker
+    processes get it) keeps the fast path."""
+    import pickle
+
+    from transformers import AutoTokenizer
+    enc = load_text_encoder(tiny_bert, device="cpu", precision="fp32")
+    assert enc.tokenise._fast is not None
+    captions = [str(c) for c in open_store(store_path)["posts/caption"][:]]
+    want = AutoTokenizer.from_pretrained(tiny_bert)(captions, truncation=True, max_length=128)["input_ids"]
+    assert enc.prepare(captions).ids == [list(x) for x in want]
+    again = pickle.loads(pickle.dumps(enc.tokenise))
+    assert again._fast is not None and again(captions).ids == [list(x) for x in want]
