@@ -15,10 +15,11 @@ def test_gpu_bench_dry_run(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     r = json.load(open(tmp_path / "gpu-bench.json"))
     assert r["dry_run"] is True
-    for step in ("sample", "text_plain", "text_job", "finetune", "images_plain", "images_pil", "decode", "model_only",
-                 "text_model", "agreement", "heads"):
+    for step in ("sample", "text_plain", "text_job", "text_job_workers", "finetune", "images_plain", "images_pil",
+                 "images_nvjpeg", "decode", "model_only", "text_model", "agreement", "agreement_nvjpeg", "heads"):
         assert r[step]["ok"], (step, r[step].get("error"))
     assert r["agreement"]["text_min_cosine"] >= 0.999 and r["agreement"]["image_min_cosine"] >= 0.99
-    assert r["text_job"]["captions"] == r["sample"]["posts"]
+    assert r["text_job"]["rows"] == r["text_job_workers"]["rows"] == r["images_pil"]["rows"] == r["sample"]["posts"]
+    assert r["text_job"]["blocks"] > 1                  # so that the rate after the first block exists
     table = open(tmp_path / "gpu-bench.md").read()
     assert "| text_job |" in table and "10.2 M posts per GPU" in table
