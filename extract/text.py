@@ -114,8 +114,9 @@ class TextEncoder:
                 width = min(-(-width // 16) * 16, self.max_length)
             cols = np.arange(width)
             valid = cols[None, :] < lengths[rows][:, None]
-            at = np.minimum(offsets[rows][:, None] + cols[None, :], max(len(flat) - 1, 0))
-            batch = np.where(valid, flat[at] if len(flat) else pad, pad)
+            # positions past a row's end are clamped into the array and then replaced by padding
+            at = np.minimum(offsets[rows][:, None] + cols[None, :], len(flat) - 1)
+            batch = np.where(valid, flat[at], pad)
             hidden = self.forward(input_ids=torch.from_numpy(batch).to(self.device),
                                   attention_mask=torch.from_numpy(valid.astype(np.int64)).to(self.device)).last_hidden_state
             out[torch.from_numpy(rows).to(self.device)] = hidden[:, 0].float()
