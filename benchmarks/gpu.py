@@ -32,6 +32,8 @@ import threading
 import time
 import traceback
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 RELEASE_POSTS = 10_180_500
@@ -245,6 +247,31 @@ def text_model(url: str, device: str, compile: bool, n: int) -> dict:
             "precision": enc.precision}
 
 
+def text_host(url: str) -> dict:
+    """The text job's host stages alone, block by block in one thread, no model: reading the block's
+    captions, tokenising them (the job's in-process tokeniser), padding its batches. Microseconds per
+    caption, and the rate one thread could feed the model at; the job's writing is in its own split."""
+    from cache.store import open_store
+    from extract.text import load_text_encoder
+    s = open_store(url)
+    enc = load_text_encoder("random", s, device="cpu", precision="fp32")
+    captions, spent, rows = s["posts/caption"], np.zeros(3), 0
+    for b in range(s.n_blocks):
+        r = s.block_rows(b)
+        t0 = time.perf_counter()
+        texts = [str(c) for c in captions[r]]
+        t1 = time.perf_counter()
+        prepared = enc.prepare(texts)
+        t2 = time.perf_counter()
+        for _ in enc.padded(prepared):
+            pass
+        spent += (t1 - t0, t2 - t1, time.perf_counter() - t2)
+        rows += len(texts)
+    us = spent / max(rows, 1) * 1e6
+    return {"rows": rows, "read_us": round(float(us[0]), 1), "tokenise_us": round(float(us[1]), 1),
+            "pad_us": round(float(us[2]), 1), "per_s": 1e6 / float(us.sum()) if us.sum() else None}
+
+
 def agreement(url: str, data: str, encoder: str, n: int, text: bool = True) -> dict:
     """Cosine between the job's stored features (on the device) and a CPU fp32 reference, first n posts."""
     import numpy as np
@@ -335,6 +362,9 @@ def table(r: dict, device_name: str) -> str:
               f"agreement with CPU fp32: text min cosine {f(get('agreement', 'text_min_cosine'), '{:.5f}')} "
               f"(floor 0.999), image {f(get('agreement', 'image_min_cosine'), '{:.5f}')} (floor 0.99), "
               f"image with --decoder nvjpeg {f(get('agreement_nvjpeg', 'image_min_cosine'), '{:.5f}')}",
+              f"text host stages alone (one thread, no model, per caption): read {get('text_host', 'read_us')} us, "
+              f"tokenise {get('text_host', 'tokenise_us')} us, pad {get('text_host', 'pad_us')} us: "
+              f"{f(get('text_host', 'per_s'))} captions/s at most from one thread; writing in text_job's split",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     tr = max(get("text_job", "per_s") or 0, get("text_job_workers", "per_s") or 0)
@@ -382,6 +412,7 @@ def main() -> None:
         data = results["sample"].get("data", "")
         step(results, "text_plain", plain_text, pil, device, 16 if dry else 4096)
         step(results, "text_job", job_text, pil, device_s)
+        step(results, "text_host", text_host, pil)
         # the same job tokenising in worker processes (on a fresh copy of the store)
         step(results, "text_job_workers", job_text, os.path.join(tmp, "second.zarr"), device_s, False,
              2 if dry else max(1, workers // 2))

@@ -101,12 +101,9 @@ class TextEncoder:
             yield order[start:end]
             start = end
 
-    @torch.inference_mode()
-    def encode(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
+    def padded(self, prepared: Prepared):
+        """The block's batches as (rows, token ids, attention mask), padded with numpy alone."""
         lengths, offsets, flat = prepared.lengths, prepared.offsets, prepared.flat
-        # [CLS] vectors stay on the device until the block is done: one synchronisation per block, so
-        # the host pads the next batch while the device computes this one
-        out = torch.empty((len(lengths), self.dim), dtype=torch.float32, device=self.device)
         pad = self.tokenizer.pad_token_id or 0
         for rows in self.batches(lengths):
             width = int(lengths[rows].max())
@@ -116,9 +113,16 @@ class TextEncoder:
             valid = cols[None, :] < lengths[rows][:, None]
             # positions past a row's end are clamped into the array and then replaced by padding
             at = np.minimum(offsets[rows][:, None] + cols[None, :], len(flat) - 1)
-            batch = np.where(valid, flat[at], pad)
+            yield rows, np.where(valid, flat[at], pad), valid.astype(np.int64)
+
+    @torch.inference_mode()
+    def encode(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
+        # [CLS] vectors stay on the device until the block is done: one synchronisation per block, so
+        # the host pads the next batch while the device computes this one
+        out = torch.empty((len(prepared.lengths), self.dim), dtype=torch.float32, device=self.device)
+        for rows, batch, mask in self.padded(prepared):
             hidden = self.forward(input_ids=torch.from_numpy(batch).to(self.device),
-                                  attention_mask=torch.from_numpy(valid.astype(np.int64)).to(self.device)).last_hidden_state
+                                  attention_mask=torch.from_numpy(mask).to(self.device)).last_hidden_state
             out[torch.from_numpy(rows).to(self.device)] = hidden[:, 0].float()
         return out.cpu().numpy(), prepared.status
 
