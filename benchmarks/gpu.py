@@ -247,10 +247,11 @@ def text_model(url: str, device: str, compile: bool, n: int) -> dict:
             "precision": enc.precision}
 
 
-def text_host(url: str) -> dict:
+def text_host(url: str, workers: int = 0) -> dict:
     """The text job's host stages alone, block by block in one thread, no model: reading the block's
     captions, tokenising them (the job's in-process tokeniser), padding its batches. Microseconds per
-    caption, and the rate one thread could feed the model at; the job's writing is in its own split."""
+    caption, and the rate one thread could feed the model at; the job's writing is in its own split.
+    With `workers`, also the rate `workers` tokenising processes deliver the blocks at (after the first)."""
     from cache.store import open_store
     from extract.text import load_text_encoder
     s = open_store(url)
@@ -268,8 +269,25 @@ def text_host(url: str) -> dict:
         spent += (t1 - t0, t2 - t1, time.perf_counter() - t2)
         rows += len(texts)
     us = spent / max(rows, 1) * 1e6
-    return {"rows": rows, "read_us": round(float(us[0]), 1), "tokenise_us": round(float(us[1]), 1),
-            "pad_us": round(float(us[2]), 1), "per_s": 1e6 / float(us.sum()) if us.sum() else None}
+    out = {"rows": rows, "read_us": round(float(us[0]), 1), "tokenise_us": round(float(us[1]), 1),
+           "pad_us": round(float(us[2]), 1), "per_s": 1e6 / float(us.sum()) if us.sum() else None}
+    if workers and s.n_blocks > 1:      # the same blocks read and tokenised by `extract text --workers`' processes
+        from extract.tokenise import TokenisingWorkers
+        blocks = [s.block_rows(b) for b in range(s.n_blocks)]
+        t0 = time.perf_counter()
+        pool = TokenisingWorkers(enc.tokenise, url, blocks, workers)
+        try:
+            pool.next(blocks[0])
+            t1 = time.perf_counter()
+            for r in blocks[1:]:
+                pool.next(r)
+            t2 = time.perf_counter()
+        finally:
+            pool.close()
+        first = blocks[0].stop - blocks[0].start
+        out.update(workers=workers, workers_first_block_s=round(t1 - t0, 2),
+                   workers_per_s=(rows - first) / (t2 - t1) if t2 > t1 else None)
+    return out
 
 
 def agreement(url: str, data: str, encoder: str, n: int, text: bool = True) -> dict:
@@ -364,7 +382,9 @@ def table(r: dict, device_name: str) -> str:
               f"image with --decoder nvjpeg {f(get('agreement_nvjpeg', 'image_min_cosine'), '{:.5f}')}",
               f"text host stages alone (one thread, no model, per caption): read {get('text_host', 'read_us')} us, "
               f"tokenise {get('text_host', 'tokenise_us')} us, pad {get('text_host', 'pad_us')} us: "
-              f"{f(get('text_host', 'per_s'))} captions/s at most from one thread; writing in text_job's split",
+              f"{f(get('text_host', 'per_s'))} captions/s at most from one thread, "
+              f"{f(get('text_host', 'workers_per_s'))}/s read and tokenised by {get('text_host', 'workers')} worker "
+              f"processes; writing in text_job's split",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     tr = max(get("text_job", "per_s") or 0, get("text_job_workers", "per_s") or 0)
@@ -390,7 +410,13 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the script, measures nothing")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--skip", default="", help="steps to leave out, comma-separated (e.g. text_model_compiled)")
+    ap.add_argument("--text-host", metavar="STORE", help="only the text_host step, on this store, on any machine "
+                    "(with --text-workers processes); prints its JSON")
+    ap.add_argument("--text-workers", type=int, default=2)
     args = ap.parse_args()
+    if args.text_host:
+        print(json.dumps(text_host(args.text_host, args.text_workers)))
+        return
     import tempfile
 
     import torch
@@ -412,10 +438,10 @@ def main() -> None:
         data = results["sample"].get("data", "")
         step(results, "text_plain", plain_text, pil, device, 16 if dry else 4096)
         step(results, "text_job", job_text, pil, device_s)
-        step(results, "text_host", text_host, pil)
         # the same job tokenising in worker processes (on a fresh copy of the store)
-        step(results, "text_job_workers", job_text, os.path.join(tmp, "second.zarr"), device_s, False,
-             2 if dry else max(1, workers // 2))
+        text_workers = 2 if dry else max(1, workers // 2)
+        step(results, "text_host", text_host, pil, text_workers)
+        step(results, "text_job_workers", job_text, os.path.join(tmp, "second.zarr"), device_s, False, text_workers)
         enc = os.path.join(tmp, "encoder.pt")
         step(results, "finetune", finetune_encoder, pil, enc, dry, device_s)
         paths = image_paths(pil, data, 16 if dry else 2048) if os.path.exists(pil) else []

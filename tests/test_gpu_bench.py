@@ -20,7 +20,7 @@ def test_gpu_bench_dry_run(tmp_path):
         assert r[step]["ok"], (step, r[step].get("error"))
     assert r["agreement"]["text_min_cosine"] >= 0.999 and r["agreement"]["image_min_cosine"] >= 0.99
     assert r["text_job"]["rows"] == r["text_job_workers"]["rows"] == r["images_pil"]["rows"] == r["sample"]["posts"]
-    assert r["text_host"]["rows"] == r["sample"]["posts"] and r["text_host"]["tokenise_us"] > 0
+    assert r["text_host"]["rows"] == r["sample"]["posts"] and r["text_host"]["tokenise_us"] > 0 and r["text_host"]["workers_per_s"] > 0
     assert r["text_job"]["blocks"] > 1                  # so that the rate after the first block exists
     table = open(tmp_path / "gpu-bench.md").read()
     assert "| text_job |" in table and "10.2 M posts per GPU" in table and "text host stages alone" in table
