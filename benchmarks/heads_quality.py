@@ -159,11 +159,11 @@ def main() -> None:
                           f"{np.mean([r['seconds'] for r in rs]):6.1f}  " +
                           " ".join(f"{r['test']:.3f}({r['normalize'][0]})" for r in rs), flush=True)
             shutil.rmtree(path, ignore_errors=True)
+            if args.json:           # after every store: a run cut short keeps the stores it finished
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=2)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

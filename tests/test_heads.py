@@ -380,3 +380,23 @@ def test_bf16_keeps_narrow_band_features_once_normalised():
             low = model.fuse(model.normalise(x)).float()
     dev = lambda t: t - t.mean(0)  # noqa: E731
     assert ((dev(ref) - dev(low)).norm() / dev(ref).norm()) < 0.02
+
+
+def test_quality_benchmark_quick_run_writes_its_table_and_json(tmp_path):
+    """benchmarks/heads_quality.py --quick: every pooling and seed fitted, the table printed, the JSON
+    written with each run's test accuracy, the reference and the best baseline (so the script cannot rot)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "q.json"
+    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "heads_quality.py"), "--quick", "--seeds", "2",
+                        "--precisions", "fp32", "--workers", "1", "--json", str(out)],
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "attention  fp32" in r.stdout and "mean       fp32" in r.stdout
+    tiny = json.load(open(out))["tiny"]
+    runs = tiny["runs"]
+    assert sorted((x["pooling"], x["seed"]) for x in runs) == [("attention", 0), ("attention", 1), ("mean", 0), ("mean", 1)]
+    assert all(0.0 <= x["test"] <= 1.0 and 0.0 <= x["reference"] <= 1.0 and x["normalize"] in ("feature", "none")
+               for x in runs)
+    assert tiny["best_baseline"] and 0.0 <= tiny["baseline_test"] <= 1.0
