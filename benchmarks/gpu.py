@@ -257,8 +257,8 @@ def text_host(url: str, workers: int = 0) -> dict:
     s = open_store(url)
     enc = load_text_encoder("random", s, device="cpu", precision="fp32")
     captions, spent, rows = s["posts/caption"], np.zeros(3), 0
-    for b in range(s.n_blocks):
-        r = s.block_rows(b)
+    blocks = [s.block_rows(b) for b in range(s.n_blocks)]
+    for r in blocks:
         t0 = time.perf_counter()
         texts = [str(c) for c in captions[r]]
         t1 = time.perf_counter()
@@ -271,9 +271,8 @@ def text_host(url: str, workers: int = 0) -> dict:
     us = spent / max(rows, 1) * 1e6
     out = {"rows": rows, "read_us": round(float(us[0]), 1), "tokenise_us": round(float(us[1]), 1),
            "pad_us": round(float(us[2]), 1), "per_s": 1e6 / float(us.sum()) if us.sum() else None}
-    if workers and s.n_blocks > 1:      # the same blocks read and tokenised by `extract text --workers`' processes
+    if workers and len(blocks) > 1:     # the same blocks read and tokenised by `extract text --workers`' processes
         from extract.tokenise import TokenisingWorkers
-        blocks = [s.block_rows(b) for b in range(s.n_blocks)]
         t0 = time.perf_counter()
         pool = TokenisingWorkers(enc.tokenise, url, blocks, workers)
         try:
@@ -292,7 +291,6 @@ def text_host(url: str, workers: int = 0) -> dict:
 
 def agreement(url: str, data: str, encoder: str, n: int, text: bool = True) -> dict:
     """Cosine between the job's stored features (on the device) and a CPU fp32 reference, first n posts."""
-    import numpy as np
     import torch
     from cache import schema
     from cache.store import open_store
