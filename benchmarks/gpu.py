@@ -157,7 +157,8 @@ def job_figures(r) -> dict:
     """A shard job's rate after its first block (the rate of a long job), and the whole run's."""
     return {"rows": r.rows, "per_s": r.steady_per_s or r.rows / r.seconds, "whole_run_per_s": r.rows / r.seconds,
             "first_block_s": round(r.first_block_s, 2), "loop_s": round(r.seconds, 2), "blocks": r.blocks_done,
-            "wait_s": round(r.wait_s, 2), "encode_s": round(r.encode_s, 2), "commit_s": round(r.commit_s, 2)}
+            "wait_s": round(r.wait_s, 2), "encode_s": round(r.encode_s, 2), "commit_s": round(r.commit_s, 2),
+            "write_s": round(r.write_s, 2)}
 
 
 def finetune_encoder(url: str, out: str, dry: bool, device: str) -> dict:
@@ -289,6 +290,48 @@ def text_host(url: str, workers: int = 0) -> dict:
     return out
 
 
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+
+
+def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
+    """How often each encoder's loop makes the host wait for the GPU, counted by torch.profiler (CUDA
+    runtime calls that block: stream, device and event synchronisations, synchronous memcpy) over one
+    block after a warm-up block. One per block is the design (the features come back once); one or
+    more per batch means the host and the GPU take turns instead of overlapping."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from cache.store import open_store
+    from extract.images import ImageJob, load_encoder
+    from extract.text import load_text_encoder
+    dev = torch.device(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+
+    def count(fn) -> int:
+        with profile(activities=activities) as prof:
+            fn()
+        return sum(e.count for e in prof.key_averages() if e.key in SYNC_CALLS)
+
+    s = open_store(url)
+    enc = load_text_encoder("random", s, device=device)
+    rows = s.block_rows(min(1, s.n_blocks - 1))
+    prepared = enc.prepare([str(c) for c in s["posts/caption"][rows]])
+    enc.encode(prepared)
+    out = {"text_batches": sum(1 for _ in enc.padded(prepared)), "text_syncs": count(lambda: enc.encode(prepared))}
+    for decoder in ("pil", "nvjpeg"):
+        job = ImageJob(load_encoder(encoder), s, data, dev, enc.precision, 256 if dev.type == "cuda" else 8,
+                       min(4, os.cpu_count() or 1) if dev.type == "cuda" else 0, False, decoder)
+        try:
+            blocks = list(range(min(2, s.n_blocks)))
+            job.plan(blocks)
+            job.encode(s.block_rows(blocks[0]))
+            last = s.block_rows(blocks[-1])
+            out.update(image_batches=-(-(last.stop - last.start) // job.batch_size),
+                       **{f"image_{decoder}_syncs": count(lambda: job.encode(last)) if len(blocks) > 1 else None})
+        finally:
+            job.close()
+    return out
+
+
 def agreement(url: str, data: str, encoder: str, n: int, text: bool = True) -> dict:
     """Cosine between the job's stored features (on the device) and a CPU fp32 reference, first n posts."""
     import torch
@@ -364,7 +407,8 @@ def table(r: dict, device_name: str) -> str:
         if get(name, "whole_run_per_s"):
             note = (f"whole run {f(get(name, 'whole_run_per_s'))}/s over {get(name, 'blocks')} blocks, "
                     f"first block done at {get(name, 'first_block_s')} s; loop {get(name, 'loop_s')} s: waiting for "
-                    f"inputs {get(name, 'wait_s')} s, encoding {get(name, 'encode_s')} s, writing {get(name, 'commit_s')} s")
+                    f"inputs {get(name, 'wait_s')} s, encoding {get(name, 'encode_s')} s, waiting for writes "
+                    f"{get(name, 'commit_s')} s (writing {get(name, 'write_s')} s in the writer thread)")
         lines.append(f"| {name} | {f(rate)} {unit} | {f(rate / base, '{:.1f}x') if rate and base else ''} | "
                      f"{f(get(name, 'gpu_memory_mib'))} MiB | {f(get(name, 'gpu_busy_pct'), '{:.0f} %')} | {note} |")
     d = r.get("decode") or {}
@@ -383,6 +427,10 @@ def table(r: dict, device_name: str) -> str:
               f"{f(get('text_host', 'per_s'))} captions/s at most from one thread, "
               f"{f(get('text_host', 'workers_per_s'))}/s read and tokenised by {get('text_host', 'workers')} worker "
               f"processes; writing in text_job's split",
+              f"host waits for the GPU (torch.profiler, one block): text {get('host_syncs', 'text_syncs')} over "
+              f"{get('host_syncs', 'text_batches')} batches, images {get('host_syncs', 'image_pil_syncs')} (PIL) and "
+              f"{get('host_syncs', 'image_nvjpeg_syncs')} (nvJPEG) over {get('host_syncs', 'image_batches')} batches "
+              f"(one per block is the design; nvJPEG's own decode may add its own)",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     tr = max(get("text_job", "per_s") or 0, get("text_job_workers", "per_s") or 0)
@@ -452,6 +500,7 @@ def main() -> None:
         step(results, "model_only", model_only, enc, device, 8 if dry else 256, 2 if dry else 20, 75 if dry else 299)
         step(results, "agreement", agreement, pil, data, enc, 16 if dry else 256)
         step(results, "agreement_nvjpeg", agreement, nvj, data, enc, 16 if dry else 256, False)
+        step(results, "host_syncs", host_syncs, pil, data, enc, device_s)
         step(results, "heads", heads_on, pil, tmp, device_s, dry)
         # last: torch.compile's first calls compile (a minute or more); the figures above come first.
         # Steady-state model rates with and without it, warmed up on the same inputs first.

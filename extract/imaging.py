@@ -15,6 +15,7 @@ status 2 (no input); anything else that fails is status 3 (unreadable), with a r
 """
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import warnings
@@ -177,8 +178,16 @@ def decode(path: str, resize: int = DEFAULT_RESIZE, crop: int = DEFAULT_CROP, ex
 
 def normalize(pixels, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """uint8 NHWC tensor → float NCHW (channels-last in memory), scaled as torchvision's preset."""
-    import torch
     x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    m, s = _channel_constants(x.device, tuple(map(float, mean)), tuple(map(float, std)))
     return x.sub_(m).div_(s)
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_constants(device, mean: tuple, std: tuple):
+    """Mean and std as (1, 3, 1, 1) float tensors on the device, made once: building them from lists
+    for every batch was a copy from pageable memory, which on a GPU waits for the queued kernels."""
+    import torch
+    with torch.inference_mode(False):     # normal tensors, usable by training (extract.finetune) too
+        return (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device),
+                torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device))

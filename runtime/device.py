@@ -53,6 +53,20 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
+def to_device(x, device: torch.device) -> torch.Tensor:
+    """A host array (or CPU tensor) on `device`, without making the host wait for the GPU.
+
+    A copy from pageable host memory (`tensor.to("cuda")`) makes the CPU wait until every kernel
+    already queued on the stream has finished, so one index or token copy per batch serialises the
+    host's work on the next batch with the GPU's on this one. Staged in pinned memory and copied with
+    `non_blocking`, the copy is queued like a kernel; the caching host allocator keeps the pinned
+    buffer alive until the copy is done. Elsewhere a plain copy."""
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+    if device.type != "cuda":
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
 def maybe_compile(fn, enabled: bool):
     """torch.compile(fn) when asked (shapes that vary become dynamic after the first recompile), else fn.
 

@@ -74,6 +74,23 @@ def test_untokenisable_caption_gets_status_3(tiny_bert):
     assert np.isfinite(feats).all()
 
 
+def test_4d_boolean_mask_gives_what_the_2d_mask_gives(tiny_bert, store_path):
+    """encode hands SDPA a 4-D boolean mask (no host sync on a GPU) and none for a batch without
+    padding; the features equal those of the usual 2-D mask that transformers expands itself, and
+    come back as float16, as the store keeps them."""
+    s = open_store(store_path)
+    enc = load_text_encoder(tiny_bert, device="cpu", precision="fp32", batch_tokens=2048)
+    assert enc.sdpa
+    prepared = enc.prepare([str(c) for c in s["posts/caption"][:]])
+    masks = [valid for _, _, valid in enc.padded(prepared)]
+    assert any(m.all() for m in masks) and any(not m.all() for m in masks), "both kinds of batch are in the test"
+    feats, _ = enc.encode(prepared)
+    enc.sdpa = False
+    ref, _ = enc.encode(prepared)
+    assert feats.dtype == np.float16
+    np.testing.assert_allclose(feats.astype(np.float32), ref.astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
 def test_batches_respect_the_token_budget(tiny_bert):
     enc = load_text_encoder(tiny_bert, device="cpu", precision="fp32", batch_tokens=100)
     lengths = np.array([3, 50, 7, 7, 2, 30, 12, 128])
