@@ -11,6 +11,7 @@ the sample's captions), it measures:
   (PIL full decode, torchvision transforms, batch 32, fp32); decode-only rates (one process, the
   job's worker count) and the model alone on synthetic tensors, so the bottleneck is named;
 - features computed on CUDA against a CPU fp32 reference on a few hundred posts (cosine);
+- how often each job's loop makes the host wait for the GPU (torch.profiler, one block of each);
 - `heads fit` and `heads predict` on CUDA;
 - `--compile` (torch.compile) against the same model uncompiled, steady state after a warm-up pass
   (text encoder on tokenised captions; Inception on synthetic tensors), last, since compiling takes

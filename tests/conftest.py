@@ -13,6 +13,20 @@ from extract.sample import make_sample  # noqa: E402
 BLOCK = 256   # small blocks so a sample store has several
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves os.environ as it found it. dask's Nanny sets OMP_NUM_THREADS=1 (and more) in
+    its parent's environment when it starts a worker process and never restores it; every later
+    subprocess then ran torch on one thread, and one thread's image features differ from two
+    threads' in a few float16 roundings (62 of 530 K values on the sample), which failed the crash
+    drill's comparison with a reference computed before (tests/test_shard_jobs.py)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample") / "data"

@@ -71,3 +71,63 @@ def test_two_jobs_at_once(job, sample, shards, tmp_path):
     for p in procs:
         assert p.wait() == 0, p.stderr.read()
     _same_as_reference(path, modality, ref)
+
+
+class _Planted:
+    """A BlockJob (extract.jobs) giving each row its own index as features, without a model."""
+    modality, unit, fingerprint, waited = "text", "captions", {"kind": "text", "model": "planted"}, 0.0
+
+    def plan(self, blocks):
+        pass
+
+    def prepare(self, rows):
+        return rows
+
+    def encode(self, rows):
+        n = rows.stop - rows.start
+        x = np.repeat(np.arange(rows.start, rows.stop, dtype=np.float32)[:, None], 768, axis=1) / 1000
+        return x.astype(np.float16), np.ones(n, dtype=np.uint8), []
+
+    def close(self):
+        pass
+
+
+def test_overlapped_writes_store_what_writes_in_the_loop_store(tmp_path):
+    """run_shard commits block i in a writer thread while block i+1 encodes: the store is the one
+    the in-loop writes give, and the report counts every block."""
+    from cache.blocks import parse_shard
+    from cache.synthetic import planted_store
+    from extract.jobs import run_shard
+    stores = {}
+    for overlap in (False, True):
+        url = str(tmp_path / f"s{overlap}.zarr")
+        planted_store(url, influencers=20, posts=10, block=16, write_features=False)
+        r = run_shard(open_store(url, "r+"), parse_shard("0/1"), _Planted(), quiet=True, overlap_writes=overlap)
+        assert r.blocks_done == 13 and r.rows == 200 and r.write_s > 0 and r.first_block_rows == 16
+        stores[overlap] = open_store(url)
+    np.testing.assert_array_equal(stores[True]["features/text"][:], stores[False]["features/text"][:])
+    assert stores[True]["features/text_done"][:].all()
+    assert stores[True]["features/text"][199, 0] == np.float16(0.199)
+
+
+def test_a_failed_write_stops_the_job_and_keeps_the_blocks_before_it(tmp_path, monkeypatch):
+    """A commit that fails in the writer thread (a full disk, a lost bucket) stops the job with that
+    error; every block committed before it stays done, and a rerun writes only the rest."""
+    import extract.jobs as jobs
+    from cache.blocks import parse_shard
+    from cache.synthetic import planted_store
+    url = str(tmp_path / "s.zarr")
+    planted_store(url, influencers=8, posts=8, block=16, write_features=False)
+    plain = jobs.commit_block
+
+    def failing(store, modality, b, features, status):
+        if b == 2:
+            raise OSError("No space left on device")
+        plain(store, modality, b, features, status)
+    monkeypatch.setattr(jobs, "commit_block", failing)
+    with pytest.raises(OSError, match="No space left"):
+        jobs.run_shard(open_store(url, "r+"), parse_shard("0/1"), _Planted(), quiet=True)
+    assert open_store(url)["features/text_done"][:].tolist() == [True, True, False, False]
+    monkeypatch.setattr(jobs, "commit_block", plain)
+    r = jobs.run_shard(open_store(url, "r+"), parse_shard("0/1"), _Planted(), quiet=True)
+    assert (r.blocks_done, r.blocks_skipped) == (2, 2) and open_store(url)["features/text_done"][:].all()
