@@ -307,10 +307,14 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
     dev = torch.device(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
 
+    seen = {"runtime_calls": 0}      # every CUDA runtime call the profiler saw: 0 on a GPU means it saw none
+
     def count(fn) -> int:
         with profile(activities=activities) as prof:
             fn()
-        return sum(e.count for e in prof.key_averages() if e.key in SYNC_CALLS)
+        events = prof.key_averages()
+        seen["runtime_calls"] += sum(e.count for e in events if e.key.startswith("cuda"))
+        return sum(e.count for e in events if e.key in SYNC_CALLS)
 
     s = open_store(url)
     enc = load_text_encoder("random", s, device=device)
@@ -330,6 +334,7 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
                        **{f"image_{decoder}_syncs": count(lambda: job.encode(last)) if len(blocks) > 1 else None})
         finally:
             job.close()
+    out["cuda_runtime_calls_seen"] = seen["runtime_calls"]
     return out
 
 
@@ -431,7 +436,8 @@ def table(r: dict, device_name: str) -> str:
               f"host waits for the GPU (torch.profiler, one block): text {get('host_syncs', 'text_syncs')} over "
               f"{get('host_syncs', 'text_batches')} batches, images {get('host_syncs', 'image_pil_syncs')} (PIL) and "
               f"{get('host_syncs', 'image_nvjpeg_syncs')} (nvJPEG) over {get('host_syncs', 'image_batches')} batches "
-              f"(one per block is the design; nvJPEG's own decode may add its own)",
+              f"(one per block is the design; nvJPEG's own decode may add its own; the profiler saw "
+              f"{get('host_syncs', 'cuda_runtime_calls_seen')} CUDA runtime calls in all: 0 means it could not see them)",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     tr = max(get("text_job", "per_s") or 0, get("text_job_workers", "per_s") or 0)
