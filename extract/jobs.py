@@ -13,8 +13,8 @@ command after a kill redoes only the blocks that were in flight.
 Writing overlaps encoding too: block i is committed in a writer thread while block i+1 is
 encoded (one block in flight, so one block's features more in memory; the commit protocol's
 order within a block is unchanged). Writing a 16,384-row block took 180-300 ms on a 2-core CPU,
-a third of the time a GPU needs to encode it (benchmarks/writes.py); in the loop it left the GPU
-idle. A job that fails or is interrupted still finishes the commit in flight before it stops.
+half the time an H200 needs to encode a text block (benchmarks/writes.py); in the loop it
+left the GPU idle. A job that fails or is interrupted still finishes the commit in flight before it stops.
 """
 from __future__ import annotations
 
