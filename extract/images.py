@@ -238,7 +238,7 @@ class ImageJob:
             _, pixels, cpu_rows, st, raw, errors = next(self.it)
             self.waited += time.perf_counter() - t
             m = len(st)
-            x, ok = pixels.to(dev, non_blocking=True), np.asarray(cpu_rows, dtype=np.int64)
+            x, ok = to_device(pixels, dev), np.asarray(cpu_rows, dtype=np.int64)
             if raw:
                 gpu_rows, gpu_pixels, failed = _gpu_decode(raw, dev, pre["resize"], pre["crop"])
                 for i in failed:

@@ -116,12 +116,12 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
             _report_failures(store, job.modality, r, failures)
             return t, time.perf_counter()
 
-        def written(i: int, future) -> None:
+        def written(i: int, status: np.ndarray, future) -> None:
             """Block i's commit is done (its errors raised here): count it, show progress."""
             nonlocal first
             began, ended = future.result()
             spent[3] += ended - began
-            r, status = rows[i], future.status
+            r = rows[i]
             counts[:] += np.bincount(status, minlength=4)[:4]
             if i == 0:
                 first = (ended - start, r.stop - r.start)
@@ -133,7 +133,7 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
         with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="writer") as writer:
             ahead = pool.submit(job.prepare, rows[0]) if rows else None
-            in_flight = None        # (block index, future) of the commit being written
+            in_flight = None        # (block index, statuses, future) of the commit being written
             for i, (b, r) in enumerate(zip(pending, rows)):
                 t0 = time.perf_counter()
                 inputs = ahead.result()
@@ -144,9 +144,7 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
                 t2 = time.perf_counter()
                 if in_flight is not None:
                     written(*in_flight)
-                future = writer.submit(write, b, r, features, status, failures)
-                future.status = status
-                in_flight = (i, future)
+                in_flight = (i, status, writer.submit(write, b, r, features, status, failures))
                 if not overlap_writes:
                     written(*in_flight)
                     in_flight = None

@@ -138,7 +138,7 @@ class TextEncoder:
                 mask = to_device(valid.astype(np.int64), dev)
             hidden = self.forward(input_ids=to_device(batch, dev), attention_mask=mask).last_hidden_state
             out[to_device(rows, dev)] = hidden[:, 0].float()
-        # float16 on the device: half the bytes to copy back, and torch converts 4-8x faster than numpy
+        # float16 on the device: half the bytes to copy back, and torch converts 3-4x faster than numpy
         return out.half().cpu().numpy(), prepared.status
 
 
