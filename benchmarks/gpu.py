@@ -24,6 +24,7 @@ Every step is timed and its failure recorded, so one broken path does not lose t
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -132,8 +133,8 @@ def build(tmp: str, posts: int, image_size: int, workers: int) -> dict:
     run_index(data, url, block=2048 if posts >= 1000 else 16, workers=min(os.cpu_count() or 1, 16), quiet=True)
     apply_labels(open_store(url, "r+"), os.path.join(data, "labels/influencers.csv"),
                  os.path.join(data, "labels/posts.csv"), seed=0)
-    for copy in ("nvjpeg.zarr", "second.zarr"):      # fresh stores for the second job of each kind
-        shutil.copytree(url, os.path.join(tmp, copy))
+    for name in ("nvjpeg.zarr", "second.zarr"):      # fresh stores for the second job of each kind
+        shutil.copytree(url, os.path.join(tmp, name))
     s = open_store(url)
     return {"data": data, "posts": s.n_posts, "jpeg_kb": round(kb, 1),
             "images": sum(1 for p in s["posts/image"][:] if str(p))}
@@ -253,26 +254,46 @@ def text_host(url: str, workers: int = 0) -> dict:
     """The text job's host stages alone, block by block in one thread, no model: reading the block's
     captions, tokenising them (the job's in-process tokeniser), padding its batches. Microseconds per
     caption, and the rate one thread could feed the model at; the job's writing is in its own split.
-    With `workers`, also the rate `workers` tokenising processes deliver the blocks at (after the first)."""
+    With `workers`, also the rate `workers` tokenising processes deliver the blocks at (after the first).
+    The reference for the tokeniser's cut of long captions (extract.tokenise): each block tokenised
+    whole right after, the same ids checked (`tokenise_whole_us`, `tokenise_cut_gain`)."""
     from cache.store import open_store
     from extract.text import load_text_encoder
     s = open_store(url)
     enc = load_text_encoder("random", s, device="cpu", precision="fp32")
     captions, spent, rows = s["posts/caption"], np.zeros(3), 0
     blocks = [s.block_rows(b) for b in range(s.n_blocks)]
-    for r in blocks:
+    whole, whole_s = None, 0.0
+    if enc.tokenise._cut:       # the reference: the same blocks tokenised whole (long captions not cut)
+        whole = copy.copy(enc.tokenise)
+        whole._cut = None
+    for k, r in enumerate(blocks):
         t0 = time.perf_counter()
         texts = [str(c) for c in captions[r]]
+        read = time.perf_counter() - t0
+        if whole is not None and k % 2:         # the reference first in every other block: no order bias
+            t3 = time.perf_counter()
+            ref = whole(texts)
+            whole_s += time.perf_counter() - t3
         t1 = time.perf_counter()
         prepared = enc.prepare(texts)
         t2 = time.perf_counter()
         for _ in enc.padded(prepared):
             pass
-        spent += (t1 - t0, t2 - t1, time.perf_counter() - t2)
+        spent += (read, t2 - t1, time.perf_counter() - t2)
         rows += len(texts)
+        if whole is not None and not k % 2:
+            t3 = time.perf_counter()
+            ref = whole(texts)
+            whole_s += time.perf_counter() - t3
+        if whole is not None:
+            assert np.array_equal(ref.flat, prepared.flat), "cut captions gave other ids"
     us = spent / max(rows, 1) * 1e6
     out = {"rows": rows, "read_us": round(float(us[0]), 1), "tokenise_us": round(float(us[1]), 1),
            "pad_us": round(float(us[2]), 1), "per_s": 1e6 / float(us.sum()) if us.sum() else None}
+    if whole is not None:
+        whole_us = whole_s / max(rows, 1) * 1e6
+        out.update(tokenise_whole_us=round(whole_us, 1), tokenise_cut_gain=round(whole_us / float(us[1]), 2))
     if workers and len(blocks) > 1:     # the same blocks read and tokenised by `extract text --workers`' processes
         from extract.tokenise import TokenisingWorkers
         t0 = time.perf_counter()
@@ -291,6 +312,7 @@ def text_host(url: str, workers: int = 0) -> dict:
     return out
 
 
+DECODE_RANGE = "extract.images._gpu_decode"
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
 
@@ -298,7 +320,9 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
     """How often each encoder's loop makes the host wait for the GPU, counted by torch.profiler (CUDA
     runtime calls that block: stream, device and event synchronisations, synchronous memcpy) over one
     block after a warm-up block. One per block is the design (the features come back once); one or
-    more per batch means the host and the GPU take turns instead of overlapping."""
+    more per batch means the host and the GPU take turns instead of overlapping. The nvJPEG job's
+    waits inside the decode call are reported apart (`image_nvjpeg_decoder_syncs`): torchvision's
+    decode_jpeg synchronises its own stream, which holds only the decode, not the model."""
     import torch
     from torch.profiler import ProfilerActivity, profile
     from cache.store import open_store
@@ -308,13 +332,21 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
 
     seen = {"runtime_calls": 0}      # every CUDA runtime call the profiler saw: 0 on a GPU means it saw none
+    inside = {"decoder_syncs": 0, "decode_calls": 0}
 
     def count(fn) -> int:
+        """Blocking calls in fn; those inside the nvJPEG decode (DECODE_RANGE) are counted apart in
+        `inside`: torchvision's decode_jpeg waits for its own CUDA stream, not for the model."""
         with profile(activities=activities) as prof:
             fn()
-        events = prof.key_averages()
-        seen["runtime_calls"] += sum(e.count for e in events if e.key.startswith("cuda"))
-        return sum(e.count for e in events if e.key in SYNC_CALLS)
+        events = prof.events()
+        seen["runtime_calls"] += sum(1 for e in events if e.name.startswith("cuda"))
+        ranges = [(e.time_range.start, e.time_range.end) for e in events if e.name == DECODE_RANGE]
+        syncs = [e.time_range.start for e in events if e.name in SYNC_CALLS]
+        decoder = sum(1 for t in syncs if any(a <= t <= b for a, b in ranges))
+        inside["decoder_syncs"] += decoder
+        inside["decode_calls"] += len(ranges)
+        return len(syncs) - decoder
 
     s = open_store(url)
     enc = load_text_encoder("random", s, device=device)
@@ -322,18 +354,29 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
     prepared = enc.prepare([str(c) for c in s["posts/caption"][rows]])
     enc.encode(prepared)
     out = {"text_batches": sum(1 for _ in enc.padded(prepared)), "text_syncs": count(lambda: enc.encode(prepared))}
-    for decoder in ("pil", "nvjpeg"):
-        job = ImageJob(load_encoder(encoder), s, data, dev, enc.precision, 256 if dev.type == "cuda" else 8,
-                       min(4, os.cpu_count() or 1) if dev.type == "cuda" else 0, False, decoder)
-        try:
-            blocks = list(range(min(2, s.n_blocks)))
-            job.plan(blocks)
-            job.encode(s.block_rows(blocks[0]))
-            last = s.block_rows(blocks[-1])
-            out.update(image_batches=-(-(last.stop - last.start) // job.batch_size),
-                       **{f"image_{decoder}_syncs": count(lambda: job.encode(last)) if len(blocks) > 1 else None})
-        finally:
-            job.close()
+    import extract.images as images
+    plain_decode = images._gpu_decode
+
+    def marked_decode(*args, **kwargs):
+        with torch.profiler.record_function(DECODE_RANGE):
+            return plain_decode(*args, **kwargs)
+    images._gpu_decode = marked_decode
+    try:
+        for decoder in ("pil", "nvjpeg"):
+            job = ImageJob(load_encoder(encoder), s, data, dev, enc.precision, 256 if dev.type == "cuda" else 8,
+                           min(4, os.cpu_count() or 1) if dev.type == "cuda" else 0, False, decoder)
+            try:
+                blocks = list(range(min(2, s.n_blocks)))
+                job.plan(blocks)
+                job.encode(s.block_rows(blocks[0]))
+                last = s.block_rows(blocks[-1])
+                out.update(image_batches=-(-(last.stop - last.start) // job.batch_size),
+                           **{f"image_{decoder}_syncs": count(lambda: job.encode(last)) if len(blocks) > 1 else None})
+            finally:
+                job.close()
+    finally:
+        images._gpu_decode = plain_decode
+    out.update(image_nvjpeg_decoder_syncs=inside["decoder_syncs"], image_nvjpeg_decode_calls=inside["decode_calls"])
     out["cuda_runtime_calls_seen"] = seen["runtime_calls"]
     return out
 
@@ -436,7 +479,9 @@ def table(r: dict, device_name: str) -> str:
               f"host waits for the GPU (torch.profiler, one block): text {get('host_syncs', 'text_syncs')} over "
               f"{get('host_syncs', 'text_batches')} batches, images {get('host_syncs', 'image_pil_syncs')} (PIL) and "
               f"{get('host_syncs', 'image_nvjpeg_syncs')} (nvJPEG) over {get('host_syncs', 'image_batches')} batches "
-              f"(one per block is the design; nvJPEG's own decode may add its own; the profiler saw "
+              f"(one per block is the design), and {get('host_syncs', 'image_nvjpeg_decoder_syncs')} inside "
+              f"{get('host_syncs', 'image_nvjpeg_decode_calls')} nvJPEG decode calls (waits for the decoder's own "
+              f"stream, not the model; the profiler saw "
               f"{get('host_syncs', 'cuda_runtime_calls_seen')} CUDA runtime calls in all: 0 means it could not see them)",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]

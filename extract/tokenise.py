@@ -20,6 +20,18 @@ import numpy as np
 from cache.schema import Status
 
 PROBE = ["", "a", "Hello, World! #food 🍝 naïve café", "日本語のテキスト"]
+# a caption longer than this many characters per token of --max-length is tokenised from its start,
+# cut at a space (BERT's WordPiece needs about 5 characters a token on long captions; see Tokeniser)
+CUT_CHARS_PER_TOKEN = 6
+
+
+def _prefix_safe(backend) -> bool:
+    """True when tokenising a caption cut at a space gives a prefix of the whole caption's tokens:
+    BERT's normaliser works character by character, its pre-tokeniser splits at every whitespace and
+    WordPiece splits each word alone, so no token spans a space."""
+    return (type(backend.normalizer).__name__ in ("BertNormalizer", "NoneType")
+            and type(backend.pre_tokenizer).__name__ == "BertPreTokenizer"
+            and type(backend.model).__name__ == "WordPiece")
 
 
 @dataclass
@@ -42,7 +54,14 @@ class Tokeniser:
     """Captions → `Prepared`: '' or blank gets status 2 (no input), a caption the tokenizer refuses
     status 3 (the rest of its block is kept). Uses the Rust tokenizer's own batch call (parallel, no
     Python-side mask lists) when the tokenizer has one and it gives exactly the ids the transformers
-    call gives on probe captions; else the transformers call. Picklable: worker processes get one."""
+    call gives on probe captions; else the transformers call. Picklable: worker processes get one.
+
+    With a BERT tokenizer the Rust call also skips the text past the truncation: a caption longer than
+    CUT_CHARS_PER_TOKEN × max_length characters is tokenised cut at its last space before that; if the
+    cut part already fills max_length tokens, its ids are the whole caption's (a prefix of the words
+    gives a prefix of the tokens; `_prefix_safe`), otherwise the whole caption is tokenised again. The
+    ids are the same either way; long captions hold most of a release's characters (half of them in
+    the sample's 6 % of captions over 512 characters), and tokenising them whole was most of the time."""
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer, self.max_length = tokenizer, max_length
@@ -58,6 +77,7 @@ class Tokeniser:
     def _setup(self) -> None:
         self._empty = self._slow([""])[0]
         self._fast = None
+        self._cut = None
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is None:
             return
@@ -73,7 +93,29 @@ class Tokeniser:
             if fast(probe) == self._slow(probe):
                 self._fast = fast
         except Exception:
-            pass
+            return
+        if self._fast is not None and _prefix_safe(backend):
+            self._cut = CUT_CHARS_PER_TOKEN * self.max_length
+            long = [" ".join(["naïve café 日本語 #food🍝 한국어"] * self.max_length), "x" * (8 * self.max_length),
+                    " ".join(["supercalifragilistic"] * (2 * self.max_length))]
+            if self._fast_cut(long) != self._slow(long):
+                self._cut = None
+
+    def _fast_cut(self, captions: list[str]) -> list[list[int]]:
+        """The Rust call on captions cut at a space past `_cut` characters; a cut caption whose part
+        did not fill max_length tokens is tokenised whole."""
+        n, cut, short = self._cut, [], []
+        for i, c in enumerate(captions):
+            j = c.rfind(" ", 0, n) if len(c) > n else -1
+            if j > 0:
+                c = c[:j]
+                short.append(i)
+            cut.append(c)
+        ids = self._fast(cut)
+        again = [i for i in short if len(ids[i]) < self.max_length]
+        for i, x in zip(again, self._fast([captions[i] for i in again]) if again else ()):
+            ids[i] = x
+        return ids
 
     def _slow(self, captions):
         return self.tokenizer(captions, truncation=True, max_length=self.max_length)["input_ids"]
@@ -81,7 +123,7 @@ class Tokeniser:
     def __call__(self, captions: list[str]) -> Prepared:
         status = np.full(len(captions), Status.OK, dtype=np.uint8)
         try:
-            ids = (self._fast or self._slow)(captions)
+            ids = (self._fast_cut if self._cut else self._fast or self._slow)(captions)
         except Exception:           # some caption is untokenisable: find it, keep the rest
             ids = []
             for i, c in enumerate(captions):

@@ -24,6 +24,7 @@ def test_gpu_bench_dry_run(tmp_path):
     assert r["host_syncs"]["text_batches"] >= 1 and r["host_syncs"]["image_batches"] >= 1
     # two blocks at least: one to warm up, one counted
     assert r["host_syncs"]["image_pil_syncs"] is not None and r["host_syncs"]["image_nvjpeg_syncs"] is not None
+    assert r["host_syncs"]["image_nvjpeg_decode_calls"] >= 1      # the decode's waits can be told apart
     assert r["text_job"]["blocks"] > 1                  # so that the rate after the first block exists
     table = open(tmp_path / "gpu-bench.md").read()
     assert "| text_job |" in table and "10.2 M posts per GPU" in table and "text host stages alone" in table

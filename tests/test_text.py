@@ -149,3 +149,49 @@ def test_tokeniser_gives_the_transformers_ids(tiny_bert, store_path):
     assert enc.prepare(captions).ids == [list(x) for x in want]
     again = pickle.loads(pickle.dumps(enc.tokenise))
     assert again._fast is not None and again(captions).ids == [list(x) for x in want]
+
+
+_TEXT = "abc xyz ééñ 日本語 한국어 🍝#@!.,\t\n\u3000\u0301 "
+
+
+@pytest.mark.parametrize("max_length", [8, 16])
+def test_tokeniser_cut_long_captions_gives_the_whole_captions_ids(tiny_bert, max_length):
+    """Long captions are tokenised cut at a space past 6 characters a token, and again whole when the
+    cut part falls short of max_length tokens: on random captions of words, CJK, Hangul (several tokens
+    per syllable), combining accents, tabs, newlines, wide spaces and words of hundreds of letters, the
+    ids equal transformers' call on the whole caption, with the cut taken and the fallback taken."""
+    import random
+
+    from transformers import AutoTokenizer
+    from extract.tokenise import CUT_CHARS_PER_TOKEN, Tokeniser
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    t = Tokeniser(tok, max_length)
+    assert t._cut == CUT_CHARS_PER_TOKEN * max_length
+    rng = random.Random(max_length)
+    captions = []
+    for _ in range(600):
+        n = rng.choice([5, 40, t._cut - 3, t._cut + 1, 2 * t._cut, 5 * t._cut])
+        word = rng.choice([1, 3, 8, 30, 200])
+        letters = [rng.choice(_TEXT) for _ in range(n)]
+        for k in range(0, n, word):                       # spaces every `word` characters at most
+            letters[k] = " " if rng.random() < 0.7 else letters[k]
+        captions.append("".join(letters))
+    cuts, falls = [], []
+    plain_fast = t._fast
+    t._fast = lambda cs: (cuts.append(len(cs)) if not cuts else falls.append(len(cs))) or plain_fast(cs)
+    got = t(captions).ids
+    assert got == [list(x) for x in tok(captions, truncation=True, max_length=max_length)["input_ids"]]
+    assert sum(len(c) > t._cut for c in captions) > 100 and falls and falls[0] > 0
+
+
+def test_tokeniser_cut_only_where_a_prefix_of_words_is_a_prefix_of_tokens(tiny_bert):
+    """A tokenizer whose pre-tokeniser is not BERT's (here: bytes, as GPT-2's) is never cut."""
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+    from extract.tokenise import Tokeniser
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel()
+    t = Tokeniser(tok, 16)
+    assert t._fast is not None and t._cut is None          # the Rust call still, whole captions
+    long = "word " * 200
+    assert t([long]).ids == [tok([long], truncation=True, max_length=16)["input_ids"][0]]
