@@ -59,13 +59,16 @@ def test_png_behind_jpg_name_and_alpha_composited_on_white(tmp_path):
 
 
 def test_fast_decoding_is_close_to_torchvision_preset(tmp_path):
-    """Draft mode + box resampling against torchvision's own Resize(342)+CenterCrop(299) on the full image."""
+    """Draft mode + torch's resampling against torchvision's own Resize(342)+CenterCrop(299) (PIL's kernel)
+    on the full image."""
     from torchvision.models import Inception_V3_Weights
     from torchvision.transforms import functional as F
     rng = np.random.default_rng(0)
     from extract.sample import _pattern
     preset = Inception_V3_Weights.IMAGENET1K_V1.transforms()
-    for (h, w) in [(1080, 1080), (1350, 1080), (720, 1280), (400, 300)]:
+    # large photos (draft mode, the crop's box resampled) and the release's own 320-400 px sizes (resized
+    # whole then cut, as torchvision does), square, portrait, landscape, enlarged and shrunk
+    for (h, w) in [(1080, 1080), (1350, 1080), (720, 1280), (400, 300), (360, 360), (320, 320), (400, 320), (330, 500)]:
         p = str(tmp_path / f"{h}x{w}.jpg")
         Image.fromarray(_pattern(3, rng, h, w)).save(p, quality=90)
         img = Image.open(p).convert("RGB")
@@ -77,6 +80,8 @@ def test_fast_decoding_is_close_to_torchvision_preset(tmp_path):
         psnr = 10 * np.log10(255.0 ** 2 / np.mean((fast - ref) ** 2))
         print(f"{h}x{w}: fast decoding PSNR {psnr:.1f} dB against torchvision's preset")
         assert psnr >= 36.0, (h, w, psnr)    # noisy patterns: JPEG DCT scaling differs in the noise only
+        if min(h, w) < 2 * preset.resize_size[0]:     # decoded in full: only the resampling kernels differ
+            assert psnr >= 50.0, (h, w, psnr)
 
 
 # ------------------------------------------------------------------ encoder and fine-tuning
