@@ -22,6 +22,7 @@ import torch
 
 from cache.schema import Status
 from extract.imaging import ImageError, check_regular, decode, normalize
+from runtime.console import warn
 from runtime.errors import UserError
 # the model and the encoder file live in their own modules; re-exported for callers of this one
 from extract.encoder_file import EncoderFile, default_preprocessing, load_encoder, save_encoder  # noqa: F401
@@ -32,6 +33,37 @@ from runtime.device import autocast, maybe_compile, pick_device, pick_precision,
 # A batch not decoded in this long (a hung network filesystem) stops the job with an error instead
 # of hanging it; done blocks are kept and a rerun goes on from there.
 DECODE_TIMEOUT = 600
+# Batches each decoding worker keeps ready ahead of the model (fewer if shared memory is short).
+PREFETCH = 4
+SHM = "/dev/shm"
+
+
+def shared_memory_free(path: str = SHM) -> int | None:
+    """Bytes free in the shared memory that DataLoader workers hand their batches over in (Linux:
+    /dev/shm), or None where there is no such folder."""
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def prefetch_for(workers: int, batch_bytes: int, free: int | None) -> int:
+    """How many batches each worker may keep ready: PREFETCH, or fewer so that all of them (with a
+    quarter more for batches not yet freed) fit the shared memory. A container's default /dev/shm is
+    64 MB (Docker, Kubernetes), less than one GPU batch (256 images of 299 px: 69 MB); a worker would
+    die of a bus error at its first batch. Raises UserError when not even one batch each fits."""
+    if free is None or workers == 0:
+        return PREFETCH
+    fits = int(free // (workers * batch_bytes * 1.25))
+    if fits < 1:
+        mb = 1 << 20
+        raise UserError(
+            f"shared memory {SHM} has {free / mb:,.0f} MB free; {workers} decoding workers need "
+            f"{workers * batch_bytes * 1.25 / mb:,.0f} MB for one batch each ({batch_bytes / mb:,.0f} MB a batch): "
+            f"raise it (docker run --shm-size=8g; Kubernetes: an emptyDir with medium Memory at /dev/shm, as "
+            f"`extract plan` writes) or pass fewer --workers or a smaller --batch-size")
+    return min(PREFETCH, fits)
 
 
 # ---------------------------------------------------------------- extraction job
@@ -210,10 +242,15 @@ class ImageJob:
             return                              # no worker processes for a shard with nothing to do
         ds = BatchDecoder(self.store.url, self.root, batches, self.store.block, self.pre["resize"], self.pre["crop"],
                           self.exact, raw_jpeg=self.decoder == "nvjpeg")
+        crop = self.pre["crop"]
+        self.prefetch = prefetch_for(self.workers, self.batch_size * crop * crop * 3, shared_memory_free())
+        if self.prefetch < PREFETCH:
+            warn(f"image: {SHM} has room for {self.prefetch} batch(es) per decoding worker, not {PREFETCH}; "
+                 f"the workers may fall behind the model (raise the shared memory: docker run --shm-size=8g)")
         loader = torch.utils.data.DataLoader(
             ds, batch_size=None, shuffle=False, num_workers=self.workers,
             multiprocessing_context="spawn" if self.workers else None,
-            prefetch_factor=4 if self.workers else None, pin_memory=self.dev.type == "cuda",
+            prefetch_factor=self.prefetch if self.workers else None, pin_memory=self.dev.type == "cuda",
             timeout=DECODE_TIMEOUT if self.workers else 0)
         self.it = iter(loader)
 

@@ -17,6 +17,8 @@ from cache.store import Store
 from runtime.errors import UserError
 
 STAGES = ("images", "text")
+# /dev/shm for the image decoding workers: 16 workers × 4 batches × 69 MB, with room to spare
+SHM_SIZE = "8Gi"
 
 
 @dataclass
@@ -70,6 +72,12 @@ def k8s_manifest(stage: str, url: str, s: PlanSettings) -> str:
     if stage == "images":
         args += ["--workers", str(s.cpus)]
     cmd = shlex.join(args) + f' --shard "${{JOB_COMPLETION_INDEX}}/{s.shards}"'
+    shm_mount = shm_volume = ""
+    if stage == "images":
+        # the decoding workers hand batches (69 MB each on a GPU) over in /dev/shm; a pod's default is
+        # 64 MB, so the job would stop at once (extract.images.prefetch_for); counted in the pod's memory
+        shm_mount = "\n            - name: shm\n              mountPath: /dev/shm"
+        shm_volume = f"\n        - name: shm\n          emptyDir:\n            medium: Memory\n            sizeLimit: {SHM_SIZE}"
     return f"""# Kubernetes Indexed Job: `extract {stage}` in {s.shards} shards, one GPU per pod.
 # Apply: kubectl apply -f k8s_{stage}.yaml. Edit the image and the volume that holds the store and dataset.
 # Rerunnable as is: done blocks are skipped; a failed index is retried up to backoffLimitPerIndex times.
@@ -101,11 +109,11 @@ spec:
               memory: {s.memory.replace("G", "Gi")}
           volumeMounts:
             - name: data
-              mountPath: /data
+              mountPath: /data{shm_mount}
       volumes:
         - name: data
           persistentVolumeClaim:
-            claimName: influencer-data   # edit: the claim that holds the store and the dataset
+            claimName: influencer-data   # edit: the claim that holds the store and the dataset{shm_volume}
 """
 
 

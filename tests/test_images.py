@@ -421,3 +421,42 @@ def test_compiled_job_pads_short_batches_without_changing_features(sample, encod
     ok = s["features/image_status"][:] == Status.OK
     np.testing.assert_allclose(s["features/image"][:][ok].astype(np.float32),
                                ref["features/image"][:][ok].astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_shared_memory_too_small_for_the_decoding_workers(sample, encoder_file, extracted, tmp_path, monkeypatch):
+    """The decoding workers hand their batches over in /dev/shm, 64 MB in a default container: less than
+    one GPU batch. With room for no batch per worker the job stops at once with one line saying what to
+    raise, before any block is written; with room for fewer batches than it prefetches it says so and
+    prefetches less, storing the same features; `extract plan`'s Kubernetes Job mounts a larger one."""
+    import yaml
+
+    import extract.images as images
+    mb = 1 << 20
+    assert images.prefetch_for(16, 69 * mb, None) == images.prefetch_for(0, 69 * mb, 1) == images.PREFETCH
+    assert images.prefetch_for(16, 69 * mb, 2048 * mb) == 1 and images.prefetch_for(16, 69 * mb, 8192 * mb) == 4
+    with pytest.raises(Exception, match=r"/dev/shm has 64 MB free; 16 decoding workers need 1,380 MB"):
+        images.prefetch_for(16, 69 * mb, 64 * mb)
+    assert images.shared_memory_free(str(tmp_path)) > 0 and images.shared_memory_free(str(tmp_path / "no")) is None
+
+    path = build_store(sample, str(tmp_path / "s.zarr"))
+    args = ["images", path, "--shard", "0/1", "--encoder", encoder_file[0], "--workers", "2", "--batch-size", "16"]
+    crop = load_encoder(encoder_file[0]).preprocessing["crop"]
+    batch = 16 * crop * crop * 3
+    monkeypatch.setattr(images, "shared_memory_free", lambda path=images.SHM: batch)
+    r = CliRunner().invoke(extract_app, args)
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("error: shared memory /dev/shm has ") and "2 decoding workers need" in r.output
+    assert not open_store(path)["features/image_done"][:].any()
+
+    monkeypatch.setattr(images, "shared_memory_free", lambda path=images.SHM: int(2 * 2 * batch * 1.25))
+    r = CliRunner().invoke(extract_app, args)
+    assert r.exit_code == 0, r.output
+    assert "room for 2 batch(es) per decoding worker, not 4" in r.output
+    s = open_store(path)
+    np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
+
+    from extract.plan import PlanSettings, k8s_manifest
+    pod = yaml.safe_load(k8s_manifest("images", path, PlanSettings(shards=2)))["spec"]["template"]["spec"]
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "shm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
