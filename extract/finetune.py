@@ -29,7 +29,7 @@ from cache.store import open_store
 from extract.encoder_file import default_preprocessing, save_encoder
 from extract.imaging import ImageError, decode, normalize
 from extract.inception import ImageEncoder, load_imagenet_backbone
-from runtime.console import say
+from runtime.console import say, warn
 from runtime.device import autocast, pick_device, pick_precision
 from runtime.errors import UserError
 from runtime.progress import Progress
@@ -137,12 +137,19 @@ def _weak_rows(store, split: str, per_influencer: int, seed: int, balance: bool)
 
 
 def _loader(ds, batch_size, shuffle, workers, seed, device):
+    from extract.images import PREFETCH, SHM, prefetch_for, shared_memory_free
     g = torch.Generator()
     g.manual_seed(seed)
+    # the training and the validation loader keep their workers (and their batches in /dev/shm) alive
+    # side by side: each gets half the shared memory (extract.images.prefetch_for)
+    prefetch = prefetch_for(2 * workers, batch_size * ds.crop * ds.crop * 3, shared_memory_free())
+    if prefetch < PREFETCH and shuffle:
+        warn(f"finetune: {SHM} has room for {prefetch} batch(es) per worker, not {PREFETCH} "
+             f"(raise the shared memory: docker run --shm-size=8g)")
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=shuffle, drop_last=False, generator=g, num_workers=workers,
         multiprocessing_context="spawn" if workers else None, persistent_workers=bool(workers),
-        prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
+        prefetch_factor=prefetch if workers else None, pin_memory=device.type == "cuda")
 
 
 def _to_input(x: torch.Tensor, device, pre) -> torch.Tensor:

@@ -455,6 +455,13 @@ def test_shared_memory_too_small_for_the_decoding_workers(sample, encoder_file, 
     s = open_store(path)
     np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
 
+    from extract.finetune import _loader              # fine-tuning's workers: the same check
+    ds = type("Images", (torch.utils.data.Dataset,), {"crop": crop, "__len__": lambda self: 1})()
+    monkeypatch.setattr(images, "shared_memory_free", lambda path=images.SHM: batch)
+    with pytest.raises(Exception, match="decoding workers need"):
+        _loader(ds, 16, True, 2, 0, torch.device("cpu"))
+    assert _loader(ds, 16, True, 0, 0, torch.device("cpu")).prefetch_factor is None
+
     from extract.plan import PlanSettings, k8s_manifest
     pod = yaml.safe_load(k8s_manifest("images", path, PlanSettings(shards=2)))["spec"]["template"]["spec"]
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")
