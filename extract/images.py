@@ -49,18 +49,19 @@ def shared_memory_free(path: str = SHM) -> int | None:
 
 
 def prefetch_for(workers: int, batch_bytes: int, free: int | None) -> int:
-    """How many batches each worker may keep ready: PREFETCH, or fewer so that all of them (with a
-    quarter more for batches not yet freed) fit the shared memory. A container's default /dev/shm is
-    64 MB (Docker, Kubernetes), less than one GPU batch (256 images of 299 px: 69 MB); a worker would
-    die of a bus error at its first batch. Raises UserError when not even one batch each fits."""
+    """How many batches each worker may keep ready: PREFETCH, or fewer so that all of them fit the
+    shared memory, with two batches more (the one being copied out and one not yet freed). A
+    container's default /dev/shm is 64 MB (Docker, Kubernetes), less than one GPU batch (256 images of
+    299 px: 69 MB); a worker fails at its first batch there. Raises UserError when not even one batch
+    per worker fits."""
     if free is None or workers == 0:
         return PREFETCH
-    fits = int(free // (workers * batch_bytes * 1.25))
+    fits = int((free // batch_bytes - 2) // workers)
     if fits < 1:
         mb = 1 << 20
         raise UserError(
             f"shared memory {SHM} has {free / mb:,.0f} MB free; {workers} decoding workers need "
-            f"{workers * batch_bytes * 1.25 / mb:,.0f} MB for one batch each ({batch_bytes / mb:,.0f} MB a batch): "
+            f"{(workers + 2) * batch_bytes / mb:,.0f} MB for one batch each ({batch_bytes / mb:,.1f} MB a batch): "
             f"raise it (docker run --shm-size=8g; Kubernetes: an emptyDir with medium Memory at /dev/shm, as "
             f"`extract plan` writes) or pass fewer --workers or a smaller --batch-size")
     return min(PREFETCH, fits)

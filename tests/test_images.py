@@ -434,7 +434,7 @@ def test_shared_memory_too_small_for_the_decoding_workers(sample, encoder_file, 
     mb = 1 << 20
     assert images.prefetch_for(16, 69 * mb, None) == images.prefetch_for(0, 69 * mb, 1) == images.PREFETCH
     assert images.prefetch_for(16, 69 * mb, 2048 * mb) == 1 and images.prefetch_for(16, 69 * mb, 8192 * mb) == 4
-    with pytest.raises(Exception, match=r"/dev/shm has 64 MB free; 16 decoding workers need 1,380 MB"):
+    with pytest.raises(Exception, match=r"/dev/shm has 64 MB free; 16 decoding workers need 1,242 MB"):
         images.prefetch_for(16, 69 * mb, 64 * mb)
     assert images.shared_memory_free(str(tmp_path)) > 0 and images.shared_memory_free(str(tmp_path / "no")) is None
 
@@ -448,7 +448,7 @@ def test_shared_memory_too_small_for_the_decoding_workers(sample, encoder_file, 
     assert r.output.startswith("error: shared memory /dev/shm has ") and "2 decoding workers need" in r.output
     assert not open_store(path)["features/image_done"][:].any()
 
-    monkeypatch.setattr(images, "shared_memory_free", lambda path=images.SHM: int(2 * 2 * batch * 1.25))
+    monkeypatch.setattr(images, "shared_memory_free", lambda path=images.SHM: (2 * 2 + 2) * batch)
     r = CliRunner().invoke(extract_app, args)
     assert r.exit_code == 0, r.output
     assert "room for 2 batch(es) per decoding worker, not 4" in r.output
