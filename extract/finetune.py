@@ -31,6 +31,7 @@ from extract.imaging import ImageError, decode, normalize
 from extract.inception import ImageEncoder, load_imagenet_backbone
 from runtime.console import say, warn
 from runtime.device import autocast, pick_device, pick_precision
+from runtime.cpus import usable_cpus
 from runtime.errors import UserError
 from runtime.progress import Progress
 
@@ -297,7 +298,7 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = Fal
                         f"{cfg.labels!r}, {cfg.posts_per_influencer}")
     categories = store.post_categories
     train_paths, train_y, val_paths, val_y, what, label_info = _labelled_sets(store, url, cfg)
-    workers = min(os.cpu_count() or 1, 8) if cfg.workers is None else cfg.workers
+    workers = min(usable_cpus(), 8) if cfg.workers is None else cfg.workers
 
     torch.manual_seed(cfg.seed)
     encoder, source = _new_encoder(cfg, len(categories), log)

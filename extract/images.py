@@ -23,6 +23,7 @@ import torch
 from cache.schema import Status
 from extract.imaging import ImageError, check_regular, decode, normalize
 from runtime.console import warn
+from runtime.cpus import usable_cpus
 from runtime.errors import UserError
 # the model and the encoder file live in their own modules; re-exported for callers of this one
 from extract.encoder_file import EncoderFile, default_preprocessing, load_encoder, save_encoder  # noqa: F401
@@ -325,7 +326,7 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
     if batch_size is None:
         batch_size = 256 if dev.type == "cuda" else 32
     if workers is None:
-        workers = min(os.cpu_count() or 1, 16)
+        workers = min(usable_cpus(), 16)
     if batch_size < 1 or workers < 0:
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
     job = ImageJob(load_encoder(encoder_path), store, root, dev, prec, batch_size, workers, exact, decoder, compile)

@@ -23,6 +23,7 @@ from cache import schema
 from cache.store import create_features, create_labels, create_store, write_influencers
 from extract import release
 from extract.target import prepare_target
+from runtime.cpus import usable_cpus
 from runtime.errors import UserError
 from runtime.progress import Progress
 
@@ -222,7 +223,7 @@ def run_index(dataset: str, url: str, *, max_posts: int = 300, block: int = sche
         raise UserError("--max-posts must be at least 1")
     if block < 1 or block % min(schema.FEATURE_CHUNK, block):
         raise UserError(f"--block must be a positive multiple of {schema.FEATURE_CHUNK} (or smaller than it)")
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = usable_cpus() if workers is None else workers
     rows, infl_problems = release.read_influencers(root)
     if not os.path.exists(os.path.join(root, release.MAPPING_FILE)):
         raise UserError(f"{os.path.join(root, release.MAPPING_FILE)}: missing")

@@ -467,3 +467,26 @@ def test_shared_memory_too_small_for_the_decoding_workers(sample, encoder_file, 
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "shm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_worker_pools_are_sized_to_the_cpus_the_job_may_use(tmp_path):
+    """Default --workers come from the process's CPU affinity capped by a cgroup CPU quota (a pod's CPU
+    limit), not from the host's core count; cgroup v2 and v1 files, no quota, no cgroup at all."""
+    from runtime.cpus import usable_cpus
+    mine = len(os.sched_getaffinity(0))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    for text, want in [("max 100000", mine), ("100000 100000", 1), ("50000 100000", 1),
+                       (f"{(mine + 7) * 100000} 100000", mine)]:
+        (v2 / "cpu.max").write_text(text + "\n")
+        assert usable_cpus(str(v2)) == want, text
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert usable_cpus(str(v2)) == min(mine, 2)
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cpus(str(v1.parent)) == mine
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    assert usable_cpus(str(v1.parent)) == 1
+    assert usable_cpus(str(tmp_path / "none")) == mine
