@@ -525,10 +525,11 @@ def main() -> None:
         raise SystemExit("no CUDA device: run with --dry-run on a CPU")
     device = torch.device(device_s)
     posts = min(args.posts, 48) if dry else args.posts
-    workers = 0 if dry else min(os.cpu_count() or 1, 16)
+    from runtime.cpus import usable_cpus
+    workers = 0 if dry else min(usable_cpus(), 16)         # the jobs' own default
     name = "CPU (dry run)" if dry else torch.cuda.get_device_name(0)
     results: dict = {"device": name, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "dry_run": dry,
-                     "cores": os.cpu_count(), "_out": args.out}
+                     "cores": os.cpu_count(), "usable_cpus": usable_cpus(), "_out": args.out}
     tmp = tempfile.mkdtemp(prefix="bench-gpu-")
     try:
         results["sample"] = step(results, "sample", build, tmp, posts, 96 if dry else 360, workers)
