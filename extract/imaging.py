@@ -140,18 +140,15 @@ def _box_resize(img: Image.Image, resize: int, crop: int) -> np.ndarray:
       keeps PIL's exact fractional box, so no huge intermediate is made."""
     w, h = img.size
     box = _crop_box(w, h, resize, crop)
-    a = np.asarray(img)
     if box[2] - box[0] >= 1.5 * crop and box[3] - box[1] >= 1.5 * crop:
         left, top = int(round(box[0])), int(round(box[1]))
         right, bottom = max(left + 1, min(w, int(round(box[2])))), max(top + 1, min(h, int(round(box[3]))))
-        return _torch_resize(a[top:bottom, left:right], crop, crop)
+        return _torch_resize(np.asarray(img)[top:bottom, left:right], crop, crop)
     new_w, new_h = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-    if new_w * new_h > MAX_WHOLE_RESIZE * resize * resize:
+    if new_w * new_h > MAX_WHOLE_RESIZE * resize * resize or crop > resize:   # (a crop past the image: PIL's box)
         return np.array(img.resize((crop, crop), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
     top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
-    if top < 0 or left < 0:          # cannot happen while crop <= resize; PIL's box then
-        return np.array(img.resize((crop, crop), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
-    return _torch_resize(a, new_h, new_w, top, left, crop)
+    return _torch_resize(np.asarray(img), new_h, new_w, top, left, crop)
 
 
 def _torch_resize(a: np.ndarray, height: int, width: int, top: int = 0, left: int = 0,
