@@ -115,7 +115,7 @@ def save(results: dict) -> None:
                 f.write(table(results, results["device"]) + "\n")
 
 
-def build(tmp: str, posts: int, image_size: int, workers: int) -> dict:
+def build(tmp: str, posts: int, image_size: int, workers: int, repeat: int) -> dict:
     """The release-like sample: patterns drawn at 90 px (drawing 360 px ones took 340 s for 12 k
     posts on one core), enlarged to `image_size`, softened and saved as ~15 KB JPEGs in `workers`
     processes; then indexed and labelled."""
@@ -133,11 +133,48 @@ def build(tmp: str, posts: int, image_size: int, workers: int) -> dict:
     run_index(data, url, block=2048 if posts >= 1000 else 16, workers=min(os.cpu_count() or 1, 16), quiet=True)
     apply_labels(open_store(url, "r+"), os.path.join(data, "labels/influencers.csv"),
                  os.path.join(data, "labels/posts.csv"), seed=0)
-    for name in ("nvjpeg.zarr", "second.zarr"):      # fresh stores for the second job of each kind
-        shutil.copytree(url, os.path.join(tmp, name))
-    s = open_store(url)
+    repeated(url, os.path.join(tmp, "jobs.zarr"), repeat)
+    apply_labels(open_store(os.path.join(tmp, "jobs.zarr"), "r+"), os.path.join(data, "labels/influencers.csv"),
+                 os.path.join(data, "labels/posts.csv"), seed=0)
+    shutil.copytree(os.path.join(tmp, "jobs.zarr"), os.path.join(tmp, "jobs-b.zarr"))    # the second job of each kind
+    s, j = open_store(url), open_store(os.path.join(tmp, "jobs.zarr"))
     return {"data": data, "posts": s.n_posts, "jpeg_kb": round(kb, 1),
-            "images": sum(1 for p in s["posts/image"][:] if str(p))}
+            "images": sum(1 for p in s["posts/image"][:] if str(p)), "job_rows": j.n_posts, "job_blocks": j.n_blocks,
+            "repeat": repeat}
+
+
+def repeated(src: str, dst: str, times: int) -> None:
+    """The sample's store with its posts and influencers repeated `times` over (ids and usernames made
+    unique, the same captions and image files), unlabelled (`cache labels` with the sample's files
+    labels the first copy only: the others' ids are not in them), features empty.
+    The jobs run on it so that they last long enough for a steady state: a 20 k-post sample is one
+    second of text at the floor's rate, and the jobs' workers would tokenise or decode all of it ahead
+    while the first block starts up, so the rate after the first block would not include them."""
+    from cache import schema
+    from cache.store import create_features, create_labels, create_store, open_store, write_influencers
+    s = open_store(src)
+    d = create_store(dst, s.group.attrs["dataset_root"], s.block)
+    n, m = s.n_posts, s.n_influencers
+    for name in schema.POST_STR + ["influencer"] + schema.POST_INT:
+        a = s[f"posts/{name}"][:]
+        if name == "id":
+            parts = [a if k == 0 else np.array([f"{x}.{k}" for x in a], dtype=object) for k in range(times)]
+        elif name == "influencer":
+            parts = [a + k * m for k in range(times)]
+        else:
+            parts = [a] * times
+        d[f"posts/{name}"].append(np.concatenate(parts))
+    offsets = s["influencers/offsets"][:]
+    table = {"username": np.concatenate([np.array([f"{u}.{k}" if k else str(u) for u in s["influencers/username"][:]],
+                                                  dtype=object) for k in range(times)]),
+             "offsets": np.concatenate([offsets[:-1] + k * n for k in range(times)] + [[times * n]]).astype(np.int64)}
+    for name in schema.INFLUENCER_INT + ["release_category"]:
+        table[name] = np.tile(s[f"influencers/{name}"][:], times)
+    write_influencers(d, table)
+    create_labels(d)
+    create_features(d)
+    d.group.attrs.update({k: v for k, v in s.group.attrs.items()
+                          if k not in ("block", "dataset_root", "index_stats", "labels")})
 
 
 def plain_text(url: str, device, limit: int) -> dict:
@@ -250,10 +287,21 @@ def text_model(url: str, device: str, compile: bool, n: int) -> dict:
             "precision": enc.precision}
 
 
+def tokenizer_threads() -> int:
+    """Threads the Rust tokenizer's batch call spreads over in this process: its rayon pool (one per
+    usable CPU, or RAYON_NUM_THREADS), or 1 where TOKENIZERS_PARALLELISM turns that off (as in the
+    `--workers` processes)."""
+    if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in ("0", "false", "off", "no"):
+        return 1
+    from runtime.cpus import usable_cpus
+    return int(os.environ.get("RAYON_NUM_THREADS") or usable_cpus())
+
+
 def text_host(url: str, workers: int = 0) -> dict:
     """The text job's host stages alone, block by block in one thread, no model: reading the block's
-    captions, tokenising them (the job's in-process tokeniser), padding its batches. Microseconds per
-    caption, and the rate one thread could feed the model at; the job's writing is in its own split.
+    captions, tokenising them (the job's in-process tokeniser, whose Rust batch call spreads over
+    `tokenizer_threads` threads by itself), padding its batches. Microseconds per caption, and the rate
+    the job's prefetch thread could feed the model at; the job's writing is in its own split.
     With `workers`, also the rate `workers` tokenising processes deliver the blocks at (after the first).
     The reference for the tokeniser's cut of long captions (extract.tokenise): each block tokenised
     whole right after, the same ids checked (`tokenise_whole_us`, `tokenise_cut_gain`)."""
@@ -289,7 +337,8 @@ def text_host(url: str, workers: int = 0) -> dict:
         if whole is not None:
             assert np.array_equal(ref.flat, prepared.flat), "cut captions gave other ids"
     us = spent / max(rows, 1) * 1e6
-    out = {"rows": rows, "read_us": round(float(us[0]), 1), "tokenise_us": round(float(us[1]), 1),
+    out = {"rows": rows, "tokenizer_threads": tokenizer_threads(), "read_us": round(float(us[0]), 1),
+           "tokenise_us": round(float(us[1]), 1),
            "pad_us": round(float(us[2]), 1), "per_s": 1e6 / float(us.sum()) if us.sum() else None}
     if whole is not None:
         whole_us = whole_s / max(rows, 1) * 1e6
@@ -442,7 +491,9 @@ def table(r: dict, device_name: str) -> str:
         return (r.get(name) or {}).get(key)
 
     lines = [f"GPU bench on {device_name}, {time.strftime('%Y-%m-%d')}; sample: {r['sample'].get('posts', 0):,} posts, "
-             f"{r['sample'].get('images', 0):,} images, mean JPEG {r['sample'].get('jpeg_kb')} KB", "",
+             f"{r['sample'].get('images', 0):,} images, mean JPEG {r['sample'].get('jpeg_kb')} KB; the jobs ran on it "
+             f"{r['sample'].get('repeat')} times over: {r['sample'].get('job_rows') or 0:,} rows in "
+             f"{r['sample'].get('job_blocks')} blocks", "",
              "| path | rate | vs reference | GPU memory peak | GPU busy | notes |", "|---|---:|---:|---:|---:|---|"]
     for name, unit, plain in (("text_job", "captions/s", "text_plain"), ("text_job_workers", "captions/s", "text_plain"),
                               ("text_plain", "captions/s", None),
@@ -471,9 +522,11 @@ def table(r: dict, device_name: str) -> str:
               f"agreement with CPU fp32: text min cosine {f(get('agreement', 'text_min_cosine'), '{:.5f}')} "
               f"(floor 0.999), image {f(get('agreement', 'image_min_cosine'), '{:.5f}')} (floor 0.99), "
               f"image with --decoder nvjpeg {f(get('agreement_nvjpeg', 'image_min_cosine'), '{:.5f}')}",
-              f"text host stages alone (one thread, no model, per caption): read {get('text_host', 'read_us')} us, "
-              f"tokenise {get('text_host', 'tokenise_us')} us, pad {get('text_host', 'pad_us')} us: "
-              f"{f(get('text_host', 'per_s'))} captions/s at most from one thread, "
+              f"text host stages alone (the job's prefetch thread, no model, per caption): read "
+              f"{get('text_host', 'read_us')} us, tokenise {get('text_host', 'tokenise_us')} us (the tokenizer's "
+              f"own {get('text_host', 'tokenizer_threads')} threads; {get('text_host', 'tokenise_whole_us')} us "
+              f"without the cut of long captions), pad {get('text_host', 'pad_us')} us: "
+              f"{f(get('text_host', 'per_s'))} captions/s at most from that thread, "
               f"{f(get('text_host', 'workers_per_s'))}/s read and tokenised by {get('text_host', 'workers')} worker "
               f"processes; writing in text_job's split",
               f"host waits for the GPU (torch.profiler, one block): text {get('host_syncs', 'text_syncs')} over "
@@ -504,6 +557,7 @@ def table(r: dict, device_name: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--posts", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=4, help="the jobs run on the sample's posts this many times over")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the script, measures nothing")
     ap.add_argument("--keep", action="store_true")
@@ -532,29 +586,33 @@ def main() -> None:
                      "cores": os.cpu_count(), "usable_cpus": usable_cpus(), "_out": args.out}
     tmp = tempfile.mkdtemp(prefix="bench-gpu-")
     try:
-        results["sample"] = step(results, "sample", build, tmp, posts, 96 if dry else 360, workers)
-        pil, nvj = os.path.join(tmp, "pil.zarr"), os.path.join(tmp, "nvjpeg.zarr")
+        results["sample"] = step(results, "sample", build, tmp, posts, 96 if dry else 360, workers,
+                                 2 if dry else args.repeat)
+        # pil.zarr: the sample (fine-tuning, plain loops); the jobs run on the sample repeated (`repeated`):
+        # jobs.zarr gets text_job and images_pil, jobs-b.zarr text_job_workers and images_nvjpeg
+        pil, jobs, jobs_b = (os.path.join(tmp, f) for f in ("pil.zarr", "jobs.zarr", "jobs-b.zarr"))
         data = results["sample"].get("data", "")
         step(results, "text_plain", plain_text, pil, device, 16 if dry else 4096)
-        step(results, "text_job", job_text, pil, device_s)
+        step(results, "text_job", job_text, jobs, device_s)
         # the same job tokenising in worker processes (on a fresh copy of the store)
         text_workers = 2 if dry else max(1, workers // 2)
-        step(results, "text_host", text_host, pil, text_workers)
-        step(results, "text_job_workers", job_text, os.path.join(tmp, "second.zarr"), device_s, False, text_workers)
+        step(results, "text_host", text_host, jobs, text_workers)
+        step(results, "text_job_workers", job_text, jobs_b, device_s, False, text_workers)
         enc = os.path.join(tmp, "encoder.pt")
         step(results, "finetune", finetune_encoder, pil, enc, dry, device_s)
         paths = image_paths(pil, data, 16 if dry else 2048) if os.path.exists(pil) else []
         step(results, "images_plain", plain_images, paths, enc, device)
-        step(results, "images_pil", job_images, pil, enc, device_s, "pil", workers)
-        step(results, "images_nvjpeg", job_images, nvj, enc, device_s, "nvjpeg", workers)   # the CPU: libjpeg-turbo
+        step(results, "images_pil", job_images, jobs, enc, device_s, "pil", workers)
+        step(results, "images_nvjpeg", job_images, jobs_b, enc, device_s, "nvjpeg", workers)   # the CPU: libjpeg-turbo
         if not dry:
             step(results, "nvjpeg_decode", nvjpeg_decode_rate, paths, device)
         step(results, "decode", decode_rates, paths, workers)
         step(results, "model_only", model_only, enc, device, 8 if dry else 256, 2 if dry else 20, 75 if dry else 299)
-        step(results, "agreement", agreement, pil, data, enc, 16 if dry else 256)
-        step(results, "agreement_nvjpeg", agreement, nvj, data, enc, 16 if dry else 256, False)
-        step(results, "host_syncs", host_syncs, pil, data, enc, device_s)
-        step(results, "heads", heads_on, pil, tmp, device_s, dry)
+        step(results, "agreement", agreement, jobs, data, enc, 16 if dry else 256)
+        step(results, "agreement_nvjpeg", agreement, jobs_b, data, enc, 16 if dry else 256, False)
+        step(results, "host_syncs", host_syncs, jobs, data, enc, device_s)
+        # labelled influencers: the first copy of the sample (as in pil.zarr); predict labels every copy
+        step(results, "heads", heads_on, jobs, tmp, device_s, dry)
         # last: torch.compile's first calls compile (a minute or more); the figures above come first.
         # Steady-state model rates with and without it, warmed up on the same inputs first.
         n_text = 64 if dry else 8192
@@ -562,8 +620,8 @@ def main() -> None:
         if not dry:     # compiling BERT-base and Inception on a CPU takes minutes: the dry run skips them
             step(results, "text_model_compiled", text_model, pil, device_s, True, n_text)
             step(results, "model_only_compiled", model_only, enc, device, 256, 20, 299, True)
-            step(results, "images_nvjpeg_compiled", job_images, os.path.join(tmp, "second.zarr"), enc, device_s,
-                 "nvjpeg", workers, True)
+            # on the sample once (pil.zarr has no image features yet): compiling is the slow part
+            step(results, "images_nvjpeg_compiled", job_images, pil, enc, device_s, "nvjpeg", workers, True)
         text = table(results, name)
         print("\n" + text)
         save(results)

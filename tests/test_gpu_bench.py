@@ -19,8 +19,11 @@ def test_gpu_bench_dry_run(tmp_path):
                  "images_nvjpeg", "decode", "model_only", "text_model", "agreement", "agreement_nvjpeg", "host_syncs", "heads"):
         assert r[step]["ok"], (step, r[step].get("error"))
     assert r["agreement"]["text_min_cosine"] >= 0.999 and r["agreement"]["image_min_cosine"] >= 0.99
-    assert r["text_job"]["rows"] == r["text_job_workers"]["rows"] == r["images_pil"]["rows"] == r["sample"]["posts"]
-    assert r["text_host"]["rows"] == r["sample"]["posts"] and r["text_host"]["tokenise_us"] > 0 and r["text_host"]["workers_per_s"] > 0
+    # the jobs run on the sample repeated (so that they reach a steady state), every row of it
+    assert r["sample"]["job_rows"] == r["sample"]["repeat"] * r["sample"]["posts"] and r["sample"]["repeat"] > 1
+    assert r["text_job"]["rows"] == r["text_job_workers"]["rows"] == r["images_pil"]["rows"] == r["sample"]["job_rows"]
+    assert r["text_host"]["rows"] == r["sample"]["job_rows"] and r["text_host"]["tokenise_us"] > 0 and r["text_host"]["workers_per_s"] > 0
+    assert r["text_host"]["tokenizer_threads"] >= 1
     assert r["host_syncs"]["text_batches"] >= 1 and r["host_syncs"]["image_batches"] >= 1
     # two blocks at least: one to warm up, one counted
     assert r["host_syncs"]["image_pil_syncs"] is not None and r["host_syncs"]["image_nvjpeg_syncs"] is not None
@@ -29,3 +32,29 @@ def test_gpu_bench_dry_run(tmp_path):
     table = open(tmp_path / "gpu-bench.md").read()
     assert "| text_job |" in table and "10.2 M posts per GPU" in table and "text host stages alone" in table
     assert "host waits for the GPU" in table
+
+
+def test_the_jobs_store_is_the_sample_repeated(tmp_path):
+    """benchmarks/gpu.py's `repeated`: every post and influencer `times` over, ids and usernames unique,
+    bags where they belong, no labels yet, features empty, a store `cache verify` accepts."""
+    import numpy as np
+
+    from benchmarks.gpu import repeated
+    from cache.inspect import verify
+    from cache.store import open_store
+    from cache.synthetic import planted_store
+    src, dst = str(tmp_path / "s.zarr"), str(tmp_path / "r.zarr")
+    planted_store(src, influencers=9, posts=7, block=16, write_features=False,
+                  post_counts=np.array([7, 3, 9, 7, 1, 7, 12, 7, 7]))
+    repeated(src, dst, 3)
+    s, r = open_store(src), open_store(dst)
+    n, m = s.n_posts, s.n_influencers
+    assert (r.n_posts, r.n_influencers, r.block) == (3 * n, 3 * m, s.block)
+    assert len(set(r["posts/id"][:])) == 3 * n and len(set(r["influencers/username"][:])) == 3 * m
+    assert list(r["posts/caption"][:]) == 3 * list(s["posts/caption"][:])
+    offsets, owner = r["influencers/offsets"][:], r["posts/influencer"][:]
+    assert offsets[0] == 0 and offsets[-1] == 3 * n
+    assert all((owner[offsets[i]:offsets[i + 1]] == i).all() for i in range(3 * m))
+    assert (r["posts/label"][:] == -1).all() and (r["influencers/label"][:] == -1).all()     # `cache labels` labels it
+    assert not r["features/text_done"][:].any() and r["features/text_done"].shape == (r.n_blocks,)
+    assert verify(r) == []
