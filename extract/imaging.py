@@ -154,18 +154,30 @@ def _box_resize(img: Image.Image, resize: int, crop: int) -> np.ndarray:
 def _torch_resize(a: np.ndarray, height: int, width: int, top: int = 0, left: int = 0,
                   crop: int | None = None) -> np.ndarray:
     """An HWC uint8 array resized by torch's antialiased bilinear uint8 kernel (AVX2 from channels-last
-    input) to height × width, optionally cut to crop × crop at (top, left); HWC uint8 out. The kernel
-    returns planar (CHW) memory, and interleaving it channel by channel is 5-8x faster than numpy's or
-    torch's general transpose (135 against 700-1,000 µs for a 299 px crop)."""
+    input) to height × width, optionally cut to crop × crop at (top, left); HWC uint8 out.
+
+    Given a channels-last output (`_resize_channels_last`) the kernel writes interleaved pixels and
+    the crop is one contiguous copy: on a 360 px image 508 + 43 µs, against 977 + 147 µs when torch
+    allocated the output itself, planar (its own conversion to planar, then ours back)."""
     import torch
     x = torch.from_numpy(np.array(a, dtype=np.uint8))    # a writable, contiguous copy of the region
-    chw = torch.nn.functional.interpolate(x.permute(2, 0, 1)[None], size=(height, width), mode="bilinear",
-                                          antialias=True, align_corners=False)[0].numpy()
+    out = _resize_channels_last(x.permute(2, 0, 1)[None], height, width)[0].permute(1, 2, 0)
     h, w = (height, width) if crop is None else (crop, crop)
-    out = np.empty((h, w, chw.shape[0]), dtype=np.uint8)
-    for c in range(chw.shape[0]):
-        out[..., c] = chw[c, top:top + h, left:left + w]
-    return out
+    return np.ascontiguousarray(out[top:top + h, left:left + w].numpy())
+
+
+def _resize_channels_last(x, height: int, width: int):
+    """torch's antialiased bilinear resize of a (1, C, H, W) uint8 tensor into a channels-last output,
+    which `interpolate` does not offer (it returns planar memory from channels-last input). Where the
+    ATen op's out= form is missing or refuses, `interpolate` itself (the same pixels, planar)."""
+    import torch
+    out = torch.empty((1, x.shape[1], height, width), dtype=torch.uint8, memory_format=torch.channels_last)
+    try:
+        torch.ops.aten._upsample_bilinear2d_aa.out(x, [height, width], False, None, None, out=out)
+        return out
+    except (AttributeError, RuntimeError, TypeError):
+        return torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", antialias=True,
+                                               align_corners=False)
 
 
 def decode(path: str, resize: int = DEFAULT_RESIZE, crop: int = DEFAULT_CROP, exact: bool = False) -> np.ndarray:

@@ -84,6 +84,29 @@ def test_fast_decoding_is_close_to_torchvision_preset(tmp_path):
             assert psnr >= 50.0, (h, w, psnr)
 
 
+def test_channels_last_resampling_is_torchs_interpolate_pixel_for_pixel(monkeypatch):
+    """extract.imaging._torch_resize has torch's kernel write a channels-last output (through the ATen
+    op's out= form, 1.5x faster decoding of release-sized images): the very pixels of the public
+    `interpolate` then the crop, shrinking and enlarging, whole or cut; and the same through its
+    fallback to `interpolate` where the op is missing."""
+    from extract.imaging import _torch_resize
+    rng = np.random.default_rng(3)
+    cases = [((360, 360), (342, 342, 21, 21, 299)), ((400, 300), (456, 342, 78, 21, 299)),
+             ((540, 700), (299, 299, 0, 0, None)), ((33, 45), (10, 12, 0, 0, None)), ((20, 30), (64, 96, 5, 7, 50))]
+    for fallback in (False, True):
+        if fallback:
+            monkeypatch.setattr(torch.ops.aten, "_upsample_bilinear2d_aa", None, raising=False)
+        for (h, w), (H, W, top, left, crop) in cases:
+            a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            ref = torch.nn.functional.interpolate(torch.from_numpy(a.copy()).permute(2, 0, 1)[None], size=(H, W),
+                                                  mode="bilinear", antialias=True,
+                                                  align_corners=False)[0].permute(1, 2, 0).numpy()
+            ch, cw = (H, W) if crop is None else (crop, crop)
+            got = _torch_resize(a, H, W, top, left, crop)
+            np.testing.assert_array_equal(got, ref[top:top + ch, left:left + cw])
+            assert got.flags["C_CONTIGUOUS"] and got.dtype == np.uint8
+
+
 # ------------------------------------------------------------------ encoder and fine-tuning
 
 def _pretend_imagenet_file(path):
