@@ -29,7 +29,7 @@ from runtime.errors import UserError
 from extract.encoder_file import EncoderFile, default_preprocessing, load_encoder, save_encoder  # noqa: F401
 from extract.inception import DIM, ImageEncoder, load_imagenet_backbone  # noqa: F401
 from extract.release import inside
-from runtime.device import autocast, maybe_compile, pick_device, pick_precision, to_device
+from runtime.device import autocast, maybe_compile, pick_device, pick_precision, shrinking_on_oom, to_device
 
 # A batch not decoded in this long (a hung network filesystem) stops the job with an error instead
 # of hanging it; done blocks are kept and a rerun goes on from there.
@@ -231,6 +231,7 @@ class ImageJob:
         # with failed images) is not a new shape to compile (the GPU bench saw one such recompile take
         # 28 s); rows are independent in eval mode, so padding changes no feature
         self.pad_batches = compile
+        self.model_batch = batch_size           # images per model call: halved if the device runs out of memory
         self.it = iter(())
         self.waited = 0.0                       # seconds spent waiting for the decoding workers
 
@@ -288,14 +289,22 @@ class ImageJob:
             if len(ok):
                 if self.pad_batches and len(ok) < self.batch_size:
                     x = torch.cat([x, x.new_zeros((self.batch_size - len(ok), *x.shape[1:]))])
-                with autocast(dev, self.prec):
-                    f = self.features(normalize(x, pre["mean"], pre["std"]).contiguous(memory_format=torch.channels_last))
+                # out of device memory: the batch again in halves (and the next batches in pieces that size)
+                f, self.model_batch = shrinking_on_oom(lambda size: self._model(x, size), self.model_batch, 1,
+                                                       "image", dev, "--batch-size")
                 feats[to_device(done - rows.start + ok, dev)] = f[:len(ok)].float()
             status[done - rows.start:done - rows.start + m] = st
             failures += errors
             done += m
         # float16 on the device, as the store keeps them: half the bytes back, and a faster conversion
         return feats.half().cpu().numpy(), status, failures
+
+    def _model(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """Features of a batch of uint8 NHWC pixels on the device, `size` images at a time."""
+        with autocast(self.dev, self.prec):
+            parts = [self.features(normalize(x[i:i + size], self.pre["mean"], self.pre["std"])
+                                   .contiguous(memory_format=torch.channels_last)) for i in range(0, len(x), size)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def close(self) -> None:
         self.it = iter(())                      # the worker processes end with the loader's iterator

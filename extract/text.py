@@ -18,7 +18,8 @@ from cache.schema import Status
 from cache.store import Store
 from extract.tokenise import Prepared, Tokeniser, TokenisingWorkers
 from runtime.console import warn
-from runtime.device import DTYPES, maybe_compile, pick_device, pick_precision, to_device, weights_digest
+from runtime.device import (DTYPES, maybe_compile, pick_device, pick_precision, shrinking_on_oom, to_device,
+                            weights_digest)
 from runtime.errors import EncoderLoadError, UserError
 
 DEFAULT_MODEL = "bert-base-uncased"
@@ -129,15 +130,21 @@ class TextEncoder:
         which waits for the previous batch."""
         dev = self.device
         out = torch.empty((len(prepared.lengths), self.dim), dtype=torch.float32, device=dev)
-        for rows, batch, valid in self.padded(prepared):
-            if valid.all():
-                mask = None
-            elif self.sdpa:
-                mask = to_device(np.ascontiguousarray(valid[:, None, None, :]), dev)
-            else:                   # another attention: the 2-D mask transformers expands itself
-                mask = to_device(valid.astype(np.int64), dev)
-            hidden = self.forward(input_ids=to_device(batch, dev), attention_mask=mask).last_hidden_state
-            out[to_device(rows, dev)] = hidden[:, 0].float()
+
+        def block(budget: int) -> None:
+            self.batch_tokens = budget
+            for rows, batch, valid in self.padded(prepared):
+                if valid.all():
+                    mask = None
+                elif self.sdpa:
+                    mask = to_device(np.ascontiguousarray(valid[:, None, None, :]), dev)
+                else:                   # another attention: the 2-D mask transformers expands itself
+                    mask = to_device(valid.astype(np.int64), dev)
+                hidden = self.forward(input_ids=to_device(batch, dev), attention_mask=mask).last_hidden_state
+                out[to_device(rows, dev)] = hidden[:, 0].float()
+        # out of device memory: the block again with half the token budget (kept for the next blocks)
+        shrinking_on_oom(block, self.batch_tokens, min(self.batch_tokens, self.max_length), "token", dev,
+                         "--batch-tokens")
         # float16 on the device: half the bytes to copy back, and torch converts 3-4x faster than numpy
         return out.half().cpu().numpy(), prepared.status
 

@@ -513,3 +513,51 @@ def test_worker_pools_are_sized_to_the_cpus_the_job_may_use(tmp_path):
     (v1 / "cpu.cfs_quota_us").write_text("100000\n")
     assert usable_cpus(str(v1.parent)) == 1
     assert usable_cpus(str(tmp_path / "none")) == mine
+
+
+def test_out_of_device_memory_halves_the_batch_and_keeps_done_blocks(sample, encoder_file, extracted, tmp_path,
+                                                                      monkeypatch, capsys):
+    """A GPU smaller than the batch size assumes (or shared): the model raises torch's out-of-memory error
+    above 4 images at once. The job halves its model batches (16 → 8 → 4), says so with the option to
+    pass, and stores what the reference job stores. Out of memory even for one image: one line naming
+    the device, and the blocks committed before are kept."""
+    import extract.images as images
+    from runtime.device import OUT_OF_MEMORY
+    calls = {"blocks": 0, "fail_from_block": None}
+    job_init = images.ImageJob.__init__
+
+    def small_device(self, *a, **kw):
+        job_init(self, *a, **kw)
+        features, encode = self.features, self.encode
+
+        def limited(x):
+            if len(x) > 4 or calls["fail_from_block"] is not None and calls["blocks"] >= calls["fail_from_block"]:
+                raise OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return features(x)
+
+        def counted(rows):
+            calls["blocks"] += 1
+            return encode(rows)
+        self.features, self.encode = limited, counted
+    monkeypatch.setattr(images.ImageJob, "__init__", small_device)
+    path = build_store(sample, str(tmp_path / "s.zarr"))
+    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
+    err = capsys.readouterr().err
+    assert "out of cpu memory with batches of 16 images; going on with 8 (pass --batch-size 8" in err
+    assert "going on with 4" in err and "going on with 2" not in err
+    s, ref = open_store(path), open_store(extracted[0])
+    np.testing.assert_array_equal(s["features/image_status"][:], ref["features/image_status"][:])
+    ok = s["features/image_status"][:] == Status.OK
+    np.testing.assert_allclose(s["features/image"][:][ok].astype(np.float32),
+                               ref["features/image"][:][ok].astype(np.float32), rtol=2e-3, atol=2e-3)
+    # no memory even for one image, from the second block on: one line; the first block stays done
+    path = build_store(sample, str(tmp_path / "t.zarr"))
+    calls.update(blocks=0, fail_from_block=2)
+    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", encoder_file[0],
+                                         "--workers", "0", "--batch-size", "4"])
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.strip().splitlines() if x.startswith("error")]
+    assert len(lines) == 1 and "out of cpu memory with batches of 1 image," in lines[0], r.output
+    assert "Traceback" not in r.output
+    done = open_store(path)["features/image_done"][:]
+    assert done[0] and not done[1:].any()

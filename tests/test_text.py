@@ -195,3 +195,38 @@ def test_tokeniser_cut_only_where_a_prefix_of_words_is_a_prefix_of_tokens(tiny_b
     assert t._fast is not None and t._cut is None          # the Rust call still, whole captions
     long = "word " * 200
     assert t([long]).ids == [tok([long], truncation=True, max_length=16)["input_ids"][0]]
+
+
+def test_out_of_device_memory_halves_the_token_budget(sample, tiny_bert, fp32_store, tmp_path, monkeypatch, capsys):
+    """The text model raises torch's out-of-memory error for batches over 300 tokens: the job encodes
+    the block again with half the token budget until it fits (1024 → 512 → 256), says so with the
+    option to pass, and stores what the reference job stores. Out of memory for batches as small as
+    they go (one caption): one line naming the device, no traceback."""
+    import extract.text as text
+    from runtime.device import OUT_OF_MEMORY
+    limit = {"tokens": 300}
+
+    def small_device(model, enabled):
+        def forward(input_ids, attention_mask):
+            if input_ids.numel() > limit["tokens"]:
+                raise OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 1.50 GiB")
+            return model(input_ids=input_ids, attention_mask=attention_mask)
+        return forward
+    monkeypatch.setattr(text, "maybe_compile", small_device)
+    path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
+    run_text(path, "0/1", model=tiny_bert, precision="fp32", device="cpu", batch_tokens=1024, quiet=True)
+    err = capsys.readouterr().err
+    assert "out of cpu memory with batches of 1024 tokens; going on with 512 (pass --batch-tokens 512" in err
+    assert "going on with 256" in err and "going on with 128" not in err
+    got, ref = open_store(path), open_store(fp32_store)
+    np.testing.assert_array_equal(got["features/text_status"][:], ref["features/text_status"][:])
+    np.testing.assert_allclose(got["features/text"][:].astype(np.float32), ref["features/text"][:].astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
+    limit["tokens"] = 0
+    path = build_store(sample, str(tmp_path / "t.zarr"), block=64)
+    r = CliRunner().invoke(extract_app, ["text", path, "--shard", "0/1", "--model", tiny_bert, "--device", "cpu",
+                                         "--batch-tokens", "256"])
+    assert r.exit_code == 2, r.output
+    lines = [x for x in r.output.strip().splitlines() if x.startswith("error")]
+    assert len(lines) == 1 and "out of cpu memory with batches of 128 tokens, as small as they go" in lines[0], r.output
+    assert "Traceback" not in r.output
