@@ -137,6 +137,7 @@ def build(tmp: str, posts: int, image_size: int, workers: int, repeat: int) -> d
     apply_labels(open_store(os.path.join(tmp, "jobs.zarr"), "r+"), os.path.join(data, "labels/influencers.csv"),
                  os.path.join(data, "labels/posts.csv"), seed=0)
     shutil.copytree(os.path.join(tmp, "jobs.zarr"), os.path.join(tmp, "jobs-b.zarr"))    # the second job of each kind
+    shutil.copytree(url, os.path.join(tmp, "oom.zarr"))       # oom_recovery's (its first block only)
     s, j = open_store(url), open_store(os.path.join(tmp, "jobs.zarr"))
     return {"data": data, "posts": s.n_posts, "jpeg_kb": round(kb, 1),
             "images": sum(1 for p in s["posts/image"][:] if str(p)), "job_rows": j.n_posts, "job_blocks": j.n_blocks,
@@ -430,6 +431,82 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
     return out
 
 
+def oom_recovery(url: str, encoder: str, device: str, gib: float, ref: str) -> dict:
+    """Both jobs on one block with the device's memory capped below what their default batches need
+    (torch's caching allocator limited to `gib` GiB: a small GPU, or a MIG slice): each must halve its
+    batches until they fit (runtime.device.shrinking_on_oom), finish the block, and say what it did.
+    On the CPU (the dry run) the out-of-memory error is raised by the model above 4 images or 256
+    tokens a batch instead, the same path without a device. Its first block's features are compared
+    with the uncapped jobs' on the same posts (`ref`'s first block): minimum cosine."""
+    import logging
+
+    import torch
+    import extract.images as images
+    import extract.text as text
+    from cache import schema
+    from cache.store import open_store
+    from extract.images import run_images
+    from extract.text import run_text
+    from runtime.device import OUT_OF_MEMORY
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    log = logging.getLogger("profiler")
+    log.addHandler(handler)
+    dev = torch.device(device)
+    undo = []
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(gib * 2**30 / torch.cuda.get_device_properties(dev).total_memory)
+        undo.append(lambda: torch.cuda.set_per_process_memory_fraction(1.0))
+    else:                           # emulated: the models refuse big batches as a full device would
+        plain_model, plain_compile = images.ImageJob._model, text.maybe_compile
+
+        def model(job, x, size):
+            if size > 4:
+                raise OUT_OF_MEMORY("emulated: out of memory")
+            return plain_model(job, x, size)
+
+        def compile_(module, enabled):
+            forward = plain_compile(module, enabled)
+
+            def limited(input_ids, attention_mask):
+                if input_ids.numel() > 256:
+                    raise OUT_OF_MEMORY("emulated: out of memory")
+                return forward(input_ids=input_ids, attention_mask=attention_mask)
+            return limited
+        images.ImageJob._model, text.maybe_compile = model, compile_
+        undo.append(lambda: (setattr(images.ImageJob, "_model", plain_model),
+                             setattr(text, "maybe_compile", plain_compile)))
+    shard = f"0/{open_store(url).n_blocks}"       # the first block only
+    try:
+        t = time.perf_counter()
+        r_text = run_text(url, shard, model="random", device=device, quiet=True)
+        t_text = time.perf_counter() - t
+        text_said = list(said)
+        t = time.perf_counter()
+        r_img = run_images(url, shard, encoder_path=encoder, device=device, workers=min(4, os.cpu_count() or 1),
+                           quiet=True)
+        t_img = time.perf_counter() - t
+    finally:
+        for u in undo:
+            u()
+        log.removeHandler(handler)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    s, r = open_store(url), open_store(ref)
+    rows, cosines = s.block_rows(0), {}
+    for m in ("text", "image"):
+        ok = (s[f"features/{m}_status"][rows] == schema.Status.OK) & (r[f"features/{m}_status"][rows] == schema.Status.OK)
+        a, b = (x[f"features/{m}"][rows][ok].astype(np.float64) for x in (s, r))
+        cosines[m] = float((np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).min())
+    return {"cap_gib": gib if dev.type == "cuda" else None, "emulated": dev.type != "cuda",
+            "text_min_cosine": cosines["text"], "image_min_cosine": cosines["image"],
+            "text_rows": r_text.rows, "text_s": round(t_text, 1), "text_said": [x for x in text_said if "memory" in x],
+            "image_rows": r_img.rows, "image_s": round(t_img, 1),
+            "image_said": [x for x in said[len(text_said):] if "memory" in x]}
+
+
 def agreement(url: str, data: str, encoder: str, n: int, text: bool = True) -> dict:
     """Cosine between the job's stored features (on the device) and a CPU fp32 reference, first n posts."""
     import torch
@@ -490,6 +567,11 @@ def table(r: dict, device_name: str) -> str:
     def get(name, key):
         return (r.get(name) or {}).get(key)
 
+    def halvings(m):
+        said = get("oom_recovery", f"{m}_said") or []
+        return (f"halved {len(said)} times, to {said[-1].split('going on with ')[-1].split(' ')[0]} "
+                f"{'tokens' if m == 'text' else 'images'} a batch") if said else "not halved"
+
     lines = [f"GPU bench on {device_name}, {time.strftime('%Y-%m-%d')}; sample: {r['sample'].get('posts', 0):,} posts, "
              f"{r['sample'].get('images', 0):,} images, mean JPEG {r['sample'].get('jpeg_kb')} KB; the jobs ran on it "
              f"{r['sample'].get('repeat')} times over: {r['sample'].get('job_rows') or 0:,} rows in "
@@ -536,6 +618,10 @@ def table(r: dict, device_name: str) -> str:
               f"{get('host_syncs', 'image_nvjpeg_decode_calls')} nvJPEG decode calls (waits for the decoder's own "
               f"stream, not the model; the profiler saw "
               f"{get('host_syncs', 'cuda_runtime_calls_seen')} CUDA runtime calls in all: 0 means it could not see them)",
+              f"out of device memory (oom_recovery, one block, memory capped at {get('oom_recovery', 'cap_gib')} GiB"
+              f"{', emulated on the CPU' if get('oom_recovery', 'emulated') else ''}): text {halvings('text')}, images "
+              f"{halvings('image')}; min cosine to the uncapped jobs: text "
+              f"{f(get('oom_recovery', 'text_min_cosine'), '{:.5f}')}, image {f(get('oom_recovery', 'image_min_cosine'), '{:.5f}')}",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     tr = max(get("text_job", "per_s") or 0, get("text_job_workers", "per_s") or 0)
@@ -611,6 +697,8 @@ def main() -> None:
         step(results, "agreement", agreement, jobs, data, enc, 16 if dry else 256)
         step(results, "agreement_nvjpeg", agreement, jobs_b, data, enc, 16 if dry else 256, False)
         step(results, "host_syncs", host_syncs, jobs, data, enc, device_s)
+        # both jobs with the device memory capped: their batches must shrink until they fit
+        step(results, "oom_recovery", oom_recovery, os.path.join(tmp, "oom.zarr"), enc, device_s, 1.5, jobs)
         # labelled influencers: the first copy of the sample (as in pil.zarr); predict labels every copy
         step(results, "heads", heads_on, jobs, tmp, device_s, dry)
         # last: torch.compile's first calls compile (a minute or more); the figures above come first.

@@ -16,7 +16,7 @@ def test_gpu_bench_dry_run(tmp_path):
     r = json.load(open(tmp_path / "gpu-bench.json"))
     assert r["dry_run"] is True
     for step in ("sample", "text_plain", "text_job", "text_host", "text_job_workers", "finetune", "images_plain", "images_pil",
-                 "images_nvjpeg", "decode", "model_only", "text_model", "agreement", "agreement_nvjpeg", "host_syncs", "heads"):
+                 "images_nvjpeg", "decode", "model_only", "text_model", "agreement", "agreement_nvjpeg", "host_syncs", "oom_recovery", "heads"):
         assert r[step]["ok"], (step, r[step].get("error"))
     assert r["agreement"]["text_min_cosine"] >= 0.999 and r["agreement"]["image_min_cosine"] >= 0.99
     # the jobs run on the sample repeated (so that they reach a steady state), every row of it
@@ -25,6 +25,10 @@ def test_gpu_bench_dry_run(tmp_path):
     assert r["text_host"]["rows"] == r["sample"]["job_rows"] and r["text_host"]["tokenise_us"] > 0 and r["text_host"]["workers_per_s"] > 0
     assert r["text_host"]["tokenizer_threads"] >= 1
     assert r["host_syncs"]["text_batches"] >= 1 and r["host_syncs"]["image_batches"] >= 1
+    # out of memory (emulated on the CPU): both jobs halve their batches, finish, store what the others store
+    o = r["oom_recovery"]
+    assert o["ok"] and o["emulated"] and o["text_said"] and o["image_said"], o
+    assert o["text_min_cosine"] >= 0.999 and o["image_min_cosine"] >= 0.99, o
     # two blocks at least: one to warm up, one counted
     assert r["host_syncs"]["image_pil_syncs"] is not None and r["host_syncs"]["image_nvjpeg_syncs"] is not None
     assert r["host_syncs"]["image_nvjpeg_decode_calls"] >= 1      # the decode's waits can be told apart
