@@ -282,7 +282,7 @@ def _train_epoch(encoder, loader, optimizer, device, pre, prec: str, progress: P
 
 
 def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = False) -> dict:
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, slow_on_cpu=True)
     prec = pick_precision(cfg.precision, device)
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")

@@ -320,7 +320,7 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
     sh = parse_shard(shard)
     if decoder not in ("pil", "nvjpeg"):
         raise UserError(f"--decoder must be pil or nvjpeg, got {decoder!r}")
-    dev = pick_device(device)
+    dev = pick_device(device, slow_on_cpu=True)
     if exact:
         if precision not in ("auto", "fp32"):
             raise UserError("--exact computes in fp32; leave --precision out or pass fp32")

@@ -22,16 +22,58 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pick_device(device: str) -> torch.device:
-    """'auto' is CUDA where torch sees a GPU, else the CPU; asking for CUDA without one is a user error."""
+def pick_device(device: str, slow_on_cpu: bool = False) -> torch.device:
+    """'auto' is CUDA where torch sees a GPU, else the CPU; asking for CUDA without one is a user error,
+    and so is a GPU torch sees but cannot start (busy in exclusive mode, a broken driver): one line,
+    not a traceback at the first copy. `slow_on_cpu` (the extraction stages, 100x slower there): 'auto'
+    falling back to the CPU on a machine that has an NVIDIA GPU says so, with torch's reason."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return _started(torch.device("cuda"))
+        if slow_on_cpu:
+            unused = _unused_gpu()
+            if unused:
+                warn(f"WARNING: {unused}; running on the CPU, about two orders of magnitude slower "
+                     f"(pass --device cuda to make this an error, --device cpu to silence it)")
+        return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} asked for, but torch sees no GPU")
+        unused = _unused_gpu()
+        raise UserError(f"--device {device} asked for, but torch sees no GPU" + (f" ({unused})" if unused else ""))
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise UserError(f"--device {device!r} is not a device torch knows (auto, cpu, cuda, cuda:N)") from None
+    return _started(dev) if dev.type == "cuda" else dev
+
+
+def _started(dev: torch.device) -> torch.device:
+    """The CUDA device, initialised here so that a GPU that cannot be used fails with one line."""
+    try:
+        torch.cuda.init()
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {dev} asked for, but torch sees {torch.cuda.device_count()} GPU(s) "
+                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    except RuntimeError as e:
+        raise UserError(f"cannot use the GPU {dev}: {str(e).strip().splitlines()[0][:300]}") from None
+    return dev
+
+
+def _unused_gpu() -> str | None:
+    """Why torch runs on the CPU although the machine has an NVIDIA GPU (a device node under /dev), or
+    None: no GPU, or CUDA_VISIBLE_DEVICES hides them on purpose."""
+    import glob
+    import os
+    import warnings
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1") or not glob.glob("/dev/nvidia[0-9]*"):
+        return None
+    if torch.version.cuda is None:
+        return f"this machine has an NVIDIA GPU but this torch ({torch.__version__}) is a CPU-only build"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.is_available()
+    reason = next((str(w.message).strip().splitlines()[0] for w in caught), "torch.cuda.is_available() is False")
+    return f"this machine has an NVIDIA GPU but torch (built for CUDA {torch.version.cuda}) cannot use it: {reason[:300]}"
 
 
 def pick_precision(precision: str, device: torch.device) -> str:

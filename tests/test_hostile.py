@@ -296,3 +296,48 @@ def test_extract_text_on_a_regular_file_names_it(tmp_path):
     f.write_text("x")
     r = _cli("text", f, "--shard", "0/1")
     assert r.exit_code == 2 and str(f) in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_gpu_torch_cannot_use_is_said_not_silently_left(monkeypatch, capsys, store_path, tmp_path):
+    """Extraction is GPU work: on a GPU node where torch cannot start CUDA (a driver older than torch's
+    CUDA, a CPU-only torch wheel), `--device auto` used to fall back to the CPU silently, 100x slower
+    over 10 M posts; it now says why in one warning line. `--device cuda` there, or a GPU that is busy
+    (exclusive mode), is one error line naming the cause, not a traceback at the first copy.
+    CUDA_VISIBLE_DEVICES='' hides the GPUs on purpose: no warning."""
+    import glob
+
+    import torch
+
+    from extract.cli import app as extract_app
+    from runtime.device import pick_device
+    from runtime.errors import UserError
+    real_glob = glob.glob
+    monkeypatch.setattr(glob, "glob", lambda p: ["/dev/nvidia0"] if p.startswith("/dev/nvidia") else real_glob(p))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert pick_device("auto", slow_on_cpu=True).type == "cpu"
+    err = capsys.readouterr().err
+    assert "WARNING: this machine has an NVIDIA GPU but torch (built for CUDA" in err and "--device cpu" in err
+    assert len(err.strip().splitlines()) == 1
+    assert pick_device("auto").type == "cpu" and not capsys.readouterr().err       # heads: light, no warning
+    with pytest.raises(UserError, match=r"torch sees no GPU \(this machine has an NVIDIA GPU"):
+        pick_device("cuda")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(UserError, match="is a CPU-only build"):
+        pick_device("cuda:0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    pick_device("auto", slow_on_cpu=True)
+    assert not capsys.readouterr().err
+    # a GPU torch sees but cannot start: one line through the CLI, before any work
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def busy():
+        raise RuntimeError("CUDA error: all CUDA-capable devices are busy or unavailable\nCUDA kernel errors …")
+    monkeypatch.setattr(torch.cuda, "init", busy)
+    s = str(tmp_path / "s.zarr")
+    import shutil
+    shutil.copytree(store_path, s)
+    r = CliRunner().invoke(extract_app, ["text", s, "--shard", "0/1", "--model", "random", "--device", "cuda"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert [x for x in r.output.splitlines() if x.startswith("error")] == [
+        "error: cannot use the GPU cuda: CUDA error: all CUDA-capable devices are busy or unavailable"], r.output
