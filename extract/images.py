@@ -191,6 +191,25 @@ def _gpu_decode(raw: dict[int, bytes], device: torch.device, resize: int,
     return rows, (torch.cat(parts) if parts else None), failed
 
 
+def _check_device_decoder(device: torch.device) -> None:
+    """--decoder nvjpeg: a small JPEG decoded on the device first, so that a torchvision without nvJPEG
+    (or a device it cannot use) stops the job with one line before any block, instead of every image
+    falling back to PIL in the main process."""
+    import io
+
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(buf, format="JPEG")
+    try:
+        decode_jpeg([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)], mode=ImageReadMode.RGB,
+                    device=device)
+    except Exception as e:
+        raise UserError(f"--decoder nvjpeg: torchvision cannot decode JPEGs on {device} here "
+                        f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "
+                        f"leave --decoder out to decode with PIL in the workers") from None
+
+
 def resize_crop(images: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
     """NCHW uint8 images of one size → NHWC uint8: shorter side to `resize` (bilinear, antialiased),
     centre crop to `crop`; torchvision's functional ops, so the same on any device."""
@@ -232,6 +251,9 @@ class ImageJob:
         # 28 s); rows are independent in eval mode, so padding changes no feature
         self.pad_batches = compile
         self.model_batch = batch_size           # images per model call: halved if the device runs out of memory
+        self.refused = 0                        # images nvJPEG refused (decoded with PIL instead)
+        if decoder == "nvjpeg":
+            _check_device_decoder(dev)
         self.it = iter(())
         self.waited = 0.0                       # seconds spent waiting for the decoding workers
 
@@ -281,11 +303,10 @@ class ImageJob:
             x, ok = to_device(pixels, dev), np.asarray(cpu_rows, dtype=np.int64)
             if raw:
                 gpu_rows, gpu_pixels, failed = _gpu_decode(raw, dev, pre["resize"], pre["crop"])
-                for i in failed:
-                    st[i] = Status.UNREADABLE
-                    errors.append((done + i, "", "nvJPEG could not decode it"))
-                if gpu_pixels is not None:
-                    x, ok = torch.cat([x, gpu_pixels]), np.concatenate([cpu_rows, np.array(gpu_rows, dtype=np.int64)])
+                host_rows, host_pixels = self._refused(done, failed, st, errors)
+                for more_rows, more in ((gpu_rows, gpu_pixels), (host_rows, host_pixels)):
+                    if more is not None:
+                        x, ok = torch.cat([x, more]), np.concatenate([ok, np.array(more_rows, dtype=np.int64)])
             if len(ok):
                 if self.pad_batches and len(ok) < self.batch_size:
                     x = torch.cat([x, x.new_zeros((self.batch_size - len(ok), *x.shape[1:]))])
@@ -298,6 +319,26 @@ class ImageJob:
             done += m
         # float16 on the device, as the store keeps them: half the bytes back, and a faster conversion
         return feats.half().cpu().numpy(), status, failures
+
+    def _refused(self, start: int, failed: list[int], status, errors: list) -> tuple[list[int], torch.Tensor | None]:
+        """The images nvJPEG refused (a JPEG variant it does not support), decoded with PIL here, on the
+        host: their pixels on the device, or their status and reason where PIL cannot decode them either.
+        Said once per job, naming the first such post, so that a decoder refusing everything is seen."""
+        rows, pixels = [], []
+        for i in failed:
+            rel = str(self.store["posts/image"][start + i])
+            try:
+                pixels.append(decode(os.path.join(self.root, rel), self.pre["resize"], self.pre["crop"]))
+                rows.append(i)
+            except ImageError as e:
+                status[i] = e.status
+                errors.append((start + i, rel, e.reason))
+        if failed and not self.refused:
+            post = self.store["posts/id"][start + failed[0]]
+            warn(f"image: nvJPEG refused post {post} ({self.store['posts/image'][start + failed[0]]}); decoding "
+                 f"what it refuses with PIL")
+        self.refused += len(failed)
+        return rows, (to_device(np.stack(pixels), self.dev) if pixels else None)
 
     def _model(self, x: torch.Tensor, size: int) -> torch.Tensor:
         """Features of a batch of uint8 NHWC pixels on the device, `size` images at a time."""

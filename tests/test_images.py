@@ -561,3 +561,44 @@ def test_out_of_device_memory_halves_the_batch_and_keeps_done_blocks(sample, enc
     assert "Traceback" not in r.output
     done = open_store(path)["features/image_done"][:]
     assert done[0] and not done[1:].any()
+
+
+def test_nvjpeg_refusals_are_decoded_by_pil_and_a_broken_decoder_is_one_line(sample, encoder_file, extracted,
+                                                                              tmp_path, monkeypatch, capsys):
+    """--decoder nvjpeg: an image the device decoder refuses (a JPEG variant nvJPEG lacks) used to be
+    stored as unreadable with zero features; it is decoded with PIL on the host instead (said once,
+    naming the post), so the statuses are PIL's and the features agree. A decoder that refuses
+    everything (a torchvision without nvJPEG) stops the job before any block with one line."""
+    import torchvision.io
+    real = torchvision.io.decode_jpeg
+    refused = []
+
+    def picky(data, *a, **kw):
+        if isinstance(data, list) and len(data) > 1:
+            raise RuntimeError("batched decode failed")       # so that each image is tried alone
+        one = data[0] if isinstance(data, list) else data
+        if int(one.sum()) % 3 == 0:
+            refused.append(1)
+            raise RuntimeError("nvjpegDecode: unsupported JPEG")
+        return real(data, *a, **kw)
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", picky)
+    path = build_store(sample, str(tmp_path / "s.zarr"))
+    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, decoder="nvjpeg", quiet=True)
+    assert len(refused) > 3
+    err = capsys.readouterr().err
+    assert len([x for x in err.splitlines() if "nvJPEG refused post" in x]) == 1, err
+    s, ref = open_store(path), open_store(extracted[0])
+    np.testing.assert_array_equal(s["features/image_status"][:], ref["features/image_status"][:])
+    ok = s["features/image_status"][:] == Status.OK
+    a, b = s["features/image"][:].astype(np.float32)[ok], ref["features/image"][:].astype(np.float32)[ok]
+    assert ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() >= 0.98
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **kw: (_ for _ in ()).throw(
+        RuntimeError("decode_jpeg on cuda: torchvision was not compiled with nvJPEG support")))
+    path = build_store(sample, str(tmp_path / "t.zarr"))
+    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", encoder_file[0],
+                                         "--workers", "0", "--decoder", "nvjpeg"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    lines = [x for x in r.output.splitlines() if x.startswith("error")]
+    assert len(lines) == 1 and "--decoder nvjpeg: torchvision cannot decode JPEGs on cpu here" in lines[0], r.output
+    assert "leave --decoder out" in lines[0]
+    assert not open_store(path)["features/image_done"][:].any()
