@@ -252,6 +252,7 @@ class ImageJob:
         self.pad_batches = compile
         self.model_batch = batch_size           # images per model call: halved if the device runs out of memory
         self.refused = 0                        # images nvJPEG refused (decoded with PIL instead)
+        self._paths: tuple[int, np.ndarray | None] = (-1, None)      # (block start, its image paths) for those
         if decoder == "nvjpeg":
             _check_device_decoder(dev)
         self.it = iter(())
@@ -325,8 +326,12 @@ class ImageJob:
         host: their pixels on the device, or their status and reason where PIL cannot decode them either.
         Said once per job, naming the first such post, so that a decoder refusing everything is seen."""
         rows, pixels = [], []
+        if failed:
+            block = self.store.block_rows((start + failed[0]) // self.store.block)
+            if self._paths[0] != block.start:        # the block's paths, read once (a read decodes them all)
+                self._paths = (block.start, self.store["posts/image"][block])
         for i in failed:
-            rel = str(self.store["posts/image"][start + i])
+            rel = str(self._paths[1][start + i - self._paths[0]])
             try:
                 pixels.append(decode(os.path.join(self.root, rel), self.pre["resize"], self.pre["crop"]))
                 rows.append(i)
@@ -335,8 +340,8 @@ class ImageJob:
                 errors.append((start + i, rel, e.reason))
         if failed and not self.refused:
             post = self.store["posts/id"][start + failed[0]]
-            warn(f"image: nvJPEG refused post {post} ({self.store['posts/image'][start + failed[0]]}); decoding "
-                 f"what it refuses with PIL")
+            warn(f"image: nvJPEG refused post {post} ({self._paths[1][start + failed[0] - self._paths[0]]}); "
+                 f"decoding what it refuses with PIL")
         self.refused += len(failed)
         return rows, (to_device(np.stack(pixels), self.dev) if pixels else None)
 

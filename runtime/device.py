@@ -128,9 +128,8 @@ def shrinking_on_oom(run, size: int, least: int, what: str, device: torch.device
             pass
         if size <= least:
             raise UserError(f"out of {device} memory with batches of {size} {what}{'s' * (size != 1)}, as small as "
-                            f"they go: the "
-                            f"device is too small or in use by another process (nvidia-smi shows which); free it "
-                            f"or pass --device cpu")
+                            f"they go: the device is too small or in use by another process (nvidia-smi shows "
+                            f"which); free it or pass --device cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()
         smaller = max(least, size // 2)
