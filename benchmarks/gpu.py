@@ -624,6 +624,7 @@ def table(r: dict, device_name: str) -> str:
               f"{f(get('oom_recovery', 'text_min_cosine'), '{:.5f}')}, image {f(get('oom_recovery', 'image_min_cosine'), '{:.5f}')}",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
+    lines.append(choices(r))
     tr = max(get("text_job", "per_s") or 0, get("text_job_workers", "per_s") or 0)
     ir, ipath = max((get(k, "per_s") or 0, k) for k in ("images_pil", "images_nvjpeg", "images_nvjpeg_compiled"))
     if tr and ir:
@@ -638,6 +639,30 @@ def table(r: dict, device_name: str) -> str:
                      f"{'met' if tr >= FLOORS['text'] else 'missed'}, images {'met' if ir >= FLOORS['images'] else 'missed'}; "
                      f"slowest stage measured alone on that image path: {slow[1]}")
     return "\n".join(lines)
+
+
+def choices(r: dict) -> str:
+    """What the figures choose among the options that stay off by default until a GPU has shown them
+    (issue #17): `extract text --workers`, `--decoder nvjpeg`, `--compile` for images; each the
+    measured job rate with it against without, on the same GPU in the same run (nvJPEG also below the
+    0.99 cosine floor is kept off)."""
+    def rate(name):
+        return (r.get(name) or {}).get("per_s") if (r.get(name) or {}).get("ok") else None
+
+    def pick(option, on, off, cosine=None):
+        a, b = rate(on), rate(off)
+        if not a or not b:
+            return f"{option}: not measured"
+        worse = cosine is not None and cosine < 0.99
+        return (f"{option}: {a / b:.2f}x"
+                + (f", min cosine to the CPU reference {cosine:.5f}" if cosine is not None else "")
+                + f" ({'use it' if a > 1.05 * b and not worse else 'keep it off'})")
+    nv = (r.get("agreement_nvjpeg") or {}).get("image_min_cosine")
+    return ("choices (job rate with the option / without, same GPU; 'use it' above 1.05x): "
+            + "; ".join([pick(f"text --workers {(r.get('text_host') or {}).get('workers')}", "text_job_workers",
+                              "text_job"),
+                         pick("images --decoder nvjpeg", "images_nvjpeg", "images_pil", nv),
+                         pick("images --decoder nvjpeg --compile", "images_nvjpeg_compiled", "images_nvjpeg")]))
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ def test_gpu_bench_dry_run(tmp_path):
     assert r["text_job"]["blocks"] > 1                  # so that the rate after the first block exists
     table = open(tmp_path / "gpu-bench.md").read()
     assert "| text_job |" in table and "10.2 M posts per GPU" in table and "text host stages alone" in table
+    assert "choices (job rate with the option / without" in table and "text --workers 2: " in table
     assert "host waits for the GPU" in table
 
 
