@@ -30,7 +30,7 @@ from extract.encoder_file import default_preprocessing, save_encoder
 from extract.imaging import ImageError, decode, normalize
 from extract.inception import ImageEncoder, load_imagenet_backbone
 from runtime.console import say, warn
-from runtime.device import autocast, pick_device, pick_precision
+from runtime.device import OUT_OF_MEMORY, autocast, pick_device, pick_precision
 from runtime.cpus import usable_cpus
 from runtime.errors import UserError
 from runtime.progress import Progress
@@ -326,8 +326,14 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = Fal
         torch.manual_seed(cfg.seed * 1000 + epoch)
         train_loader.generator.manual_seed(cfg.seed * 1000 + epoch)
         progress = Progress(len(train_ds), "images", f"finetune epoch {epoch}/{cfg.epochs}", quiet=quiet)
-        row = _train_epoch(encoder, train_loader, optimizer, device, pre, prec, progress)
-        val_acc, _, _ = evaluate(encoder, val_loader, device, pre, lambda: autocast(device, prec))
+        try:
+            row = _train_epoch(encoder, train_loader, optimizer, device, pre, prec, progress)
+            val_acc, _, _ = evaluate(encoder, val_loader, device, pre, lambda: autocast(device, prec))
+        except OUT_OF_MEMORY:
+            # not halved as extraction's batches are: the batch size is part of the training recipe
+            raise UserError(f"out of {device} memory training at --batch-size {cfg.batch_size} (epoch {epoch}): "
+                            f"pass a smaller --batch-size" + (f" and delete {ckpt_path}, whose finished epochs "
+                            f"were trained at this one" if os.path.exists(ckpt_path) else "")) from None
         row = {"epoch": epoch, "loss": row["loss"], "train_accuracy": row["train_accuracy"], "val_accuracy": val_acc,
                "seconds": round(time.perf_counter() - t0, 1), "unreadable": row["unreadable"]}
         history.append(row)

@@ -602,3 +602,20 @@ def test_nvjpeg_refusals_are_decoded_by_pil_and_a_broken_decoder_is_one_line(sam
     assert len(lines) == 1 and "--decoder nvjpeg: torchvision cannot decode JPEGs on cpu here" in lines[0], r.output
     assert "leave --decoder out" in lines[0]
     assert not open_store(path)["features/image_done"][:].any()
+
+
+def test_finetuning_out_of_device_memory_is_one_line(store_path, tmp_path, monkeypatch):
+    """Training out of device memory is one line saying to pass a smaller --batch-size (not halved
+    by itself: the batch size is part of the training recipe, and the checkpoint records it)."""
+    import extract.finetune as ft
+    from runtime.device import OUT_OF_MEMORY
+
+    def no_memory(*a, **kw):
+        raise OUT_OF_MEMORY("CUDA out of memory. Tried to allocate 1.00 GiB")
+    monkeypatch.setattr(ft, "_train_epoch", no_memory)
+    r = CliRunner().invoke(extract_app, ["finetune-images", store_path, "--out", str(tmp_path / "e.pt"),
+                                         "--weights", "random", "--epochs", "1", "--image-size", "75",
+                                         "--batch-size", "8", "--workers", "0"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    lines = [x for x in r.output.splitlines() if x.startswith("error")]
+    assert lines == ["error: out of cpu memory training at --batch-size 8 (epoch 1): pass a smaller --batch-size"], r.output
