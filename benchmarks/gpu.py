@@ -431,6 +431,12 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
     return out
 
 
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest row-wise cosine between two feature arrays (float64)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float((np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).min())
+
+
 def oom_recovery(url: str, encoder: str, device: str, gib: float, ref: str) -> dict:
     """Both jobs on one block with the device's memory capped below what their default batches need
     (torch's caching allocator limited to `gib` GiB: a small GPU, or a MIG slice): each must halve its
@@ -498,8 +504,7 @@ def oom_recovery(url: str, encoder: str, device: str, gib: float, ref: str) -> d
     rows, cosines = s.block_rows(0), {}
     for m in ("text", "image"):
         ok = (s[f"features/{m}_status"][rows] == schema.Status.OK) & (r[f"features/{m}_status"][rows] == schema.Status.OK)
-        a, b = (x[f"features/{m}"][rows][ok].astype(np.float64) for x in (s, r))
-        cosines[m] = float((np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).min())
+        cosines[m] = min_cosine(*(x[f"features/{m}"][rows][ok] for x in (s, r)))
     return {"cap_gib": gib if dev.type == "cuda" else None, "emulated": dev.type != "cuda",
             "text_min_cosine": cosines["text"], "image_min_cosine": cosines["image"],
             "text_rows": r_text.rows, "text_s": round(t_text, 1), "text_said": [x for x in text_said if "memory" in x],
@@ -517,17 +522,13 @@ def agreement(url: str, data: str, encoder: str, n: int, text: bool = True) -> d
     from extract.text import load_text_encoder
     s = open_store(url)
 
-    def cos(a, b):
-        a, b = a.astype(np.float64), b.astype(np.float64)
-        return float((np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).min())
-
     out = {}
     if text:
         enc = load_text_encoder("random", s, device="cpu", precision="fp32")
         captions = [str(c) for c in s["posts/caption"][:n]]
         ref, status = enc.encode(enc.prepare(captions))
         ok = (status == schema.Status.OK) & (s["features/text_status"][:n] == schema.Status.OK)
-        out = {"text_min_cosine": cos(ref[ok], s["features/text"][:n][ok].astype(np.float32)),
+        out = {"text_min_cosine": min_cosine(ref[ok], s["features/text"][:n][ok].astype(np.float32)),
                "text_posts": int(ok.sum())}
     ef = load_encoder(encoder)
     pre = ef.preprocessing
@@ -544,7 +545,7 @@ def agreement(url: str, data: str, encoder: str, n: int, text: bool = True) -> d
         ref = np.concatenate([model.features(normalize(torch.stack(pix[i:i + 32]), pre["mean"], pre["std"])).numpy()
                               for i in range(0, len(pix), 32)])
     got = s["features/image"].get_orthogonal_selection((np.array(rows),)).astype(np.float32)
-    out.update(image_min_cosine=cos(ref, got), image_posts=len(rows))
+    out.update(image_min_cosine=min_cosine(ref, got), image_posts=len(rows))
     return out
 
 
