@@ -732,10 +732,11 @@ def main() -> None:
         n_text = 64 if dry else 8192
         step(results, "text_model", text_model, pil, device_s, False, n_text)
         if not dry:     # compiling BERT-base and Inception on a CPU takes minutes: the dry run skips them
+            # the end-to-end job first (it decides the `--compile` choice for images); on the sample once
+            # (pil.zarr has no image features yet): compiling is the slow part
+            step(results, "images_nvjpeg_compiled", job_images, pil, enc, device_s, "nvjpeg", workers, True)
             step(results, "text_model_compiled", text_model, pil, device_s, True, n_text)
             step(results, "model_only_compiled", model_only, enc, device, 256, 20, 299, True)
-            # on the sample once (pil.zarr has no image features yet): compiling is the slow part
-            step(results, "images_nvjpeg_compiled", job_images, pil, enc, device_s, "nvjpeg", workers, True)
         text = table(results, name)
         print("\n" + text)
         save(results)
