@@ -189,8 +189,8 @@ def plain_text(url: str, device, limit: int) -> dict:
 
 def job_text(url: str, device: str, compile: bool = False, workers: int = 0) -> dict:
     from extract.text import run_text
-    return job_figures(run_text(url, "0/1", model="random", device=device, compile=compile, workers=workers,
-                                quiet=True))
+    return {**job_figures(run_text(url, "0/1", model="random", device=device, compile=compile, workers=workers,
+                                   quiet=True)), "workers": workers}
 
 
 def job_figures(r) -> dict:
@@ -437,6 +437,30 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).min())
 
 
+def jobs_agree(a: str, b: str) -> dict:
+    """Every row of two stores whose jobs encoded the same posts by different paths (text in one process
+    and in `--workers` processes; images decoded by PIL and by nvJPEG): the smallest cosine, the rows
+    under 0.99, the rows holding NaN. A path that corrupts some batches (pytorch/vision#9606 wrote
+    into the model's memory) shows here on rows the first-posts agreement never reads."""
+    from cache import schema
+    from cache.store import open_store
+    sa, sb = open_store(a), open_store(b)
+    out = {}
+    for m in ("text", "image"):
+        ok = ((sa[f"features/{m}_status"][:] == schema.Status.OK) & (sb[f"features/{m}_status"][:] == schema.Status.OK))
+        if not ok.any():
+            continue
+        rows = np.flatnonzero(ok)
+        fa = sa[f"features/{m}"].get_orthogonal_selection((rows,)).astype(np.float64)
+        fb = sb[f"features/{m}"].get_orthogonal_selection((rows,)).astype(np.float64)
+        nan = ~(np.isfinite(fa).all(1) & np.isfinite(fb).all(1))
+        cos = np.sum(fa * fb, 1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1) + 1e-12)
+        cos[nan] = -1.0
+        out.update({f"{m}_rows": len(rows), f"{m}_min_cosine": float(cos.min()),
+                    f"{m}_rows_under_0.99": int((cos < 0.99).sum()), f"{m}_nan_rows": int(nan.sum())})
+    return out
+
+
 def oom_recovery(url: str, encoder: str, device: str, gib: float, ref: str) -> dict:
     """Both jobs on one block with the device's memory capped below what their default batches need
     (torch's caching allocator limited to `gib` GiB: a small GPU, or a MIG slice): each must halve its
@@ -623,6 +647,12 @@ def table(r: dict, device_name: str) -> str:
               f"{', emulated on the CPU' if get('oom_recovery', 'emulated') else ''}): text {halvings('text')}, images "
               f"{halvings('image')}; min cosine to the uncapped jobs: text "
               f"{f(get('oom_recovery', 'text_min_cosine'), '{:.5f}')}, image {f(get('oom_recovery', 'image_min_cosine'), '{:.5f}')}",
+              f"every row, job against job (jobs_agree): text in --workers processes against one process "
+              f"min cosine {f(get('jobs_agree', 'text_min_cosine'), '{:.5f}')} over {f(get('jobs_agree', 'text_rows'))} "
+              f"rows ({get('jobs_agree', 'text_rows_under_0.99')} under 0.99, {get('jobs_agree', 'text_nan_rows')} NaN); "
+              f"images decoded by nvJPEG against PIL {f(get('jobs_agree', 'image_min_cosine'), '{:.5f}')} over "
+              f"{f(get('jobs_agree', 'image_rows'))} rows ({get('jobs_agree', 'image_rows_under_0.99')} under 0.99, "
+              f"{get('jobs_agree', 'image_nan_rows')} NaN)",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     lines.append(choices(r))
@@ -656,12 +686,14 @@ def choices(r: dict) -> str:
             return f"{option}: not measured"
         worse = cosine is not None and cosine < 0.99
         return (f"{option}: {a / b:.2f}x"
-                + (f", min cosine to the CPU reference {cosine:.5f}" if cosine is not None else "")
+                + (f", min cosine {cosine:.5f} (to the CPU reference and to PIL's job)" if cosine is not None else "")
                 + f" ({'use it' if a > 1.05 * b and not worse else 'keep it off'})")
-    nv = (r.get("agreement_nvjpeg") or {}).get("image_min_cosine")
+    nv = [c for c in ((r.get("agreement_nvjpeg") or {}).get("image_min_cosine"),
+                      (r.get("jobs_agree") or {}).get("image_min_cosine")) if c is not None]
+    nv = min(nv) if nv else None       # the worse of: to the CPU reference (first posts), to PIL's job (every row)
+    tw = (r.get("text_job_workers") or {}).get("workers") or (r.get("text_host") or {}).get("workers")
     return ("choices (job rate with the option / without, same GPU; 'use it' above 1.05x): "
-            + "; ".join([pick(f"text --workers {(r.get('text_host') or {}).get('workers')}", "text_job_workers",
-                              "text_job"),
+            + "; ".join([pick(f"text --workers {tw}", "text_job_workers", "text_job"),
                          pick("images --decoder nvjpeg", "images_nvjpeg", "images_pil", nv),
                          pick("images --decoder nvjpeg --compile", "images_nvjpeg_compiled", "images_nvjpeg")]))
 
@@ -716,6 +748,8 @@ def main() -> None:
         step(results, "images_plain", plain_images, paths, enc, device)
         step(results, "images_pil", job_images, jobs, enc, device_s, "pil", workers)
         step(results, "images_nvjpeg", job_images, jobs_b, enc, device_s, "nvjpeg", workers)   # the CPU: libjpeg-turbo
+        # every row of both pairs of jobs: the same posts by two paths
+        step(results, "jobs_agree", jobs_agree, jobs, jobs_b)
         if not dry:
             step(results, "nvjpeg_decode", nvjpeg_decode_rate, paths, device)
         step(results, "decode", decode_rates, paths, workers)

@@ -167,18 +167,9 @@ def _gpu_decode(raw: dict[int, bytes], device: torch.device, resize: int,
     """Batched torchvision.io.decode_jpeg on the device (nvJPEG on CUDA), then resize and centre crop
     there, one call per image size (a release's images share a few sizes). Returns the rows decoded,
     their NHWC uint8 pixels in that order (None if none), and the rows that failed."""
-    from torchvision.io import ImageReadMode, decode_jpeg
     keys = list(raw)
     datas = [torch.frombuffer(bytearray(raw[k]), dtype=torch.uint8) for k in keys]
-    try:
-        images = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
-    except Exception:
-        images = []
-        for d in datas:
-            try:
-                images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
-            except Exception:
-                images.append(None)
+    images = _decode_jpegs(datas, device)
     failed = [k for k, img in zip(keys, images) if img is None]
     by_size: dict[tuple[int, int], list[int]] = {}
     for j, img in enumerate(images):
@@ -189,6 +180,51 @@ def _gpu_decode(raw: dict[int, bytes], device: torch.device, resize: int,
         rows += [keys[j] for j in js]
         parts.append(resize_crop(torch.stack([images[j] for j in js]), resize, crop))
     return rows, (torch.cat(parts) if parts else None), failed
+
+
+_DECODE_STREAMS: dict = {}
+
+
+def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """torchvision.io.decode_jpeg of a batch on `device` (one by one if the batch call fails; None
+    for an image it refuses).
+
+    On CUDA it runs with a stream of its own current. torchvision's CUDA decoder allocates its
+    outputs on the caller's current stream, then writes them from a private stream that does not wait
+    for the caller's (pytorch/vision#9606): the caching allocator hands it blocks just freed on the
+    caller's stream that kernels queued there (the model on the previous batch) have yet to read, and
+    nvJPEG overwrites them. On an H200 the image job's features came out NaN by the fourth block
+    (benchmarks/results/gpu-h200-2026-11-27.json; the commit refused them). Current here is a stream
+    that only ever runs these calls, synchronised before they return: every block of its pool is
+    either idle or, when last used on the caller's stream, held by record_stream until that use is
+    done. The model's stream is not waited for, so the decode still overlaps it."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def decode_all() -> list[torch.Tensor | None]:
+        try:
+            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+        except Exception:
+            out: list[torch.Tensor | None] = []
+            for d in datas:
+                try:
+                    out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+                except Exception:
+                    out.append(None)
+            return out
+
+    if device.type != "cuda":
+        return decode_all()
+    caller = torch.cuda.current_stream(device)
+    stream = _DECODE_STREAMS.get(device)
+    if stream is None:
+        stream = _DECODE_STREAMS[device] = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        images = decode_all()
+    stream.synchronize()                     # nothing of the decoder's left running on its blocks
+    for img in images:
+        if img is not None:
+            img.record_stream(caller)        # freed blocks come back to `stream` only after the caller's use
+    return images
 
 
 def _check_device_decoder(device: torch.device) -> None:
@@ -204,6 +240,8 @@ def _check_device_decoder(device: torch.device) -> None:
     try:
         decode_jpeg([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)], mode=ImageReadMode.RGB,
                     device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     except Exception as e:
         raise UserError(f"--decoder nvjpeg: torchvision cannot decode JPEGs on {device} here "
                         f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}); "

@@ -16,7 +16,7 @@ def test_gpu_bench_dry_run(tmp_path):
     r = json.load(open(tmp_path / "gpu-bench.json"))
     assert r["dry_run"] is True
     for step in ("sample", "text_plain", "text_job", "text_host", "text_job_workers", "finetune", "images_plain", "images_pil",
-                 "images_nvjpeg", "decode", "model_only", "text_model", "agreement", "agreement_nvjpeg", "host_syncs", "oom_recovery", "heads"):
+                 "images_nvjpeg", "decode", "model_only", "text_model", "agreement", "agreement_nvjpeg", "jobs_agree", "host_syncs", "oom_recovery", "heads"):
         assert r[step]["ok"], (step, r[step].get("error"))
     assert r["agreement"]["text_min_cosine"] >= 0.999 and r["agreement"]["image_min_cosine"] >= 0.99
     # the jobs run on the sample repeated (so that they reach a steady state), every row of it
