@@ -437,11 +437,14 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).min())
 
 
-def jobs_agree(a: str, b: str) -> dict:
+def jobs_agree(a: str, b: str, base: int = 0) -> dict:
     """Every row of two stores whose jobs encoded the same posts by different paths (text in one process
     and in `--workers` processes; images decoded by PIL and by nvJPEG): the smallest cosine, the rows
     under 0.99, the rows holding NaN. A path that corrupts some batches (pytorch/vision#9606 wrote
-    into the model's memory) shows here on rows the first-posts agreement never reads."""
+    into the model's memory) shows here on rows the first-posts agreement never reads. With `base`
+    (the stores hold a sample of `base` posts repeated, `repeated`), where the rows under 0.99 fall:
+    the same posts in every copy is the two paths' preprocessing differing on those images; rows
+    scattered over the copies is a path that corrupts batches."""
     from cache import schema
     from cache.store import open_store
     sa, sb = open_store(a), open_store(b)
@@ -458,6 +461,12 @@ def jobs_agree(a: str, b: str) -> dict:
         cos[nan] = -1.0
         out.update({f"{m}_rows": len(rows), f"{m}_min_cosine": float(cos.min()),
                     f"{m}_rows_under_0.99": int((cos < 0.99).sum()), f"{m}_nan_rows": int(nan.sum())})
+        if base:
+            low = rows[cos < 0.99] % base
+            posts, copies = np.unique(low, return_counts=True)
+            copies_of = np.bincount(rows % base, minlength=base)          # the copies each post has in `rows`
+            out.update({f"{m}_posts_under_0.99": len(posts),
+                        f"{m}_posts_under_0.99_in_every_copy": int((copies == copies_of[posts]).sum())})
     return out
 
 
@@ -652,7 +661,9 @@ def table(r: dict, device_name: str) -> str:
               f"rows ({get('jobs_agree', 'text_rows_under_0.99')} under 0.99, {get('jobs_agree', 'text_nan_rows')} NaN); "
               f"images decoded by nvJPEG against PIL {f(get('jobs_agree', 'image_min_cosine'), '{:.5f}')} over "
               f"{f(get('jobs_agree', 'image_rows'))} rows ({get('jobs_agree', 'image_rows_under_0.99')} under 0.99, "
-              f"{get('jobs_agree', 'image_nan_rows')} NaN)",
+              f"{get('jobs_agree', 'image_nan_rows')} NaN; {get('jobs_agree', 'image_posts_under_0.99')} posts of the "
+              f"sample, {get('jobs_agree', 'image_posts_under_0.99_in_every_copy')} of them under in every copy: "
+              f"the same posts in every copy is the decoders' preprocessing, not a race)",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     lines.append(choices(r))
@@ -749,7 +760,7 @@ def main() -> None:
         step(results, "images_pil", job_images, jobs, enc, device_s, "pil", workers)
         step(results, "images_nvjpeg", job_images, jobs_b, enc, device_s, "nvjpeg", workers)   # the CPU: libjpeg-turbo
         # every row of both pairs of jobs: the same posts by two paths
-        step(results, "jobs_agree", jobs_agree, jobs, jobs_b)
+        step(results, "jobs_agree", jobs_agree, jobs, jobs_b, results["sample"].get("posts") or 0)
         if not dry:
             step(results, "nvjpeg_decode", nvjpeg_decode_rate, paths, device)
         step(results, "decode", decode_rates, paths, workers)

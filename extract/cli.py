@@ -55,7 +55,8 @@ def text(store: str = typer.Argument(..., help="store path or URL"),
          precision: Precision = typer.Option("auto", help="auto: bf16 on GPUs and bf16-capable CPUs"),
          compile: bool = typer.Option(False, "--compile", help="torch.compile the model (off by default until "
                                       "shown to pay on a GPU; README)"),
-         workers: int = typer.Option(0, help="processes that read and tokenise blocks ahead (0: one thread)")):
+         workers: int = typer.Option(None, help="processes that read and tokenise blocks ahead (0: one thread; "
+                                     "default: half the cores, at most 8, on a GPU; 0 on the CPU)")):
     """BERT [CLS] features of every caption in the shard's blocks, resumable block by block."""
     from extract.text import run_text
     report = run_text(store, shard, model=model, max_length=max_length, batch_tokens=batch_tokens,

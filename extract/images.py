@@ -194,7 +194,7 @@ def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch
     for the caller's (pytorch/vision#9606): the caching allocator hands it blocks just freed on the
     caller's stream that kernels queued there (the model on the previous batch) have yet to read, and
     nvJPEG overwrites them. On an H200 the image job's features came out NaN by the fourth block
-    (benchmarks/results/gpu-h200-2026-11-27.json; the commit refused them). Current here is a stream
+    (benchmarks/results/gpu-h200-2026-11-27-run1.json; the commit refused them). Current here is a stream
     that only ever runs these calls, synchronised before they return: every block of its pool is
     either idle or, when last used on the caller's stream, held by record_stream until that use is
     done. The model's stream is not waited for, so the decode still overlaps it."""

@@ -18,6 +18,7 @@ from cache.schema import Status
 from cache.store import Store
 from extract.tokenise import Prepared, Tokeniser, TokenisingWorkers
 from runtime.console import warn
+from runtime.cpus import usable_cpus
 from runtime.device import (DTYPES, maybe_compile, pick_device, pick_precision, shrinking_on_oom, to_device,
                             weights_digest)
 from runtime.errors import EncoderLoadError, UserError
@@ -218,14 +219,28 @@ class TextJob:
 
 def run_text(url: str, shard: str, *, model: str = DEFAULT_MODEL, max_length: int = 128,
              batch_tokens: int | None = None, device: str = "auto", precision: str = "auto",
-             compile: bool = False, workers: int = 0, quiet: bool = False):
+             compile: bool = False, workers: int | None = None, quiet: bool = False):
     from cache.blocks import parse_shard
     from cache.store import open_store
     from extract.jobs import run_shard
     sh = parse_shard(shard)
-    if workers < 0:
+    if workers is not None and workers < 0:
         raise UserError("--workers must be >= 0")
     store = open_store(url, "r+")
     encoder = load_text_encoder(model, store, device=device, precision=precision, max_length=max_length,
                                 batch_tokens=batch_tokens, compile=compile)
+    if workers is None:
+        workers = default_text_workers(encoder.device)
     return run_shard(store, sh, TextJob(encoder, store, workers), quiet=quiet)
+
+
+def default_text_workers(device: torch.device, cpus: int | None = None) -> int:
+    """`extract text`'s tokenising processes when --workers is not given: on a GPU half the usable
+    cores, at most 8 (the GPU bench's `text_job_workers`: 8 on a 16-core H200 node ran 1.85x and
+    1.76x the one-process job in two runs, 20,514 and 19,741 captions/s, the same features on every
+    row; benchmarks/results/gpu-h200-2026-11-27-run*.json); 0 with fewer than 4 cores, and on the
+    CPU, where the cores are the model's."""
+    if torch.device(device).type != "cuda":
+        return 0
+    cpus = usable_cpus() if cpus is None else cpus
+    return min(8, cpus // 2) if cpus >= 4 else 0

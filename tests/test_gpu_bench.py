@@ -19,6 +19,11 @@ def test_gpu_bench_dry_run(tmp_path):
                  "images_nvjpeg", "decode", "model_only", "text_model", "agreement", "agreement_nvjpeg", "jobs_agree", "host_syncs", "oom_recovery", "heads"):
         assert r[step]["ok"], (step, r[step].get("error"))
     assert r["agreement"]["text_min_cosine"] >= 0.999 and r["agreement"]["image_min_cosine"] >= 0.99
+    # every row of the two job pairs compared: text by workers and in one process store the same
+    a = r["jobs_agree"]
+    assert a["text_rows"] > 0 and a["text_nan_rows"] == 0 and a["text_min_cosine"] > 0.9999, a
+    assert a["image_rows"] == r["sample"]["job_rows"] and a["image_nan_rows"] == 0, a
+    assert 0 <= a["image_posts_under_0.99_in_every_copy"] <= a["image_posts_under_0.99"] <= r["sample"]["posts"]
     # the jobs run on the sample repeated (so that they reach a steady state), every row of it
     assert r["sample"]["job_rows"] == r["sample"]["repeat"] * r["sample"]["posts"] and r["sample"]["repeat"] > 1
     assert r["text_job"]["rows"] == r["text_job_workers"]["rows"] == r["images_pil"]["rows"] == r["sample"]["job_rows"]
