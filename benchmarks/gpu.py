@@ -197,6 +197,7 @@ def job_figures(r) -> dict:
     """A shard job's rate after its first block (the rate of a long job), and the whole run's."""
     return {"rows": r.rows, "per_s": r.steady_per_s or r.rows / r.seconds, "whole_run_per_s": r.rows / r.seconds,
             "first_block_s": round(r.first_block_s, 2), "loop_s": round(r.seconds, 2), "blocks": r.blocks_done,
+            "close_s": round(r.close_s, 2),
             "wait_s": round(r.wait_s, 2), "encode_s": round(r.encode_s, 2), "commit_s": round(r.commit_s, 2),
             "write_s": round(r.write_s, 2)}
 
@@ -622,14 +623,16 @@ def table(r: dict, device_name: str) -> str:
         note = "" if (r.get(name) or {}).get("ok", False) else (r.get(name) or {}).get("error", "not run")
         if get(name, "whole_run_per_s"):
             note = (f"whole run {f(get(name, 'whole_run_per_s'))}/s over {get(name, 'blocks')} blocks, "
-                    f"first block done at {get(name, 'first_block_s')} s; loop {get(name, 'loop_s')} s: waiting for "
+                    f"first block encoded at {get(name, 'first_block_s')} s; loop {get(name, 'loop_s')} s: waiting for "
                     f"inputs {get(name, 'wait_s')} s, encoding {get(name, 'encode_s')} s, waiting for writes "
-                    f"{get(name, 'commit_s')} s (writing {get(name, 'write_s')} s in the writer thread)")
+                    f"{get(name, 'commit_s')} s (writing {get(name, 'write_s')} s in the writer thread), closing the "
+                    f"workers {get(name, 'close_s')} s (outside the rate)")
         lines.append(f"| {name} | {f(rate)} {unit} | {f(rate / base, '{:.1f}x') if rate and base else ''} | "
                      f"{f(get(name, 'gpu_memory_mib'))} MiB | {f(get(name, 'gpu_busy_pct'), '{:.0f} %')} | {note} |")
     d = r.get("decode") or {}
-    lines += ["", "text_job and images_*: the shard job's rate after its first block (start-up and the pipeline's "
-                  "fill are in the first; a 10.2 M-post shard has hundreds of blocks)",
+    lines += ["", "text_job and images_*: the shard job's rate from its first block's end to its last commit "
+                  "(start-up and the pipeline's fill are in the first block, the workers' closing after the last; a "
+                  "10.2 M-post shard has hundreds of blocks)",
               "reference: the plain loop on the same GPU for text_job and images_*; the same model uncompiled "
               "for *_compiled (steady state, after a warm-up pass that compiles)",
               f"decode only: plain {f(d.get('plain_per_s'))}/s, fast {f(d.get('fast_per_s'))}/s in one process, "

@@ -69,7 +69,7 @@ class JobReport:
     no_input: int
     unreadable: int
     seconds: float
-    first_block_s: float = 0.0      # until the first block was committed: start-up and the pipeline's fill
+    first_block_s: float = 0.0      # until the first block was encoded: start-up and the pipeline's fill
     first_block_rows: int = 0
     # where the loop's time went: waiting for the next block's inputs (the input side is the bottleneck
     # when this is large), encoding (the model, and for images the device-side decode), committing
@@ -77,11 +77,15 @@ class JobReport:
     encode_s: float = 0.0
     commit_s: float = 0.0           # the loop waiting for the writer (all of the writing, without overlap)
     write_s: float = 0.0            # the writer's own time, mostly hidden behind encoding
+    close_s: float = 0.0            # ending the job's worker processes, after the last block (in `seconds`)
 
     @property
     def steady_per_s(self) -> float | None:
-        """Rows per second after the first block: the rate a long job runs at (None with one block)."""
-        rest = self.seconds - self.first_block_s
+        """Rows per second from the first block's end to the last block's commit: the rate a long job
+        runs at (None with one block). Start-up and the closing of worker processes (0.7-1 s for 8 to
+        16 of them on an H200 node, a fifth of the time after the first block in the GPU bench's
+        72,656-row jobs) are left out: a 10.2 M-post shard pays them once in hundreds of blocks."""
+        rest = self.seconds - self.close_s - self.first_block_s
         return (self.rows - self.first_block_rows) / rest if self.blocks_done > 1 and rest > 0 else None
 
     def summary(self, unit: str) -> str:
@@ -118,13 +122,10 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
 
         def written(i: int, status: np.ndarray, future) -> None:
             """Block i's commit is done (its errors raised here): count it, show progress."""
-            nonlocal first
             began, ended = future.result()
             spent[3] += ended - began
             r = rows[i]
             counts[:] += np.bincount(status, minlength=4)[:4]
-            if i == 0:
-                first = (ended - start, r.stop - r.start)
             progress.update(r.stop - r.start, failures=int((status == Status.UNREADABLE).sum()),
                             extra=f"blocks {len(mine) - len(pending) + i + 1}/{len(mine)}")
             if delay:
@@ -142,6 +143,8 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
                 t1 = time.perf_counter()
                 features, status, failures = job.encode(inputs)
                 t2 = time.perf_counter()
+                if i == 0:
+                    first = (t2 - start, r.stop - r.start)
                 if in_flight is not None:
                     written(*in_flight)
                 in_flight = (i, status, writer.submit(write, b, r, features, status, failures))
@@ -156,10 +159,12 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
         progress.close()
         spent += (job.waited, -job.waited, 0.0, 0.0)
     finally:
+        closing = time.perf_counter()
         job.close()
+        closing = time.perf_counter() - closing
     return JobReport(len(pending), len(mine) - len(pending), int(counts.sum()),
                      int(counts[Status.NO_INPUT]), int(counts[Status.UNREADABLE]), time.perf_counter() - start, *first,
-                     *map(float, spent))
+                     *map(float, spent), close_s=closing)
 
 
 def _report_failures(store: Store, modality: str, rows: slice, failures: list[tuple[int, str, str]]) -> None:

@@ -110,6 +110,33 @@ def test_overlapped_writes_store_what_writes_in_the_loop_store(tmp_path):
     assert stores[True]["features/text"][199, 0] == np.float16(0.199)
 
 
+def test_the_steady_rate_leaves_out_start_up_and_closing_the_workers(tmp_path):
+    """A job's rate after its first block is the rate of a long shard: the first block's encoding
+    (start-up, the pipeline's fill) and the closing of its worker processes (close(), 0.7-1 s for
+    8-16 processes on an H200 node) are outside it, and close's time is reported apart."""
+    import time
+
+    from cache.blocks import parse_shard
+    from cache.synthetic import planted_store
+    from extract.jobs import run_shard
+
+    class SlowStartAndClose(_Planted):
+        def encode(self, rows):
+            if rows.start == 0:
+                time.sleep(0.4)                  # the first block: workers starting
+            return super().encode(rows)
+
+        def close(self):
+            time.sleep(0.6)                      # worker processes ending
+
+    url = str(tmp_path / "s.zarr")
+    planted_store(url, influencers=20, posts=10, block=16, write_features=False)
+    r = run_shard(open_store(url, "r+"), parse_shard("0/1"), SlowStartAndClose(), quiet=True)
+    assert r.close_s >= 0.6 and r.first_block_s >= 0.4 and r.first_block_rows == 16
+    assert r.seconds >= r.first_block_s + r.close_s
+    assert r.steady_per_s == pytest.approx((r.rows - 16) / (r.seconds - r.close_s - r.first_block_s))
+
+
 def test_a_failed_write_stops_the_job_and_keeps_the_blocks_before_it(tmp_path, monkeypatch):
     """A commit that fails in the writer thread (a full disk, a lost bucket) stops the job with that
     error; every block committed before it stays done, and a rerun writes only the rest."""
