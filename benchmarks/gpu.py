@@ -471,6 +471,26 @@ def jobs_agree(a: str, b: str, base: int = 0) -> dict:
     return out
 
 
+def decoders_on_cpu(posts: int) -> dict:
+    """The two image paths' preprocessing alone, without nvJPEG: `--decoder nvjpeg` on the CPU is
+    torchvision's decode_jpeg (libjpeg-turbo) and the same torchvision resize and crop the GPU path
+    runs; against the PIL workers' job on the same posts, every row (jobs_agree), fp32, with the
+    encoder the bench fine-tunes. Where the GPU's nvJPEG job is further from PIL's than this, the
+    difference is nvJPEG's own decode, bf16, or the device path, not the preprocessing."""
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="decoders-")
+    try:
+        s = build(tmp, posts, 360, min(os.cpu_count() or 1, 16), 1)
+        pil, a, b = (os.path.join(tmp, f) for f in ("pil.zarr", "jobs.zarr", "jobs-b.zarr"))
+        enc = os.path.join(tmp, "encoder.pt")
+        finetune_encoder(pil, enc, False, "cpu")
+        job_images(a, enc, "cpu", "pil", None)
+        job_images(b, enc, "cpu", "nvjpeg", None)
+        return {"posts": s["posts"], **jobs_agree(a, b, s["posts"])}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def oom_recovery(url: str, encoder: str, device: str, gib: float, ref: str) -> dict:
     """Both jobs on one block with the device's memory capped below what their default batches need
     (torch's caching allocator limited to `gib` GiB: a small GPU, or a MIG slice): each must halve its
@@ -723,9 +743,15 @@ def main() -> None:
     ap.add_argument("--text-host", metavar="STORE", help="only the text_host step, on this store, on any machine "
                     "(with --text-workers processes); prints its JSON")
     ap.add_argument("--text-workers", type=int, default=2)
+    ap.add_argument("--decoders-on-cpu", type=int, metavar="POSTS", help="only the nvJPEG path's preprocessing "
+                    "(torchvision decode and resize, libjpeg-turbo) against PIL's job, on the CPU, on a sample of "
+                    "about POSTS 360 px posts: jobs_agree's JSON")
     args = ap.parse_args()
     if args.text_host:
         print(json.dumps(text_host(args.text_host, args.text_workers)))
+        return
+    if args.decoders_on_cpu:
+        print(json.dumps(decoders_on_cpu(args.decoders_on_cpu)))
         return
     import tempfile
 
