@@ -363,7 +363,7 @@ def text_host(url: str, workers: int = 0) -> dict:
     return out
 
 
-DECODE_RANGE = "extract.images._gpu_decode"
+DECODE_RANGE = "extract.nvjpeg.gpu_decode"
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
 
@@ -406,12 +406,12 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
     enc.encode(prepared)
     out = {"text_batches": sum(1 for _ in enc.padded(prepared)), "text_syncs": count(lambda: enc.encode(prepared))}
     import extract.images as images
-    plain_decode = images._gpu_decode
+    plain_decode = images.gpu_decode
 
     def marked_decode(*args, **kwargs):
         with torch.profiler.record_function(DECODE_RANGE):
             return plain_decode(*args, **kwargs)
-    images._gpu_decode = marked_decode
+    images.gpu_decode = marked_decode
     try:
         for decoder in ("pil", "nvjpeg"):
             job = ImageJob(load_encoder(encoder), s, data, dev, enc.precision, 256 if dev.type == "cuda" else 8,
@@ -426,7 +426,7 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
             finally:
                 job.close()
     finally:
-        images._gpu_decode = plain_decode
+        images.gpu_decode = plain_decode
     out.update(image_nvjpeg_decoder_syncs=inside["decoder_syncs"], image_nvjpeg_decode_calls=inside["decode_calls"])
     out["cuda_runtime_calls_seen"] = seen["runtime_calls"]
     return out

@@ -406,7 +406,7 @@ def test_device_decode_resizes_each_size_in_one_call_like_one_by_one(tmp_path):
     resizing each alone gives; a file the decoder refuses is named as failed, the others kept."""
     from PIL import Image
     from torchvision.io import ImageReadMode, decode_jpeg
-    from extract.images import _gpu_decode, resize_crop
+    from extract.nvjpeg import gpu_decode, resize_crop
     rng = np.random.default_rng(0)
     raw = {}
     for i, (w, h) in enumerate([(360, 300), (200, 410), (360, 300), (200, 410), (512, 512)]):
@@ -414,7 +414,7 @@ def test_device_decode_resizes_each_size_in_one_call_like_one_by_one(tmp_path):
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p, quality=85)
         raw[i] = p.read_bytes()
     raw[7] = b"\xff\xd8 not a jpeg \xff\xd9"
-    rows, pixels, failed = _gpu_decode(raw, torch.device("cpu"), 342, 299)
+    rows, pixels, failed = gpu_decode(raw, torch.device("cpu"), 342, 299)
     assert sorted(rows) == [0, 1, 2, 3, 4] and failed == [7] and pixels.shape == (5, 299, 299, 3)
     for k, row in enumerate(rows):
         one = decode_jpeg(torch.frombuffer(bytearray(raw[row]), dtype=torch.uint8), mode=ImageReadMode.RGB)
