@@ -461,7 +461,8 @@ def jobs_agree(a: str, b: str, base: int = 0) -> dict:
         cos = np.sum(fa * fb, 1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1) + 1e-12)
         cos[nan] = -1.0
         out.update({f"{m}_rows": len(rows), f"{m}_min_cosine": float(cos.min()),
-                    f"{m}_rows_under_0.99": int((cos < 0.99).sum()), f"{m}_nan_rows": int(nan.sum())})
+                    f"{m}_rows_under_0.99": int((cos < 0.99).sum()), f"{m}_nan_rows": int(nan.sum()),
+                    f"{m}_lowest_rows": [int(x) for x in rows[np.argsort(cos, kind="stable")[:16]]]})
         if base:
             low = rows[cos < 0.99] % base
             posts, copies = np.unique(low, return_counts=True)
@@ -469,6 +470,36 @@ def jobs_agree(a: str, b: str, base: int = 0) -> dict:
             out.update({f"{m}_posts_under_0.99": len(posts),
                         f"{m}_posts_under_0.99_in_every_copy": int((copies == copies_of[posts]).sum())})
     return out
+
+
+def decoded_pixels(url: str, data: str, device, lowest: list[int], n: int = 16) -> dict:
+    """The device decoder's pixels against libjpeg-turbo's (torchvision's decode_jpeg on the CPU) for
+    the posts whose nvJPEG features were furthest from PIL's (jobs_agree's lowest rows) and for `n`
+    others: mean and largest absolute difference per image, in levels. Low rows whose pixels differ
+    much more than the others' were decoded differently (nvJPEG's hardware decoder takes baseline
+    JPEGs); pixels as close as the others' put the difference after decoding (bf16, or corruption)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from cache.store import open_store
+    from extract.nvjpeg import decode_jpegs
+    paths = open_store(url)["posts/image"][:]
+    others = [int(x) for x in np.random.default_rng(0).choice(len(paths), size=min(n, len(paths)), replace=False)]
+
+    def diffs(rows):
+        mean, peak = [], []
+        for r in rows:
+            p = os.path.join(data, str(paths[r]))
+            raw = torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8)
+            ref = decode_jpeg(raw, mode=ImageReadMode.RGB).int()
+            got = decode_jpegs([raw], torch.device(device))[0]
+            d = (got.cpu().int() - ref).abs() if got is not None and got.shape == ref.shape else None
+            mean.append(float(d.float().mean()) if d is not None else None)
+            peak.append(int(d.max()) if d is not None else None)
+        return mean, peak
+    lm, lp = diffs(lowest[:n])
+    om, op = diffs(others)
+    return {"lowest_rows": lowest[:n], "lowest_mean_diff": lm, "lowest_max_diff": lp,
+            "other_rows": others, "other_mean_diff": om, "other_max_diff": op}
 
 
 def decoders_on_cpu(posts: int) -> dict:
@@ -622,6 +653,11 @@ def table(r: dict, device_name: str) -> str:
     def get(name, key):
         return (r.get(name) or {}).get(key)
 
+    def pixel_diffs(which):
+        v = [x for x in (get("decoded_pixels", f"{which}_mean_diff") or []) if x is not None]
+        peak = [x for x in (get("decoded_pixels", f"{which}_max_diff") or []) if x is not None]
+        return f"{np.mean(v):.2f} (largest {max(peak)})" if v and peak else "n/a"
+
     def halvings(m):
         said = get("oom_recovery", f"{m}_said") or []
         return (f"halved {len(said)} times, to {said[-1].split('going on with ')[-1].split(' ')[0]} "
@@ -686,7 +722,9 @@ def table(r: dict, device_name: str) -> str:
               f"{f(get('jobs_agree', 'image_rows'))} rows ({get('jobs_agree', 'image_rows_under_0.99')} under 0.99, "
               f"{get('jobs_agree', 'image_nan_rows')} NaN; {get('jobs_agree', 'image_posts_under_0.99')} posts of the "
               f"sample, {get('jobs_agree', 'image_posts_under_0.99_in_every_copy')} of them under in every copy: "
-              f"the same posts in every copy is the decoders' preprocessing, not a race)",
+              f"the same posts in every copy is the decoders' preprocessing, not a race); the device decoder's "
+              f"pixels against libjpeg-turbo's, mean |difference| in levels: {pixel_diffs('lowest')} on the "
+              f"lowest rows, {pixel_diffs('other')} on others",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     lines.append(choices(r))
@@ -790,6 +828,9 @@ def main() -> None:
         step(results, "images_nvjpeg", job_images, jobs_b, enc, device_s, "nvjpeg", workers)   # the CPU: libjpeg-turbo
         # every row of both pairs of jobs: the same posts by two paths
         step(results, "jobs_agree", jobs_agree, jobs, jobs_b, results["sample"].get("posts") or 0)
+        # the device decoder's pixels for the rows furthest from PIL's, against libjpeg-turbo's
+        step(results, "decoded_pixels", decoded_pixels, jobs_b, data, device,
+             (results.get("jobs_agree") or {}).get("image_lowest_rows") or [])
         if not dry:
             step(results, "nvjpeg_decode", nvjpeg_decode_rate, paths, device)
         step(results, "decode", decode_rates, paths, workers)

@@ -24,6 +24,10 @@ def test_gpu_bench_dry_run(tmp_path):
     assert a["text_rows"] > 0 and a["text_nan_rows"] == 0 and a["text_min_cosine"] > 0.9999, a
     assert a["image_rows"] == r["sample"]["job_rows"] and a["image_nan_rows"] == 0, a
     assert 0 <= a["image_posts_under_0.99_in_every_copy"] <= a["image_posts_under_0.99"] <= r["sample"]["posts"]
+    # the decoder's pixels on those rows: on the CPU the same libjpeg-turbo, so no difference at all
+    px = r["decoded_pixels"]
+    assert px["ok"] and px["lowest_rows"] == a["image_lowest_rows"][:16] and len(px["other_rows"]) > 0, px
+    assert set(px["lowest_max_diff"]) == {0} and set(px["other_max_diff"]) == {0}, px
     # the jobs run on the sample repeated (so that they reach a steady state), every row of it
     assert r["sample"]["job_rows"] == r["sample"]["repeat"] * r["sample"]["posts"] and r["sample"]["repeat"] > 1
     assert r["text_job"]["rows"] == r["text_job_workers"]["rows"] == r["images_pil"]["rows"] == r["sample"]["job_rows"]
