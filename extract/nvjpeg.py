@@ -17,6 +17,7 @@ def jpeg_bytes(path: str) -> bytes | None:
     """A plain RGB/gray baseline-or-progressive JPEG's bytes for nvJPEG, or None to decode it with PIL.
     Header checks (size limits, CMYK, truncation) happen here, so nvJPEG only sees files PIL trusts."""
     from PIL import Image
+
     from extract.imaging import MAX_PIXELS
     try:
         check_regular(path)
@@ -37,7 +38,7 @@ def jpeg_bytes(path: str) -> bytes | None:
 
 
 def gpu_decode(raw: dict[int, bytes], device: torch.device, resize: int,
-                crop: int) -> tuple[list[int], torch.Tensor | None, list[int]]:
+               crop: int) -> tuple[list[int], torch.Tensor | None, list[int]]:
     """Batched torchvision.io.decode_jpeg on the device (nvJPEG on CUDA), then resize and centre crop
     there, one call per image size (a release's images share a few sizes). Returns the rows decoded,
     their NHWC uint8 pixels in that order (None if none), and the rows that failed."""
