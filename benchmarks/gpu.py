@@ -432,10 +432,15 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
     return out
 
 
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """The smallest row-wise cosine between two feature arrays (float64)."""
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosines between two feature arrays (float64)."""
     a, b = a.astype(np.float64), b.astype(np.float64)
-    return float((np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)).min())
+    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest row-wise cosine between two feature arrays."""
+    return float(cosines(a, b).min())
 
 
 def jobs_agree(a: str, b: str, base: int = 0) -> dict:
@@ -455,10 +460,10 @@ def jobs_agree(a: str, b: str, base: int = 0) -> dict:
         if not ok.any():
             continue
         rows = np.flatnonzero(ok)
-        fa = sa[f"features/{m}"].get_orthogonal_selection((rows,)).astype(np.float64)
-        fb = sb[f"features/{m}"].get_orthogonal_selection((rows,)).astype(np.float64)
+        fa = sa[f"features/{m}"].get_orthogonal_selection((rows,))
+        fb = sb[f"features/{m}"].get_orthogonal_selection((rows,))
         nan = ~(np.isfinite(fa).all(1) & np.isfinite(fb).all(1))
-        cos = np.sum(fa * fb, 1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1) + 1e-12)
+        cos = cosines(fa, fb)
         cos[nan] = -1.0
         out.update({f"{m}_rows": len(rows), f"{m}_min_cosine": float(cos.min()),
                     f"{m}_rows_under_0.99": int((cos < 0.99).sum()), f"{m}_nan_rows": int(nan.sum()),
