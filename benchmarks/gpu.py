@@ -137,6 +137,7 @@ def build(tmp: str, posts: int, image_size: int, workers: int, repeat: int) -> d
     apply_labels(open_store(os.path.join(tmp, "jobs.zarr"), "r+"), os.path.join(data, "labels/influencers.csv"),
                  os.path.join(data, "labels/posts.csv"), seed=0)
     shutil.copytree(os.path.join(tmp, "jobs.zarr"), os.path.join(tmp, "jobs-b.zarr"))    # the second job of each kind
+    shutil.copytree(os.path.join(tmp, "jobs.zarr"), os.path.join(tmp, "jobs-c.zarr"))    # the fp32 image job's
     shutil.copytree(url, os.path.join(tmp, "oom.zarr"))       # oom_recovery's (its first block only)
     s, j = open_store(url), open_store(os.path.join(tmp, "jobs.zarr"))
     return {"data": data, "posts": s.n_posts, "jpeg_kb": round(kb, 1),
@@ -221,10 +222,11 @@ def plain_images(paths: list[str], encoder: str, device) -> dict:
     return {"images": len(paths), "per_s": len(paths) / plain_loop(paths, load_encoder(encoder).encoder, device)}
 
 
-def job_images(url: str, encoder: str, device: str, decoder: str, workers, compile: bool = False) -> dict:
+def job_images(url: str, encoder: str, device: str, decoder: str, workers, compile: bool = False,
+               precision: str = "auto") -> dict:
     from extract.images import run_images
-    return job_figures(run_images(url, "0/1", encoder_path=encoder, device=device, decoder=decoder, workers=workers,
-                                  compile=compile, quiet=True))
+    return {**job_figures(run_images(url, "0/1", encoder_path=encoder, device=device, decoder=decoder, workers=workers,
+                                     compile=compile, precision=precision, quiet=True)), "precision": precision}
 
 
 def decode_rates(paths: list[str], workers: int) -> dict:
@@ -507,26 +509,6 @@ def decoded_pixels(url: str, data: str, device, lowest: list[int], n: int = 16) 
             "other_rows": others, "other_mean_diff": om, "other_max_diff": op}
 
 
-def decoders_on_cpu(posts: int) -> dict:
-    """The two image paths' preprocessing alone, without nvJPEG: `--decoder nvjpeg` on the CPU is
-    torchvision's decode_jpeg (libjpeg-turbo) and the same torchvision resize and crop the GPU path
-    runs; against the PIL workers' job on the same posts, every row (jobs_agree), fp32, with the
-    encoder the bench fine-tunes. Where the GPU's nvJPEG job is further from PIL's than this, the
-    difference is nvJPEG's own decode, bf16, or the device path, not the preprocessing."""
-    import tempfile
-    tmp = tempfile.mkdtemp(prefix="decoders-")
-    try:
-        s = build(tmp, posts, 360, min(os.cpu_count() or 1, 16), 1)
-        pil, a, b = (os.path.join(tmp, f) for f in ("pil.zarr", "jobs.zarr", "jobs-b.zarr"))
-        enc = os.path.join(tmp, "encoder.pt")
-        finetune_encoder(pil, enc, False, "cpu")
-        job_images(a, enc, "cpu", "pil", None)
-        job_images(b, enc, "cpu", "nvjpeg", None)
-        return {"posts": s["posts"], **jobs_agree(a, b, s["posts"])}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def oom_recovery(url: str, encoder: str, device: str, gib: float, ref: str) -> dict:
     """Both jobs on one block with the device's memory capped below what their default batches need
     (torch's caching allocator limited to `gib` GiB: a small GPU, or a MIG slice): each must halve its
@@ -676,6 +658,7 @@ def table(r: dict, device_name: str) -> str:
     for name, unit, plain in (("text_job", "captions/s", "text_plain"), ("text_job_workers", "captions/s", "text_plain"),
                               ("text_plain", "captions/s", None),
                               ("images_pil", "images/s", "images_plain"), ("images_nvjpeg", "images/s", "images_plain"),
+                              ("images_pil_fp32", "images/s", "images_plain"),
                               ("images_plain", "images/s", None), ("text_model", "captions/s", None),
                               ("text_model_compiled", "captions/s", "text_model"),
                               ("model_only", "images/s", None), ("model_only_compiled", "images/s", "model_only"),
@@ -730,6 +713,12 @@ def table(r: dict, device_name: str) -> str:
               f"the same posts in every copy is the decoders' preprocessing, not a race); the device decoder's "
               f"pixels against libjpeg-turbo's, mean |difference| in levels: {pixel_diffs('lowest')} on the "
               f"lowest rows, {pixel_diffs('other')} on others",
+              f"bf16 against fp32 (images_pil against images_pil_fp32, fp32 without TF32), every row "
+              f"(precision_agree): min cosine {f(get('precision_agree', 'image_min_cosine'), '{:.5f}')} over "
+              f"{f(get('precision_agree', 'image_rows'))} rows ({get('precision_agree', 'image_rows_under_0.99')} under "
+              f"0.99, {get('precision_agree', 'image_nan_rows')} NaN; {get('precision_agree', 'image_posts_under_0.99')} "
+              f"posts of the sample, {get('precision_agree', 'image_posts_under_0.99_in_every_copy')} of them under in "
+              f"every copy)",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     lines.append(choices(r))
@@ -786,15 +775,9 @@ def main() -> None:
     ap.add_argument("--text-host", metavar="STORE", help="only the text_host step, on this store, on any machine "
                     "(with --text-workers processes); prints its JSON")
     ap.add_argument("--text-workers", type=int, default=2)
-    ap.add_argument("--decoders-on-cpu", type=int, metavar="POSTS", help="only the nvJPEG path's preprocessing "
-                    "(torchvision decode and resize, libjpeg-turbo) against PIL's job, on the CPU, on a sample of "
-                    "about POSTS 360 px posts: jobs_agree's JSON")
     args = ap.parse_args()
     if args.text_host:
         print(json.dumps(text_host(args.text_host, args.text_workers)))
-        return
-    if args.decoders_on_cpu:
-        print(json.dumps(decoders_on_cpu(args.decoders_on_cpu)))
         return
     import tempfile
 
@@ -817,7 +800,7 @@ def main() -> None:
                                  2 if dry else args.repeat)
         # pil.zarr: the sample (fine-tuning, plain loops); the jobs run on the sample repeated (`repeated`):
         # jobs.zarr gets text_job and images_pil, jobs-b.zarr text_job_workers and images_nvjpeg
-        pil, jobs, jobs_b = (os.path.join(tmp, f) for f in ("pil.zarr", "jobs.zarr", "jobs-b.zarr"))
+        pil, jobs, jobs_b, jobs_c = (os.path.join(tmp, f) for f in ("pil.zarr", "jobs.zarr", "jobs-b.zarr", "jobs-c.zarr"))
         data = results["sample"].get("data", "")
         step(results, "text_plain", plain_text, pil, device, 16 if dry else 4096)
         step(results, "text_job", job_text, jobs, device_s)
@@ -833,6 +816,10 @@ def main() -> None:
         step(results, "images_nvjpeg", job_images, jobs_b, enc, device_s, "nvjpeg", workers)   # the CPU: libjpeg-turbo
         # every row of both pairs of jobs: the same posts by two paths
         step(results, "jobs_agree", jobs_agree, jobs, jobs_b, results["sample"].get("posts") or 0)
+        # bf16 (the default on a GPU) against fp32 without TF32, the PIL job on every row: the tail that bf16
+        # alone gives, beside which the nvJPEG job's is judged (benchmarks/precision.py measures it on a CPU)
+        step(results, "images_pil_fp32", job_images, jobs_c, enc, device_s, "pil", workers, False, "fp32")
+        step(results, "precision_agree", jobs_agree, jobs_c, jobs, results["sample"].get("posts") or 0)
         # the device decoder's pixels for the rows furthest from PIL's, against libjpeg-turbo's
         step(results, "decoded_pixels", decoded_pixels, jobs_b, data, device,
              (results.get("jobs_agree") or {}).get("image_lowest_rows") or [])

@@ -90,10 +90,24 @@ def pick_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str):
-    """The autocast context for a resolved precision (none for fp32)."""
+    """The autocast context for a resolved precision; fp32 on CUDA without TF32 (`ieee_fp32`)."""
     if precision == "fp32":
-        return contextlib.nullcontext()
+        return ieee_fp32() if device.type == "cuda" else contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """fp32 that is fp32 on a GPU: torch lets cuDNN run fp32 convolutions on TF32 tensor cores by
+    default (torch.backends.cudnn.allow_tf32; a 10-bit mantissa, errors of ~1e-3), so `--precision
+    fp32` would not have been the reference it says it is (and Inception is convolutions). Inside, TF32
+    is off for convolutions and matmuls; the settings are put back after."""
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
 
 
 def to_device(x, device: torch.device) -> torch.Tensor:

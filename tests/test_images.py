@@ -619,3 +619,22 @@ def test_finetuning_out_of_device_memory_is_one_line(store_path, tmp_path, monke
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     lines = [x for x in r.output.splitlines() if x.startswith("error")]
     assert lines == ["error: out of cpu memory training at --batch-size 8 (epoch 1): pass a smaller --batch-size"], r.output
+
+
+def test_fp32_on_a_gpu_is_not_tf32_and_the_settings_come_back():
+    """`--precision fp32` on CUDA runs its convolutions and matmuls without TF32 (torch lets cuDNN use
+    TF32 by default, a 10-bit mantissa), so the fp32 job is the reference it says it is; a user's own
+    TF32 settings are untouched outside the job's model calls. (The flags need no GPU to be set.)"""
+    import torch
+
+    from runtime.device import autocast
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True
+        with autocast(torch.device("cuda"), "fp32"):
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+        with autocast(torch.device("cpu"), "fp32"):        # the CPU has no TF32: nothing to change
+            assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

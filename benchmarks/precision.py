@@ -1,0 +1,152 @@
+"""What bf16 and the nvJPEG path's preprocessing do to image features, every row, on the CPU.
+
+    python benchmarks/precision.py --posts 1000          # ~40 min on 2 cores, most of it emulated bf16
+
+On a GPU `extract images` runs under bf16 autocast by default (`--precision auto`). The GPU bench
+measured that on its first 256 posts only (min cosine 0.99519 to the CPU's fp32), and its nvJPEG job
+came out at min cosine 0.973 to the PIL job over 72,656 rows, 208 under 0.99, both in bf16
+(benchmarks/results/gpu-h200-2026-11-27-run2.*). Four shard jobs on the same release-like posts,
+with the bench's own fine-tuned encoder, tell the causes apart:
+- `pil/fp32` against `tv/fp32` (`--decoder nvjpeg` on the CPU: torchvision's decode_jpeg, libjpeg-turbo,
+  and the same torchvision resize the GPU path runs): the two paths' preprocessing alone;
+- `pil/fp32` against `pil/bf16`: bf16 alone, on every row;
+- `pil/bf16` against `tv/bf16`: what the GPU bench compared, less nvJPEG's own decoder.
+And what a user sees of it: a classifier of a post's release category (its influencer's; sklearn's
+logistic regression on standardised features) fitted on `pil/fp32`'s features of the even influencers'
+posts labels every post from each job's features: its accuracy on the odd influencers' posts and the
+labels that differ from fp32's.
+
+This CPU has no bf16 instructions: torch emulates them, with the roundings of bf16 autocast (the CPU's
+autocast casts the same convolutions and matmuls as CUDA's), ~7x slower than fp32 here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+JOBS = (("pil", "fp32"), ("tv", "fp32"), ("pil", "bf16"), ("tv", "bf16"))
+PAIRS = ((("pil", "fp32"), ("tv", "fp32"), "preprocessing alone"),
+         (("pil", "fp32"), ("pil", "bf16"), "bf16 alone"),
+         (("pil", "bf16"), ("tv", "bf16"), "both, as the GPU bench compared them"))
+
+
+def row_cosines(a: str, b: str) -> np.ndarray:
+    """Every row both stores encoded (status OK): the cosine between their image features."""
+    from benchmarks.gpu import cosines
+    from cache import schema
+    from cache.store import open_store
+    sa, sb = open_store(a), open_store(b)
+    ok = (sa["features/image_status"][:] == schema.Status.OK) & (sb["features/image_status"][:] == schema.Status.OK)
+    rows = np.flatnonzero(ok)
+    fa = sa["features/image"].get_orthogonal_selection((rows,)).astype(np.float32)
+    fb = sb["features/image"].get_orthogonal_selection((rows,)).astype(np.float32)
+    cos = cosines(fa, fb)
+    cos[~(np.isfinite(fa).all(1) & np.isfinite(fb).all(1))] = -1.0
+    return cos
+
+
+def spread(cos: np.ndarray) -> dict:
+    """The cosines' lower tail: the smallest, low quantiles, the median, rows under 0.99 and 0.999."""
+    return {"rows": len(cos), "min": float(cos.min()), "q0.001": float(np.quantile(cos, 0.001)),
+            "q0.01": float(np.quantile(cos, 0.01)), "median": float(np.median(cos)),
+            "under_0.99": int((cos < 0.99).sum()), "under_0.999": int((cos < 0.999).sum())}
+
+
+def labels_of(stores: dict) -> dict:
+    """A logistic regression fitted on the fp32 PIL job's features of the even influencers' posts, the
+    target each post's influencer's release category (the labels the release's users have), applied to
+    every job's features of every post: the odd influencers' accuracy, and the labels unlike fp32's."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from cache import schema
+    from cache.store import open_store
+    ref = open_store(stores[("pil", "fp32")])
+    owner = ref["posts/influencer"][:]
+    label = ref["influencers/release_category"][:][owner]
+    ok = label >= 0
+    for s in stores.values():
+        ok &= open_store(s)["features/image_status"][:] == schema.Status.OK
+    rows = np.flatnonzero(ok)
+    train = owner[rows] % 2 == 0
+
+    def feats(key):
+        return open_store(stores[key])["features/image"].get_orthogonal_selection((rows,)).astype(np.float32)
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(feats(("pil", "fp32"))[train],
+                                                                                   label[rows][train])
+    base = clf.predict(feats(("pil", "fp32")))
+    out = {"posts": len(rows), "train_posts": int(train.sum()), "held_out_posts": int((~train).sum())}
+    for key in stores:
+        pred = base if key == ("pil", "fp32") else clf.predict(feats(key))
+        out["/".join(key)] = {"held_out_accuracy": float((pred[~train] == label[rows][~train]).mean()),
+                              "labels_unlike_fp32": int((pred != base).sum())}
+    return out
+
+
+def study(posts: int, tmp: str) -> dict:
+    from benchmarks.gpu import build, finetune_encoder
+    from extract.images import run_images
+    t0 = time.perf_counter()
+    s = build(tmp, posts, 360, min(os.cpu_count() or 1, 16), 1)
+    stores = {}
+    for key in JOBS:
+        stores[key] = os.path.join(tmp, f"{key[0]}-{key[1]}.zarr")
+        shutil.copytree(os.path.join(tmp, "jobs.zarr"), stores[key])
+    enc = os.path.join(tmp, "encoder.pt")
+    out: dict = {"posts": s["posts"], "finetune": finetune_encoder(os.path.join(tmp, "pil.zarr"), enc, False, "cpu"),
+                 "jobs": {}}
+    print(f"[{time.perf_counter() - t0:.0f} s] sample of {s['posts']} posts built, encoder fine-tuned", flush=True)
+    for key in JOBS:
+        r = run_images(stores[key], "0/1", encoder_path=enc, device="cpu", precision=key[1],
+                       decoder="pil" if key[0] == "pil" else "nvjpeg", quiet=True)
+        out["jobs"]["/".join(key)] = {"rows": r.rows, "images_per_s": round(r.rows / r.seconds, 2)}
+        print(f"[{time.perf_counter() - t0:.0f} s] job {'/'.join(key)}: {r.rows} rows, {r.rows / r.seconds:.2f}/s",
+              flush=True)
+    out["pairs"] = {f"{'/'.join(a)} vs {'/'.join(b)}": {"what": what, **spread(row_cosines(stores[a], stores[b]))}
+                    for a, b, what in PAIRS}
+    out["labels"] = labels_of(stores)
+    return out
+
+
+def report(r: dict) -> str:
+    lines = [f"image features, every row of {r['posts']} release-like 360 px posts (fine-tuned encoder, "
+             f"val accuracy {r['finetune']['val_accuracy']:.2f}), CPU; bf16 emulated",
+             "| pair | what | rows | min cosine | 0.1 % quantile | 1 % quantile | median | under 0.99 | under 0.999 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, p in r["pairs"].items():
+        lines.append(f"| {name} | {p['what']} | {p['rows']:,} | {p['min']:.5f} | {p['q0.001']:.5f} | {p['q0.01']:.5f} | "
+                     f"{p['median']:.5f} | {p['under_0.99']} | {p['under_0.999']} |")
+    lab = r["labels"]
+    lines.append(f"release category from a post's image, classifier fitted on pil/fp32 ({lab['train_posts']} posts of "
+                 f"even influencers), {lab['posts']} posts: " + "; ".join(
+                     f"{k} held-out accuracy {v['held_out_accuracy']:.4f}, {v['labels_unlike_fp32']} labels unlike fp32's"
+                     for k, v in lab.items() if isinstance(v, dict)))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from benchmarks._util import scratch
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--posts", type=int, default=1000)
+    ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    with scratch("precision-", args.keep) as tmp:
+        r = study(args.posts, tmp)
+    print(report(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
