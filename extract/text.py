@@ -8,6 +8,7 @@ it; PyTorch's scaled-dot-product attention; inference mode.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 
@@ -19,7 +20,7 @@ from cache.store import Store
 from extract.tokenise import Prepared, Tokeniser, TokenisingWorkers
 from runtime.console import warn
 from runtime.cpus import usable_cpus
-from runtime.device import (DTYPES, maybe_compile, pick_device, pick_precision, shrinking_on_oom, to_device,
+from runtime.device import (DTYPES, autocast, maybe_compile, pick_device, pick_precision, shrinking_on_oom, to_device,
                             weights_digest)
 from runtime.errors import EncoderLoadError, UserError
 
@@ -143,9 +144,11 @@ class TextEncoder:
                     mask = to_device(valid.astype(np.int64), dev)
                 hidden = self.forward(input_ids=to_device(batch, dev), attention_mask=mask).last_hidden_state
                 out[to_device(rows, dev)] = hidden[:, 0].float()
-        # out of device memory: the block again with half the token budget (kept for the next blocks)
-        shrinking_on_oom(block, self.batch_tokens, min(self.batch_tokens, self.max_length), "token", dev,
-                         "--batch-tokens")
+        # out of device memory: the block again with half the token budget (kept for the next blocks);
+        # fp32 on a GPU without TF32 (the weights carry the precision; autocast only for that)
+        with autocast(dev, "fp32") if self.precision == "fp32" else contextlib.nullcontext():
+            shrinking_on_oom(block, self.batch_tokens, min(self.batch_tokens, self.max_length), "token", dev,
+                             "--batch-tokens")
         # float16 on the device: half the bytes to copy back, and torch converts 3-4x faster than numpy
         return out.half().cpu().numpy(), prepared.status
 
