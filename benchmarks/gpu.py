@@ -40,6 +40,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 RELEASE_POSTS = 10_180_500
 FLOORS = {"text": 20_000, "images": 5_000}        # per second on one H100 (issue #17)
+# An image path keeps the features when, on every row against the fp32 PIL job, at most TAIL_SHARE of
+# the rows fall under a cosine of 0.99 and none under TAIL_FLOOR, and its first 256 posts are at 0.99 or
+# above against the CPU's fp32 reference (issue #17's floor); benchmarks/precision.py shows what such
+# rows do to a classifier's labels.
+TAIL_SHARE, TAIL_FLOOR = 0.005, 0.95
 
 
 class GpuSampler:
@@ -645,6 +650,12 @@ def table(r: dict, device_name: str) -> str:
         peak = [x for x in (get("decoded_pixels", f"{which}_max_diff") or []) if x is not None]
         return f"{np.mean(v):.2f} (largest {max(peak)})" if v and peak else "n/a"
 
+    def tail(name):
+        return (f"min cosine {f(get(name, 'image_min_cosine'), '{:.5f}')} over {f(get(name, 'image_rows'))} rows "
+                f"({get(name, 'image_rows_under_0.99')} under 0.99 in {get(name, 'image_posts_under_0.99')} posts, "
+                f"{get(name, 'image_posts_under_0.99_in_every_copy')} of them in every copy; "
+                f"{get(name, 'image_nan_rows')} NaN)")
+
     def halvings(m):
         said = get("oom_recovery", f"{m}_said") or []
         return (f"halved {len(said)} times, to {said[-1].split('going on with ')[-1].split(' ')[0]} "
@@ -713,12 +724,8 @@ def table(r: dict, device_name: str) -> str:
               f"the same posts in every copy is the decoders' preprocessing, not a race); the device decoder's "
               f"pixels against libjpeg-turbo's, mean |difference| in levels: {pixel_diffs('lowest')} on the "
               f"lowest rows, {pixel_diffs('other')} on others",
-              f"bf16 against fp32 (images_pil against images_pil_fp32, fp32 without TF32), every row "
-              f"(precision_agree): min cosine {f(get('precision_agree', 'image_min_cosine'), '{:.5f}')} over "
-              f"{f(get('precision_agree', 'image_rows'))} rows ({get('precision_agree', 'image_rows_under_0.99')} under "
-              f"0.99, {get('precision_agree', 'image_nan_rows')} NaN; {get('precision_agree', 'image_posts_under_0.99')} "
-              f"posts of the sample, {get('precision_agree', 'image_posts_under_0.99_in_every_copy')} of them under in "
-              f"every copy)",
+              f"against the fp32 PIL job (images_pil_fp32, fp32 without TF32), every row: images_pil (bf16, the "
+              f"default) {tail('precision_agree')}; images_nvjpeg (bf16) {tail('nvjpeg_to_fp32')}",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     lines.append(choices(r))
@@ -738,30 +745,49 @@ def table(r: dict, device_name: str) -> str:
     return "\n".join(lines)
 
 
-def choices(r: dict) -> str:
+def choice_items(r: dict) -> list[str]:
     """What the figures choose among the options that stay off by default until a GPU has shown them
-    (issue #17): `extract text --workers`, `--decoder nvjpeg`, `--compile` for images; each the
-    measured job rate with it against without, on the same GPU in the same run (nvJPEG also below the
-    0.99 cosine floor is kept off)."""
+    (issue #17): `extract text --workers`, `--decoder nvjpeg`, `--compile` for images, and bf16 for the
+    image job (`--precision auto`, the default); each the measured job rate with it against without, on
+    the same GPU in the same run, "use it" above 1.05x; an image path only while it keeps the features
+    (`far_from_fp32`)."""
     def rate(name):
         return (r.get(name) or {}).get("per_s") if (r.get(name) or {}).get("ok") else None
 
-    def pick(option, on, off, cosine=None):
+    def pick(option, on, off, why=None):
         a, b = rate(on), rate(off)
         if not a or not b:
             return f"{option}: not measured"
-        worse = cosine is not None and cosine < 0.99
-        return (f"{option}: {a / b:.2f}x"
-                + (f", min cosine {cosine:.5f} (to the CPU reference and to PIL's job)" if cosine is not None else "")
-                + f" ({'use it' if a > 1.05 * b and not worse else 'keep it off'})")
-    nv = [c for c in ((r.get("agreement_nvjpeg") or {}).get("image_min_cosine"),
-                      (r.get("jobs_agree") or {}).get("image_min_cosine")) if c is not None]
-    nv = min(nv) if nv else None       # the worse of: to the CPU reference (first posts), to PIL's job (every row)
+        return (f"{option}: {a / b:.2f}x" + (f", {why}" if why else "")
+                + f" ({'use it' if a > 1.05 * b and not why else 'keep it off'})")
     tw = (r.get("text_job_workers") or {}).get("workers") or (r.get("text_host") or {}).get("workers")
-    return ("choices (job rate with the option / without, same GPU; 'use it' above 1.05x): "
-            + "; ".join([pick(f"text --workers {tw}", "text_job_workers", "text_job"),
-                         pick("images --decoder nvjpeg", "images_nvjpeg", "images_pil", nv),
-                         pick("images --decoder nvjpeg --compile", "images_nvjpeg_compiled", "images_nvjpeg")]))
+    return [pick(f"text --workers {tw}", "text_job_workers", "text_job"),
+            pick("images --precision bf16 (auto, the default)", "images_pil", "images_pil_fp32",
+                 far_from_fp32(r.get("precision_agree"), (r.get("agreement") or {}).get("image_min_cosine"))),
+            pick("images --decoder nvjpeg", "images_nvjpeg", "images_pil",
+                 far_from_fp32(r.get("nvjpeg_to_fp32"), (r.get("agreement_nvjpeg") or {}).get("image_min_cosine"))),
+            pick("images --decoder nvjpeg --compile", "images_nvjpeg_compiled", "images_nvjpeg")]
+
+
+def choices(r: dict) -> str:
+    """The `choices` line of the table (choice_items)."""
+    return ("choices (job rate with the option / without, same GPU; 'use it' above 1.05x and, for images, "
+            f"features kept: on every row against the fp32 PIL job at most {TAIL_SHARE:.1%} under 0.99 and none "
+            f"under {TAIL_FLOOR}, first 256 posts at 0.99 or above): " + "; ".join(choice_items(r)))
+
+
+def far_from_fp32(every_row: dict | None, first: float | None) -> str | None:
+    """Why an image path's features are too far from fp32 ones to be used, or None when they are close:
+    `every_row` is jobs_agree of the fp32 PIL job against the path's job, `first` the min cosine of the
+    path's first 256 posts against the CPU's fp32 reference."""
+    if not every_row or not every_row.get("ok") or not every_row.get("image_rows") or first is None:
+        return "not compared with fp32"
+    n, under = every_row["image_rows"], every_row["image_rows_under_0.99"]
+    low = every_row["image_min_cosine"]
+    if under > TAIL_SHARE * n or low < TAIL_FLOOR or every_row.get("image_nan_rows") or first < 0.99:
+        return (f"too far from fp32: {under / n:.2%} of rows under 0.99, min cosine {low:.5f}, "
+                f"first posts {first:.5f}")
+    return None
 
 
 def main() -> None:
@@ -820,6 +846,8 @@ def main() -> None:
         # alone gives, beside which the nvJPEG job's is judged (benchmarks/precision.py measures it on a CPU)
         step(results, "images_pil_fp32", job_images, jobs_c, enc, device_s, "pil", workers, False, "fp32")
         step(results, "precision_agree", jobs_agree, jobs_c, jobs, results["sample"].get("posts") or 0)
+        # the nvJPEG job against the same fp32 reference: is it further from it than the default path is?
+        step(results, "nvjpeg_to_fp32", jobs_agree, jobs_c, jobs_b, results["sample"].get("posts") or 0)
         # the device decoder's pixels for the rows furthest from PIL's, against libjpeg-turbo's
         step(results, "decoded_pixels", decoded_pixels, jobs_b, data, device,
              (results.get("jobs_agree") or {}).get("image_lowest_rows") or [])

@@ -46,6 +46,12 @@ def test_gpu_bench_dry_run(tmp_path):
     assert "| text_job |" in table and "10.2 M posts per GPU" in table and "text host stages alone" in table
     assert "choices (job rate with the option / without" in table and "text --workers 2: " in table
     assert "host waits for the GPU" in table
+    # the fp32 image job (no TF32 on a GPU) and every row of the bf16 and nvJPEG jobs against it
+    assert r["images_pil_fp32"]["ok"] and r["images_pil_fp32"]["precision"] == "fp32"
+    assert r["images_pil_fp32"]["rows"] == r["sample"]["job_rows"]
+    for name in ("precision_agree", "nvjpeg_to_fp32"):
+        assert r[name]["ok"] and r[name]["image_rows"] == r["sample"]["job_rows"] and r[name]["image_nan_rows"] == 0
+    assert "against the fp32 PIL job (images_pil_fp32" in table and "images --precision bf16" in table
 
 
 def test_the_jobs_store_is_the_sample_repeated(tmp_path):
@@ -72,3 +78,36 @@ def test_the_jobs_store_is_the_sample_repeated(tmp_path):
     assert (r["posts/label"][:] == -1).all() and (r["influencers/label"][:] == -1).all()     # `cache labels` labels it
     assert not r["features/text_done"][:].any() and r["features/text_done"].shape == (r.n_blocks,)
     assert verify(r) == []
+
+
+def test_choices_use_an_image_path_only_while_it_keeps_the_features():
+    """The bench's `choices`: an image option faster by over 1.05x is used only when, on every row
+    against the fp32 PIL job, at most 0.5 % of rows are under a cosine of 0.99 and none under 0.95, and
+    its first posts meet the 0.99 floor; not compared with fp32, it stays off."""
+    import sys
+    sys.path.insert(0, ROOT)
+    from benchmarks.gpu import choice_items
+
+    def run(under, low, first=0.995, nvjpeg_rows=True):
+        def job(rate):
+            return {"ok": True, "per_s": rate}
+        r = {"text_job": job(10_000), "text_job_workers": {**job(20_000), "workers": 8},
+             "images_pil": job(6_000), "images_pil_fp32": job(3_000), "images_nvjpeg": job(7_000),
+             "agreement": {"ok": True, "image_min_cosine": first}, "agreement_nvjpeg": {"ok": True, "image_min_cosine": first},
+             "precision_agree": {"ok": True, "image_rows": 10_000, "image_rows_under_0.99": under,
+                                 "image_min_cosine": low, "image_nan_rows": 0}}
+        if nvjpeg_rows:
+            r["nvjpeg_to_fp32"] = dict(r["precision_agree"])
+        return {part.split(": ")[0]: part for part in choice_items(r)}
+
+    c = run(under=50, low=0.97)          # 0.5 % under 0.99, none under 0.95: kept
+    assert c["text --workers 8"].endswith("2.00x (use it)")
+    assert c["images --precision bf16 (auto, the default)"].endswith("2.00x (use it)")
+    assert c["images --decoder nvjpeg"].endswith("1.17x (use it)")
+    assert c["images --decoder nvjpeg --compile"].endswith("not measured")
+    for bad in (dict(under=51, low=0.97), dict(under=0, low=0.94), dict(under=0, low=0.999, first=0.98)):
+        c = run(**bad)
+        assert "too far from fp32" in c["images --precision bf16 (auto, the default)"], (bad, c)
+        assert c["images --decoder nvjpeg"].endswith("(keep it off)"), (bad, c)
+    c = run(under=0, low=0.999, nvjpeg_rows=False)
+    assert c["images --decoder nvjpeg"].endswith("not compared with fp32 (keep it off)"), c
