@@ -11,10 +11,10 @@ with the bench's own fine-tuned encoder, tell the causes apart:
   and the same torchvision resize the GPU path runs): the two paths' preprocessing alone;
 - `pil/fp32` against `pil/bf16`: bf16 alone, on every row;
 - `pil/bf16` against `tv/bf16`: what the GPU bench compared, less nvJPEG's own decoder.
-And what a user sees of it: a classifier of a post's release category (its influencer's; sklearn's
-logistic regression on standardised features) fitted on `pil/fp32`'s features of the even influencers'
-posts labels every post from each job's features: its accuracy on the odd influencers' posts and the
-labels that differ from fp32's.
+And what a user sees of it: a post-category classifier (sklearn's logistic regression on standardised
+features) fitted on `pil/fp32`'s features of the labelled training posts labels every labelled post
+from each job's features: its accuracy on the held-out (val and test) posts, and the labels that
+differ from fp32's.
 
 This CPU has no bf16 instructions: torch emulates them, with the roundings of bf16 autocast (the CPU's
 autocast casts the same convolutions and matmuls as CUDA's), ~7x slower than fp32 here.
@@ -61,22 +61,22 @@ def spread(cos: np.ndarray) -> dict:
 
 
 def labels_of(stores: dict) -> dict:
-    """A logistic regression fitted on the fp32 PIL job's features of the even influencers' posts, the
-    target each post's influencer's release category (the labels the release's users have), applied to
-    every job's features of every post: the odd influencers' accuracy, and the labels unlike fp32's."""
+    """A post-category classifier (sklearn's logistic regression on standardised features) fitted on the
+    fp32 PIL job's features of the labelled training posts (the store's labels and splits, `cache
+    labels`), applied to every job's features of every labelled post: accuracy on the val and test
+    posts, and the labels unlike the fp32 PIL job's."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from cache import schema
     from cache.store import open_store
     ref = open_store(stores[("pil", "fp32")])
-    owner = ref["posts/influencer"][:]
-    label = ref["influencers/release_category"][:][owner]
+    label, split = ref["posts/label"][:], ref["posts/split"][:]
     ok = label >= 0
     for s in stores.values():
         ok &= open_store(s)["features/image_status"][:] == schema.Status.OK
     rows = np.flatnonzero(ok)
-    train = owner[rows] % 2 == 0
+    train = split[rows] == schema.SPLITS["train"]
 
     def feats(key):
         return open_store(stores[key])["features/image"].get_orthogonal_selection((rows,)).astype(np.float32)
@@ -89,6 +89,15 @@ def labels_of(stores: dict) -> dict:
         pred = base if key == ("pil", "fp32") else clf.predict(feats(key))
         out["/".join(key)] = {"held_out_accuracy": float((pred[~train] == label[rows][~train]).mean()),
                               "labels_unlike_fp32": int((pred != base).sum())}
+    return out
+
+
+def compare(tmp: str, out: dict) -> dict:
+    """The pairs' cosines and the classifier's labels, from the four jobs' stores in `tmp`."""
+    stores = {key: os.path.join(tmp, f"{key[0]}-{key[1]}.zarr") for key in JOBS}
+    out["pairs"] = {f"{'/'.join(a)} vs {'/'.join(b)}": {"what": what, **spread(row_cosines(stores[a], stores[b]))}
+                    for a, b, what in PAIRS}
+    out["labels"] = labels_of(stores)
     return out
 
 
@@ -111,10 +120,9 @@ def study(posts: int, tmp: str) -> dict:
         out["jobs"]["/".join(key)] = {"rows": r.rows, "images_per_s": round(r.rows / r.seconds, 2)}
         print(f"[{time.perf_counter() - t0:.0f} s] job {'/'.join(key)}: {r.rows} rows, {r.rows / r.seconds:.2f}/s",
               flush=True)
-    out["pairs"] = {f"{'/'.join(a)} vs {'/'.join(b)}": {"what": what, **spread(row_cosines(stores[a], stores[b]))}
-                    for a, b, what in PAIRS}
-    out["labels"] = labels_of(stores)
-    return out
+    with open(os.path.join(tmp, "jobs.json"), "w") as f:       # for --again
+        json.dump(out, f)
+    return compare(tmp, out)
 
 
 def report(r: dict) -> str:
@@ -126,8 +134,8 @@ def report(r: dict) -> str:
         lines.append(f"| {name} | {p['what']} | {p['rows']:,} | {p['min']:.5f} | {p['q0.001']:.5f} | {p['q0.01']:.5f} | "
                      f"{p['median']:.5f} | {p['under_0.99']} | {p['under_0.999']} |")
     lab = r["labels"]
-    lines.append(f"release category from a post's image, classifier fitted on pil/fp32 ({lab['train_posts']} posts of "
-                 f"even influencers), {lab['posts']} posts: " + "; ".join(
+    lines.append(f"post categories, classifier fitted on pil/fp32 ({lab['train_posts']} training posts), "
+                 f"{lab['posts']} labelled posts ({lab['held_out_posts']} held out): " + "; ".join(
                      f"{k} held-out accuracy {v['held_out_accuracy']:.4f}, {v['labels_unlike_fp32']} labels unlike fp32's"
                      for k, v in lab.items() if isinstance(v, dict)))
     return "\n".join(lines)
@@ -138,10 +146,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--posts", type=int, default=1000)
     ap.add_argument("--json", help="also write the figures here")
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the stores (the folder is printed)")
+    ap.add_argument("--again", metavar="DIR", help="only the comparisons, on the stores a --keep run left in DIR")
     args = ap.parse_args()
-    with scratch("precision-", args.keep) as tmp:
-        r = study(args.posts, tmp)
+    if args.again:
+        with open(os.path.join(args.again, "jobs.json")) as f:
+            r = compare(args.again, json.load(f))
+    else:
+        with scratch("precision-", args.keep) as tmp:
+            r = study(args.posts, tmp)
     print(report(r))
     if args.json:
         with open(args.json, "w") as f:
