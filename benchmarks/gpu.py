@@ -724,8 +724,8 @@ def table(r: dict, device_name: str) -> str:
               f"the same posts in every copy is the decoders' preprocessing, not a race); the device decoder's "
               f"pixels against libjpeg-turbo's, mean |difference| in levels: {pixel_diffs('lowest')} on the "
               f"lowest rows, {pixel_diffs('other')} on others",
-              f"against the fp32 PIL job (images_pil_fp32, fp32 without TF32), every row: images_pil (bf16, the "
-              f"default) {tail('precision_agree')}; images_nvjpeg (bf16) {tail('nvjpeg_to_fp32')}",
+              f"against the fp32 PIL job (images_pil_fp32, fp32 without TF32), every row: images_pil (--precision auto, the "
+              f"default: bf16 on a GPU) {tail('precision_agree')}; images_nvjpeg (auto) {tail('nvjpeg_to_fp32')}",
               f"heads: fit {f(get('heads', 'fit_s'), '{:.1f}')} s, predict "
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     lines.append(choices(r))
