@@ -730,7 +730,13 @@ def table(r: dict, device_name: str) -> str:
               f"{f(get('heads', 'predict_influencers_per_s'))} influencers/s"]
     lines.append(choices(r))
     tr = max(get("text_job", "per_s") or 0, get("text_job_workers", "per_s") or 0)
-    ir, ipath = max((get(k, "per_s") or 0, k) for k in ("images_pil", "images_nvjpeg", "images_nvjpeg_compiled"))
+    # images by the paths the choices keep: bf16 PIL unless it is too far from fp32 (then fp32), nvJPEG and
+    # its compiled job only where they say "use it"
+    items = choice_items(r)
+    nv = items[2].endswith("(use it)")
+    usable = (["images_pil" if items[1].endswith("(use it)") or items[1].endswith("not measured") else "images_pil_fp32"]
+              + ["images_nvjpeg"] * nv + ["images_nvjpeg_compiled"] * (nv and items[3].endswith("(use it)")))
+    ir, ipath = max((get(k, "per_s") or 0, k) for k in usable)
     if tr and ir:
         hours = (RELEASE_POSTS / tr + RELEASE_POSTS / ir) / 3600
         nv = ipath.startswith("images_nvjpeg")
