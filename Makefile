@@ -38,7 +38,7 @@ bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/heads_quality.py
 
 # what bf16 and the nvJPEG path's preprocessing do to image features, every row, and to the labels a
-# classifier gives (about 50 minutes on 2 cores: the bf16 jobs are emulated on a CPU without bf16)
+# classifier gives (about 45 minutes on 2 cores: the bf16 jobs are emulated on a CPU without bf16)
 bench-precision: $(STAMP)
 	$(BIN)/python benchmarks/precision.py
 
