@@ -208,10 +208,11 @@ def job_figures(r) -> dict:
             "write_s": round(r.write_s, 2)}
 
 
-def finetune_encoder(url: str, out: str, dry: bool, device: str) -> dict:
+def finetune_encoder(url: str, out: str, dry: bool, device: str, precision: str = "auto") -> dict:
     from extract.finetune import FinetuneConfig, finetune
     m = finetune(url, out, FinetuneConfig(weights="random", epochs=1, image_size=75 if dry else 299,
-                                          batch_size=16 if dry else 64, workers=0 if dry else None, device=device),
+                                          batch_size=16 if dry else 64, workers=0 if dry else None, device=device,
+                                          precision=precision),
                  log=lambda *a: None, quiet=True)
     return {"val_accuracy": m["val_accuracy"], "train_posts": m["train_posts"]}
 

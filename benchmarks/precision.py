@@ -101,18 +101,21 @@ def compare(tmp: str, out: dict) -> dict:
     return out
 
 
-def study(posts: int, tmp: str) -> dict:
+def study(posts: int, tmp: str, finetune_precision: str = "fp32", dry: bool = False) -> dict:
+    """The four jobs in `tmp` and their comparisons. `finetune_precision` bf16 fine-tunes the encoder as
+    the GPU bench does there (`--precision auto` on CUDA); `dry` is the test's tiny run (75 px crops)."""
     from benchmarks.gpu import build, finetune_encoder
     from extract.images import run_images
     t0 = time.perf_counter()
-    s = build(tmp, posts, 360, min(os.cpu_count() or 1, 16), 1)
+    s = build(tmp, posts, 96 if dry else 360, min(os.cpu_count() or 1, 16), 1)
     stores = {}
     for key in JOBS:
         stores[key] = os.path.join(tmp, f"{key[0]}-{key[1]}.zarr")
         shutil.copytree(os.path.join(tmp, "jobs.zarr"), stores[key])
     enc = os.path.join(tmp, "encoder.pt")
-    out: dict = {"posts": s["posts"], "finetune": finetune_encoder(os.path.join(tmp, "pil.zarr"), enc, False, "cpu"),
-                 "jobs": {}}
+    out: dict = {"posts": s["posts"], "image_px": 96 if dry else 360, "finetune": {**finetune_encoder(os.path.join(tmp, "pil.zarr"), enc, dry, "cpu",
+                                                                       finetune_precision),
+                                                   "precision": finetune_precision}, "jobs": {}}
     print(f"[{time.perf_counter() - t0:.0f} s] sample of {s['posts']} posts built, encoder fine-tuned", flush=True)
     for key in JOBS:
         r = run_images(stores[key], "0/1", encoder_path=enc, device="cpu", precision=key[1],
@@ -126,8 +129,9 @@ def study(posts: int, tmp: str) -> dict:
 
 
 def report(r: dict) -> str:
-    lines = [f"image features, every row of {r['posts']} release-like 360 px posts (fine-tuned encoder, "
-             f"val accuracy {r['finetune']['val_accuracy']:.2f}), CPU; bf16 emulated",
+    lines = [f"image features, every row of {r['posts']} release-like {r.get('image_px', 360)} px posts (encoder fine-tuned in "
+             f"{r['finetune'].get('precision', 'fp32')}, val accuracy {r['finetune']['val_accuracy']:.2f}), CPU; "
+             f"bf16 emulated",
              "| pair | what | rows | min cosine | 0.1 % quantile | 1 % quantile | median | under 0.99 | under 0.999 |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, p in r["pairs"].items():
@@ -146,6 +150,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--posts", type=int, default=1000)
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--finetune-precision", default="fp32", choices=("fp32", "bf16"),
+                    help="bf16: fine-tune the encoder as the GPU bench does on a GPU (emulated here, slower)")
+    ap.add_argument("--dry-run", action="store_true", help="tiny sizes (75 px crops): checks the script")
     ap.add_argument("--keep", action="store_true", help="keep the stores (the folder is printed)")
     ap.add_argument("--again", metavar="DIR", help="only the comparisons, on the stores a --keep run left in DIR")
     args = ap.parse_args()
@@ -154,7 +161,7 @@ def main() -> None:
             r = compare(args.again, json.load(f))
     else:
         with scratch("precision-", args.keep) as tmp:
-            r = study(args.posts, tmp)
+            r = study(min(args.posts, 48) if args.dry_run else args.posts, tmp, args.finetune_precision, args.dry_run)
     print(report(r))
     if args.json:
         with open(args.json, "w") as f:

@@ -111,3 +111,24 @@ def test_choices_use_an_image_path_only_while_it_keeps_the_features():
         assert c["images --decoder nvjpeg"].endswith("(keep it off)"), (bad, c)
     c = run(under=0, low=0.999, nvjpeg_rows=False)
     assert c["images --decoder nvjpeg"].endswith("not compared with fp32 (keep it off)"), c
+
+
+def test_precision_study_dry_run(tmp_path):
+    """benchmarks/precision.py (`make bench-precision`) at tiny sizes: the four jobs ran in the precisions
+    and decoders they say (bf16 features differ from fp32 ones, the fp32 job against itself does not),
+    every row compared, the classifier's labels counted."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "precision.py"), "--dry-run", "--json",
+                          str(tmp_path / "p.json")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    r = json.load(open(tmp_path / "p.json"))
+    assert set(r["jobs"]) == {"pil/fp32", "tv/fp32", "pil/bf16", "tv/bf16"}
+    assert all(j["rows"] == r["posts"] for j in r["jobs"].values())
+    pairs = r["pairs"]
+    assert set(pairs) == {"pil/fp32 vs tv/fp32", "pil/fp32 vs pil/bf16", "pil/bf16 vs tv/bf16"}
+    for p in pairs.values():
+        assert p["rows"] > 0 and -1 <= p["min"] <= p["q0.01"] <= p["median"] <= 1 + 1e-6, p
+    assert pairs["pil/fp32 vs pil/bf16"]["min"] < 1 - 1e-6          # the bf16 job did compute in bf16
+    lab = r["labels"]
+    assert lab["posts"] > 0 and lab["pil/fp32"]["labels_unlike_fp32"] == 0
+    assert all(0 <= lab[k]["labels_unlike_fp32"] <= lab["posts"] for k in r["jobs"])
+    assert "| pil/fp32 vs pil/bf16 | bf16 alone |" in out.stdout
