@@ -451,6 +451,22 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(cosines(a, b).min())
 
 
+def store_cosines(a: str, b: str, m: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows two stores both encoded (status OK) for modality `m` ("text" or "image"), the cosine
+    between their features on each (-1 where either holds NaN), and which hold NaN."""
+    from cache import schema
+    from cache.store import open_store
+    sa, sb = open_store(a), open_store(b)
+    ok = (sa[f"features/{m}_status"][:] == schema.Status.OK) & (sb[f"features/{m}_status"][:] == schema.Status.OK)
+    rows = np.flatnonzero(ok)
+    fa = sa[f"features/{m}"].get_orthogonal_selection((rows,))
+    fb = sb[f"features/{m}"].get_orthogonal_selection((rows,))
+    nan = ~(np.isfinite(fa).all(1) & np.isfinite(fb).all(1))
+    cos = cosines(fa, fb)
+    cos[nan] = -1.0
+    return rows, cos, nan
+
+
 def jobs_agree(a: str, b: str, base: int = 0) -> dict:
     """Every row of two stores whose jobs encoded the same posts by different paths (text in one process
     and in `--workers` processes; images decoded by PIL and by nvJPEG): the smallest cosine, the rows
@@ -459,20 +475,11 @@ def jobs_agree(a: str, b: str, base: int = 0) -> dict:
     (the stores hold a sample of `base` posts repeated, `repeated`), where the rows under 0.99 fall:
     the same posts in every copy is the two paths' preprocessing differing on those images; rows
     scattered over the copies is a path that corrupts batches."""
-    from cache import schema
-    from cache.store import open_store
-    sa, sb = open_store(a), open_store(b)
     out = {}
     for m in ("text", "image"):
-        ok = ((sa[f"features/{m}_status"][:] == schema.Status.OK) & (sb[f"features/{m}_status"][:] == schema.Status.OK))
-        if not ok.any():
+        rows, cos, nan = store_cosines(a, b, m)
+        if not len(rows):
             continue
-        rows = np.flatnonzero(ok)
-        fa = sa[f"features/{m}"].get_orthogonal_selection((rows,))
-        fb = sb[f"features/{m}"].get_orthogonal_selection((rows,))
-        nan = ~(np.isfinite(fa).all(1) & np.isfinite(fb).all(1))
-        cos = cosines(fa, fb)
-        cos[nan] = -1.0
         out.update({f"{m}_rows": len(rows), f"{m}_min_cosine": float(cos.min()),
                     f"{m}_rows_under_0.99": int((cos < 0.99).sum()), f"{m}_nan_rows": int(nan.sum()),
                     f"{m}_lowest_rows": [int(x) for x in rows[np.argsort(cos, kind="stable")[:16]]]})

@@ -40,17 +40,8 @@ PAIRS = ((("pil", "fp32"), ("tv", "fp32"), "preprocessing alone"),
 
 def row_cosines(a: str, b: str) -> np.ndarray:
     """Every row both stores encoded (status OK): the cosine between their image features."""
-    from benchmarks.gpu import cosines
-    from cache import schema
-    from cache.store import open_store
-    sa, sb = open_store(a), open_store(b)
-    ok = (sa["features/image_status"][:] == schema.Status.OK) & (sb["features/image_status"][:] == schema.Status.OK)
-    rows = np.flatnonzero(ok)
-    fa = sa["features/image"].get_orthogonal_selection((rows,)).astype(np.float32)
-    fb = sb["features/image"].get_orthogonal_selection((rows,)).astype(np.float32)
-    cos = cosines(fa, fb)
-    cos[~(np.isfinite(fa).all(1) & np.isfinite(fb).all(1))] = -1.0
-    return cos
+    from benchmarks.gpu import store_cosines
+    return store_cosines(a, b, "image")[1]
 
 
 def spread(cos: np.ndarray) -> dict:
