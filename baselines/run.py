@@ -6,7 +6,6 @@ test prediction, so the scores can be recomputed by anyone).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 
@@ -17,16 +16,18 @@ from baselines.aggregate import influencer_means
 from baselines.models import MODEL_NAMES, candidates, select_and_fit
 from cache.labels import require_sound_labels
 from cache.readers import MODALITY_SETS, post_features, post_features_at, require_features
-from cache.schema import SPLITS
+from cache.schema import MODALITIES, SPLITS
 from cache.store import StoreError, open_store
-from runtime.reporting import classification_metrics
-from runtime.reporting import table
+from cache.runs import RunFolder
+from runtime.files import atomic_write, csv_rows, outside_inputs, write_json, write_text
+from runtime.reporting import INPUT_NAMES, classification_metrics, table
 from runtime.compute import describe
 from runtime.console import say
 from runtime.errors import UserError
 
-INPUT_NAMES = {"text": "Text", "image": "Image", "both": "Text & Image"}
-SLICES = {"image": slice(0, 1024), "text": slice(1024, 1792), "both": slice(0, 1792)}
+IMAGE_DIM = MODALITIES["image"]
+SLICES = {"image": slice(0, IMAGE_DIM), "text": slice(IMAGE_DIM, IMAGE_DIM + MODALITIES["text"]),
+          "both": slice(0, IMAGE_DIM + MODALITIES["text"])}
 
 
 def _split_rows(split: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
@@ -64,6 +65,9 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
                   feature_baselines: bool = True, scheduler: str | None = None, compare: list[str] | None = None,
                   seed: int = 0, log=say) -> dict:
     _check_choices(models, inputs)
+    outside_inputs(out, {"store": url})
+    for r in compare or ():
+        outside_inputs(out, {"run folder": r})
     store = open_store(url)
     needed = sorted({m for i in inputs for m in MODALITY_SETS[i]})
     for m in needed:
@@ -113,7 +117,7 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
 def _model_baseline(model, inp, agg, task, x_all, y, rows, base_rows, cats, seed, record, log) -> None:
     """One model on one input for one task: searched on validation, refit on train, scored on test."""
     t = time.perf_counter()
-    cols = SLICES[inp] if agg == "both" or x_all.shape[1] == 1792 else slice(0, x_all.shape[1])
+    cols = SLICES[inp] if agg == "both" or x_all.shape[1] == SLICES["both"].stop else slice(0, x_all.shape[1])
     x = x_all[:, cols].astype(np.float32)
     if not len(rows["train"]) or not len(rows["val"]):
         log(f"skip {model} on {inp} ({task}s): no labelled train/val rows")
@@ -152,20 +156,18 @@ def _feature_baselines(store, labelled, y_inf, rows_inf, px, agg, y_post, rows_p
 
 def _write_outputs(out, url, results, pred_rows, rows_inf, rows_post, icats, pcats) -> None:
     """predictions.csv, results.json and results.md (the paper's Table 1 and 2 layout)."""
-    with open(os.path.join(out, "predictions.csv"), "w", newline="") as f:
+    with atomic_write(os.path.join(out, "predictions.csv"), newline="") as f:
         w = csv.writer(f)
         w.writerow(["task", "model", "input", "row", "true", "predicted"])
-        w.writerows(pred_rows)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+        w.writerows(csv_rows(pred_rows))
+    write_json(os.path.join(out, "results.json"), results)
     md = ["# Baselines", "", f"store `{url}`; test split: {len(rows_inf['test'])} influencers, "
           f"{len(rows_post['test'])} posts", "",
           table("Table 1: influencer classification",
                 [(r["model"], r["input"], r["metrics"]) for r in results["influencer"]], icats), "",
           table("Table 2: post classification",
                 [(r["model"], r["input"], r["metrics"]) for r in results["post"]], pcats)]
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(md))
+    write_text(os.path.join(out, "results.md"), "\n".join(md))
 
 
 def _image_baseline(store, px, agg, y_inf, y_post, rows_inf, rows_post, labelled, icats, pcats, seed, record, t):
@@ -186,13 +188,9 @@ def _image_baseline(store, px, agg, y_inf, y_post, rows_inf, rows_post, labelled
 
 def _add_compare(results: dict, run: str, store) -> None:
     """Rows of a `heads fit` run, refused unless it was scored on this store's test split."""
-    with open(os.path.join(run, "metrics.json")) as f:
-        metrics = json.load(f)
-    with open(os.path.join(run, "config.json")) as f:
-        config = json.load(f)
-    if config["store"].get("labels") != store.attrs.get("labels"):
+    folder = RunFolder.open(run)
+    if folder.config["store"].get("labels") != store.attrs.get("labels"):
         raise StoreError(f"{run}: fit on other labels or splits than {store.url}; its scores are not comparable")
-    name = "Influencer Profiler" + ("" if config["fit"]["pooling"] == "attention" else " (mean pooling)")
-    inp = INPUT_NAMES[config["fit"]["modality"]]
-    results["influencer"].append({"model": name, "input": inp, "run": run, "metrics": metrics["influencer"]})
-    results["post"].append({"model": name, "input": inp, "run": run, "metrics": metrics["post"]})
+    for task in ("influencer", "post"):
+        results[task].append({"model": folder.name, "input": folder.input_name, "run": run,
+                              "metrics": folder.metrics[task]})

@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from cache import schema
+from cache import foreign, schema
 from cache.store import Store, StoreError, open_store
 
 FORMAT = "influencer-profiler-export/1"
@@ -214,6 +214,10 @@ def _export_array(store, path: str, arr, d, lay: dict, sel, n_new: int, progress
 
 
 def import_store(path: str, url: str, progress=None) -> dict:
+    """A new store from a `cache export` file, which is checked whole against the schema before anything
+    is created (cache.foreign: nothing outside the file is read, nothing it merely declares is
+    allocated), copied a bounded piece at a time, and verified before it is flagged complete; a store
+    that does not verify is removed again. Exit: a store that verifies, or one error line."""
     import h5py
     if not os.path.isfile(path):
         raise StoreError(f"{path}: no such file")
@@ -228,48 +232,85 @@ def import_store(path: str, url: str, progress=None) -> dict:
     with f:
         if f.attrs.get("format") != FORMAT:
             raise StoreError(f"{path}: not a `cache export` file (format {f.attrs.get('format')!r})")
-        root = json.loads(f.attrs["zarr_attrs"])
+        root = foreign.json_attr(path, f, "zarr_attrs", "the file")
         if root.get("schema_version") != schema.SCHEMA_VERSION:
-            raise StoreError(f"{path}: store schema {root.get('schema_version')}, this code reads "
+            raise StoreError(f"{path}: store schema {root.get('schema_version')!r}, this code reads "
                              f"schema {schema.SCHEMA_VERSION}")
+        checked = foreign.check_export(path, f)
         group = zarr.open_group(store=url, mode="w-")
-        group.attrs.update(dict(root, complete=False))
-        datasets = []
-        f.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
-        for name in sorted(datasets):
-            d = f[name]
-            lay = json.loads(d.attrs["zarr_layout"])
-            kw = {}
-            if lay["shards"]:
-                kw["shards"] = tuple(lay["shards"])
-            if lay["zstd"] is not None:
-                kw["compressors"] = ZstdCodec(level=lay["zstd"][0])
-            elif name == "features/text":
-                kw["compressors"] = None
-            arr = group.create_array(name, shape=d.shape, dtype=str if lay["dtype"] == "str" else lay["dtype"],
-                                     chunks=tuple(lay["chunks"]),
-                                     fill_value=lay["fill_value"] if lay["dtype"] != "str" else "", **kw)
-            arr.attrs.update(json.loads(d.attrs["zarr_attrs"]))
-            step = lay["shards"][0] if lay["shards"] else ROWS
-            for a in range(0, d.shape[0], step):
-                piece = d.asstr()[a:a + step] if lay["dtype"] == "str" else d[a:a + step]
-                arr[a:a + len(piece)] = piece
-                if progress and name.startswith("features/") and d.ndim == 2:
-                    progress(len(piece))
-        for gname, g in f.items():
-            _group_attrs(group, f, gname)
-        group.attrs.update(root)          # `complete` as the source had it: last, once everything is in
+        try:
+            _copy(path, checked, group, progress)
+        except BaseException as e:
+            _remove_store(url)
+            if isinstance(e, (OSError, RuntimeError, ValueError, TypeError)) and not isinstance(e, StoreError):
+                why = str(e).splitlines()[0][:160] if str(e) else ""
+                raise StoreError(f"{path}: cannot be read ({type(e).__name__}: {why}); nothing was imported") from None
+            raise
+    errors = _verify_imported(url, checked.root)
+    if errors:
+        _remove_store(url)
+        raise StoreError(f"{path}: the imported store does not verify ({errors[0]}); nothing was imported")
+    done = zarr.open_group(store=url, mode="r+")
+    del done.attrs["importing"]
+    done.attrs.update(checked.root)          # `complete` as the source had it: last, once everything is in
     return {"store": url, "seconds": time.perf_counter() - t0, "posts": int(open_store(url).n_posts)}
 
 
-def _group_attrs(group: zarr.Group, f, name: str) -> None:
-    import h5py
-    obj = f[name]
-    if isinstance(obj, h5py.Group):
-        if "zarr_attrs" in obj.attrs and name in group:
-            group[name].attrs.update(json.loads(obj.attrs["zarr_attrs"]))
-        for child in obj:
-            _group_attrs(group, f, f"{name}/{child}")
+def _copy(path: str, checked: "foreign.Checked", group: zarr.Group, progress) -> None:
+    """Every checked array into the new store (flagged incomplete, as an import in progress), in pieces
+    of the store's own sizes: a block of features, a run of table chunks, STRING_ROWS strings."""
+    group.attrs.update(dict(checked.root, complete=False, importing=os.path.abspath(path)))
+    block = checked.root["block"]
+    for m in checked.members:
+        d, lay = m.dataset, m.layout
+        kw = {}
+        if lay["shards"]:
+            kw["shards"] = tuple(lay["shards"])
+        if lay["zstd"] is not None:
+            kw["compressors"] = ZstdCodec(level=lay["zstd"][0])
+        elif m.name == "features/text":
+            kw["compressors"] = None
+        text = lay["dtype"] == "str"
+        arr = group.create_array(m.name, shape=d.shape, dtype=str if text else lay["dtype"],
+                                 chunks=tuple(lay["chunks"]), fill_value="" if text else lay["fill_value"], **kw)
+        arr.attrs.update(m.attrs)
+        step = block if d.ndim == 2 else foreign.STRING_ROWS if text else ROWS
+        for a in range(0, d.shape[0], step):
+            piece = d.asstr()[a:a + step] if text else d[a:a + step]
+            if text:
+                foreign.check_strings(path, m.name, piece)
+            arr[a:a + len(piece)] = piece
+            if progress and m.name.startswith("features/") and d.ndim == 2:
+                progress(len(piece))
+    for gname, attrs in checked.groups.items():
+        if gname in group:
+            group[gname].attrs.update(attrs)
+
+
+def _verify_imported(url: str, root: dict) -> list[str]:
+    """`cache verify`'s checks on the new store, as if complete (it is not flagged so until they pass)."""
+    from cache.inspect import verify
+    g = zarr.open_group(store=url, mode="r+")
+    g.attrs.update(complete=True)
+    try:
+        return verify(open_store(url))
+    except StoreError as e:
+        return [str(e)]
+    finally:
+        g.attrs.update(complete=False)
+
+
+def _remove_store(url: str) -> None:
+    import shutil
+    if "://" not in url:
+        shutil.rmtree(url, ignore_errors=True)
+    else:
+        import fsspec
+        fs, p = fsspec.core.url_to_fs(url)
+        try:
+            fs.rm(p, recursive=True)
+        except Exception:      # noqa: BLE001 - best effort; the store is flagged incomplete either way
+            pass
 
 
 def _url_exists(url: str) -> bool:

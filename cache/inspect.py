@@ -159,6 +159,9 @@ def verify(store: Store, scheduler=None, quiet: bool = True) -> list[str]:
     """
     if not store.attrs.get("complete"):
         # the tables are partial: nothing else can be checked
+        if store.attrs.get("importing"):
+            return [f"the import of {store.attrs['importing']} did not finish: delete the store and run `cache "
+                    f"import` again"]
         return ["the index did not finish (`extract index` was stopped before the end): rerun `extract index`"]
     errors: list[str] = label_state_errors(store)
     n, m = store.n_posts, store.n_influencers
@@ -208,6 +211,13 @@ def verify(store: Store, scheduler=None, quiet: bool = True) -> list[str]:
                     owner_reported = True
                 errors.append(e)
         bar.close()
+    for name, k in (("influencer_label", len(store.influencer_categories)), ("post_label", len(store.post_categories))):
+        if f"predictions/{name}" in store:
+            arr = store[f"predictions/{name}"]
+            bad = any(((p < -1) | (p >= k)).any() for p in (arr[a:a + schema.TABLE_CHUNK * 4]
+                                                           for a in range(0, arr.shape[0], schema.TABLE_CHUNK * 4)))
+            if bad:
+                errors.append(f"predictions/{name} holds values outside -1..{k - 1}")
     if "predictions" in store.group and not store.group["predictions"].attrs.get("complete", False):
         errors.append("predictions/ is incomplete: a `heads predict` was interrupted; rerun it")
     return errors

@@ -63,3 +63,37 @@ ARRAYS = {
     **{f"predictions/{n}": ("M" if t == "influencers" else "N", "heads predict") for n, (t, _, _) in
        PREDICTIONS.items()},
 }
+
+# The dtype of every array ("str": a UTF-8 string table). `cache import` checks a foreign file against it.
+DTYPES = {
+    **{f"posts/{n}": "str" for n in POST_STR}, "posts/influencer": "int32",
+    **{f"posts/{n}": "int64" for n in POST_INT}, "posts/label": "int8", "posts/split": "int8",
+    "influencers/username": "str", **{f"influencers/{n}": "int64" for n in INFLUENCER_INT},
+    "influencers/offsets": "int64", "influencers/release_category": "int8", "influencers/label": "int8",
+    "influencers/split": "int8", "influencers/label_source": "int8",
+    **{f"features/{m}": "float16" for m in MODALITIES}, **{f"features/{m}_status": "uint8" for m in MODALITIES},
+    **{f"features/{m}_done": "bool" for m in MODALITIES},
+    **{f"problems/{k}": "str" for k in ("kind", "where", "detail")},
+    **{f"predictions/{n}": dtype for n, (_, dtype, _) in PREDICTIONS.items()},
+}
+# Arrays every finished store holds (the rest come with labels, features or predictions).
+REQUIRED = [f"posts/{n}" for n in POST_STR + ["influencer"] + POST_INT] + \
+    [f"influencers/{n}" for n in ["username", "offsets"] + INFLUENCER_INT]
+MAX_BLOCK = 1 << 16        # rows per block a store may declare (a shard of image features: 128 MiB)
+MAX_ID = 256               # characters of a post id or a username
+
+
+def valid_name(name: str) -> bool:
+    """A post id or username that may become part of a path or a file name: one plain path component
+    of valid UTF-8, no control characters (`extract index` and `cache import` apply the same rule)."""
+    return (isinstance(name, str) and 0 < len(name) <= MAX_ID and name not in (".", "..")
+            and not any(c in name for c in "/\\") and not any(ord(c) < 32 or 0xD800 <= ord(c) < 0xE000 for c in name))
+
+
+def valid_image_path(rel: str) -> bool:
+    """posts/image: empty (no image) or a relative path below the dataset root, no '..' or absolute part."""
+    if rel == "":
+        return True
+    parts = rel.replace("\\", "/").split("/")
+    return (not rel.startswith(("/", "\\")) and ":" not in parts[0] and len(rel) <= 4096
+            and all(valid_name(p) for p in parts))

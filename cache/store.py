@@ -104,6 +104,9 @@ def open_store(url: str, mode: str = "r", allow_incomplete: bool = False) -> Sto
         raise StoreError(f"{url}: this Zarr group is not an Influencer Profiler store (no schema_version)")
     if version != schema.SCHEMA_VERSION:
         raise StoreError(f"{url}: store schema {version}, this code reads schema {schema.SCHEMA_VERSION}")
+    if group.attrs.get("complete") is False and not allow_incomplete and group.attrs.get("importing"):
+        raise StoreError(f"{url}: the import of {group.attrs['importing']} did not finish (`cache import` was "
+                         f"stopped before the end); delete {url} and run `cache import` again")
     if group.attrs.get("complete") is False and not allow_incomplete:
         raise StoreError(f"{url}: the index did not finish (`extract index` was stopped before the end); "
                          f"rerun `extract index DATASET {url} --overwrite`")

@@ -11,6 +11,7 @@ from extract.imaging import DEFAULT_CROP, DEFAULT_RESIZE, IMAGENET_MEAN, IMAGENE
 from extract.inception import FORMAT, ImageEncoder, _first_line
 from runtime.device import weights_digest
 from runtime.errors import EncoderLoadError, UserError
+from runtime.files import atomic_write
 
 
 @dataclass
@@ -27,9 +28,8 @@ def save_encoder(path: str, encoder: ImageEncoder, meta: dict) -> None:
     """Write atomically (a temporary file, then rename): a killed job never leaves half a file."""
     payload = dict(meta, format=FORMAT, state_dict=encoder.state_dict(),
                    weights_sha256=weights_digest(encoder))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_encoder(path: str) -> EncoderFile:
@@ -42,11 +42,17 @@ def load_encoder(path: str) -> EncoderFile:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise EncoderLoadError(f"{path}: not an image encoder file written by `extract finetune-images` "
                                f"(format {payload.get('format') if isinstance(payload, dict) else type(payload)})")
-    state = payload.pop("state_dict")
-    cfg = payload["model"]
-    encoder = ImageEncoder(len(payload["categories"]), cfg["trainable_blocks"], cfg["transform_input"],
-                           cfg["dropout"], init_weights=False)
-    encoder.load_state_dict(state)
+    try:
+        state = payload.pop("state_dict")
+        cfg = payload["model"]
+        n = len(payload["categories"])
+        if not 1 <= n <= 1000 or not isinstance(cfg["trainable_blocks"], int) or not 0 <= cfg["trainable_blocks"] <= 3:
+            raise ValueError(f"{n} categories, trainable_blocks {cfg['trainable_blocks']!r}")
+        encoder = ImageEncoder(n, cfg["trainable_blocks"], bool(cfg["transform_input"]), float(cfg["dropout"]),
+                               init_weights=False)
+        encoder.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise EncoderLoadError(f"{path}: a damaged encoder file ({_first_line(e)})") from None
     if weights_digest(encoder) != payload["weights_sha256"]:
         raise EncoderLoadError(f"{path}: weights do not match the digest recorded in the file (corrupt copy?)")
     return EncoderFile(encoder.eval(), payload)

@@ -33,6 +33,7 @@ from runtime.console import say, warn
 from runtime.device import OUT_OF_MEMORY, autocast, pick_device, pick_precision
 from runtime.cpus import usable_cpus
 from runtime.errors import UserError
+from runtime.files import atomic_write
 from runtime.progress import Progress
 
 
@@ -245,15 +246,26 @@ def _resume(ckpt_path: str, settings: dict, encoder, optimizer, log) -> tuple[li
     """(history, best, first epoch): from the checkpoint of an interrupted run with the same options."""
     if not os.path.exists(ckpt_path):
         return [], {"val_accuracy": -1.0, "epoch": 0, "state": None}, 1
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("settings"), dict):
+            raise ValueError("no settings")
+    except Exception as e:      # a payload (refused by the weights-only loader), a truncated or foreign file
+        why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"{ckpt_path}: not a readable fine-tuning checkpoint ({why}); delete it to start over") from None
     if ckpt["settings"] != settings:
         diff = sorted(k for k in settings if ckpt["settings"].get(k) != settings[k])
         raise UserError(f"{ckpt_path} is a checkpoint of a run with other options ({', '.join(diff)}); "
                         f"rerun with the same options to resume, or delete it to start over")
-    encoder.load_state_dict(ckpt["encoder"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        encoder.load_state_dict(ckpt["encoder"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        history, best, epoch = ckpt["history"], ckpt["best"], int(ckpt["epoch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{ckpt_path}: a damaged fine-tuning checkpoint ({str(e).splitlines()[0][:160]}); "
+                        f"delete it to start over") from None
     log(f"resuming from {ckpt_path} after epoch {ckpt['epoch']}")
-    return ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
+    return history, best, epoch + 1
 
 
 def _train_epoch(encoder, loader, optimizer, device, pre, prec: str, progress: Progress) -> dict:
@@ -342,10 +354,9 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = Fal
             best = {"val_accuracy": val_acc, "epoch": epoch, "state": _trainable_state(encoder)}
         log(f"epoch {epoch}/{cfg.epochs}: loss {row['loss']:.3f}, train acc {row['train_accuracy']:.3f}, "
             f"val acc {val_acc:.3f}{' (best)' if improved else ''}, {row['seconds']} s")
-        tmp = f"{ckpt_path}.tmp-{os.getpid()}"
-        torch.save({"settings": settings, "epoch": epoch, "encoder": encoder.state_dict(),
-                    "optimizer": optimizer.state_dict(), "history": history, "best": best}, tmp)
-        os.replace(tmp, ckpt_path)
+        with atomic_write(ckpt_path, "wb") as f:
+            torch.save({"settings": settings, "epoch": epoch, "encoder": encoder.state_dict(),
+                        "optimizer": optimizer.state_dict(), "history": history, "best": best}, f)
 
     encoder.load_state_dict(best["state"], strict=False)
     metrics = _write_encoder_file(out, encoder, cfg, val_loader, val_y, device, pre, categories, best,

@@ -11,6 +11,7 @@ import re
 import stat
 from dataclasses import dataclass
 
+from cache import schema
 from cache.schema import RELEASE_CATEGORIES, RELEASE_CATEGORY_FIXES
 from runtime.errors import UserError
 
@@ -36,9 +37,9 @@ def clean_text(text: str) -> tuple[str, bool]:
 
 
 def safe_name(name: str) -> bool:
-    """A name from the release's text that may become part of a path: one plain path component."""
-    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0") and \
-        not clean_text(name)[1]
+    """A name from the release's text that may become part of a path: one plain path component
+    (the store's one rule for post ids and usernames, which `cache import` applies too)."""
+    return schema.valid_name(name)
 
 
 def inside(root: str, path: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -65,7 +66,8 @@ def _pretrained(name: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModel.from_pretrained(name, attn_implementation="sdpa", add_pooling_layer=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as e:
+        # a refused pickle payload or a truncated pytorch_model.bin too (transformers loads weights-only)
         where = "local folder" if os.path.isdir(name) else "Hugging Face hub name"
         raise EncoderLoadError(
             f"cannot load text model {name!r} ({where}): {str(e).splitlines()[0][:200]}. Without network, "

@@ -1,11 +1,11 @@
 """The ablations of Figure 5b as one command: modalities × (full, no attention, no fine-tuning)."""
 from __future__ import annotations
 
-import json
 import os
 
 from heads.train import FitConfig, fit
 from runtime.console import say
+from runtime.files import write_json, write_text
 
 VARIANTS = [("full model", "attention", False), ("no attention", "mean", False), ("no fine-tuning", "attention", True)]
 MODALITIES = [("text", "Text"), ("image", "Image"), ("both", "Text & Image")]
@@ -21,10 +21,9 @@ def ablate(store: str, out: str, *, no_finetune_store: str | None = None, epochs
             run = os.path.join(out, f"{name.replace(' ', '-')}_{modality}")
             log(f"== {name}, {modality}")
             m = fit(no_finetune_store if no_ft else store, run,
-                    FitConfig(modality=modality, pooling=pooling, epochs=epochs, seed=seed), log=lambda *_: None)
+                    FitConfig(modality=modality, pooling=pooling, epochs=epochs, seed=seed), log=lambda *_: None, overwrite=True)
             results[f"{name}|{modality}"] = m["influencer"]["accuracy"]
-    with open(os.path.join(out, "ablation.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(os.path.join(out, "ablation.json"), results)
     lines = ["| Variant | " + " | ".join(label for _, label in MODALITIES) + " |", "|---|---|---|---|"]
     for name, _, no_ft in VARIANTS:
         cells = []
@@ -36,6 +35,5 @@ def ablate(store: str, out: str, *, no_finetune_store: str | None = None, epochs
                 cells.append(f"{100 * acc:.2f}%")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    with open(os.path.join(out, "ablation.md"), "w") as f:
-        f.write("# Figure 5b: influencer accuracy on the test split\n\n" + table + "\n")
+    write_text(os.path.join(out, "ablation.md"), "# Figure 5b: influencer accuracy on the test split\n\n" + table + "\n")
     return table

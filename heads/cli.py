@@ -19,7 +19,9 @@ def main():
 @app.command()
 @clean_errors
 def fit(store: str = typer.Argument(..., help="store path or URL"),
-        out: str = typer.Option(..., help="run folder to write"),
+        out: str = typer.Option(..., help="run folder to write (whole or absent: built in OUT.partial, swapped in at "
+                                "the end)"),
+        overwrite: bool = typer.Option(False, help="replace the finished run already in --out"),
         modality: Modality = typer.Option("both", help="which features the head reads"),
         pooling: Pooling = typer.Option("attention", help="mean is the no-attention ablation"),
         attention: Attention = typer.Option("paper", help="paper (⟨tanh(F_a v), r_c⟩), or gated (Ilse et al. 2018; "
@@ -47,7 +49,7 @@ def fit(store: str = typer.Argument(..., help="store path or URL"),
                                       epochs=epochs, max_steps=max_steps, patience=patience, batch_size=batch_size,
                                       lr=lr, attention_warmup=attention_warmup, seed=seed, device=device,
                                       normalize="feature" if standardize else normalize.value, restarts=restarts,
-                                      precision=precision.value), log=say)
+                                      precision=precision.value), log=say, overwrite=overwrite)
     ref = m["reference"]
     say(f"test: influencer accuracy {100 * m['influencer']['accuracy']:.2f}% (macro F1 "
         f"{m['influencer']['macro_f1']:.3f}, n={m['influencer']['n']}); post accuracy "

@@ -10,6 +10,7 @@ from cache.readers import load_bags
 from cache.schema import SPLITS
 from cache.store import open_store
 from heads.infer import load_run, predict_bags
+from runtime.files import atomic_write
 
 
 def posts_curve(run: str, counts: list[int], *, seed: int = 0, store_url: str | None = None,
@@ -34,7 +35,7 @@ def posts_curve(run: str, counts: list[int], *, seed: int = 0, store_url: str | 
             sm.append(masks[i][pick])
         probs, _ = predict_bags(model, sb, sm, device)
         rows.append({"posts": k, "influencers": len(y), "accuracy": float((probs.argmax(1) == y).mean())})
-    with open(os.path.join(run, "posts_curve.csv"), "w", newline="") as f:
+    with atomic_write(os.path.join(run, "posts_curve.csv"), newline="") as f:
         w = csv.DictWriter(f, fieldnames=["posts", "influencers", "accuracy"])
         w.writeheader()
         w.writerows(rows)

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-INPUTS = {"both": "Text & Image", "image": "Image", "text": "Text"}
+from runtime.reporting import INPUT_NAMES as INPUTS
 
 
 def _plt():

@@ -1,14 +1,11 @@
 """Inference helpers shared by fit, eval, predict and ablate: batching bags, probabilities, loading a run."""
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 import torch
 
+from cache.runs import RunFolder
 from heads.model import HeadConfig, InfluencerProfiler
-from runtime.errors import UserError
 
 
 def pad_batch(bags, masks, idx, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,14 +54,16 @@ def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean())
 
 
-def load_run(run: str, device: str = "cpu") -> tuple[InfluencerProfiler, dict]:
-    path = os.path.join(run, "model.pt")
-    if not os.path.exists(path):
-        raise UserError(f"{path}: not a `heads fit` run folder")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    model = InfluencerProfiler(HeadConfig(**ckpt["head"])).to(device)
-    model.load_state_dict(ckpt["state_dict"])
+def load_run(run: str | RunFolder, device: str = "cpu") -> tuple[InfluencerProfiler, dict]:
+    """The run's model and config.json, through the one validated reader (cache.runs): config.json's
+    dimensions are checked before anything is allocated, model.pt is read weights-only and each tensor's
+    shape is checked against a model built on the meta device (no memory) before the real one is."""
+    folder = run if isinstance(run, RunFolder) else RunFolder.open(run)
+    cfg = HeadConfig(**{k: folder.head[k] for k in HeadConfig.__dataclass_fields__ if k in folder.head})
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in InfluencerProfiler(cfg).state_dict().items()}
+    state = folder.state_dict(expected, device)
+    model = InfluencerProfiler(cfg).to(device)
+    model.load_state_dict(state)
     model.eval()
-    with open(os.path.join(run, "config.json")) as f:
-        config = json.load(f)
-    return model, config
+    return model, folder.config

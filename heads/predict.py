@@ -8,9 +8,9 @@ process writes them in group order: the predictions/* arrays of the store, influ
 probability of every post). Memory stays flat as the store grows: only a window of groups
 is in flight, and only the per-influencer outputs (M rows) are kept whole.
 
-Crash safety: the CSVs are written as *.partial and renamed when complete, so a killed
-run never leaves a truncated file under the final name (a previous run's files stay as
-they were); `predictions/` carries `complete=false` until the last group is written, and
+Crash safety: the CSVs are written under temporary names and renamed when complete
+(runtime.files), so a killed run never leaves a truncated file under the final name (a previous
+run's files stay as they were); `predictions/` carries `complete=false` until the last group is written, and
 `cache verify` and `cache info` report it. Rerunning the command redoes the whole store.
 """
 from __future__ import annotations
@@ -31,9 +31,10 @@ from cache.readers import influencer_groups, post_features, require_features
 from cache.schema import SPLITS
 from cache.store import open_store
 from heads.infer import load_run, pad_batch
-from heads.rundir import write_json_atomic
+from runtime.files import atomic_write, csv_rows, outside_inputs, write_json
 from runtime.compute import describe, ordered_results
 from runtime.device import pick_device
+from runtime.errors import UserError
 from runtime.progress import Progress
 
 TOP_POSTS = 3
@@ -120,7 +121,11 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
             scheduler=None, quiet: bool = False, overwrite: bool = False) -> dict:
     model, config = load_run(run, "cpu")      # fails here, clearly, before anything is written
     del model
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     modality = config["fit"]["modality"]
+    if out:
+        outside_inputs(out, {"store": url})
     store = open_store(url, "r+")
     require_features(store, modality)
     out = out or os.path.join(run, "predictions")
@@ -138,14 +143,13 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
     paths = {name: os.path.join(out, f"{name}.csv") for name in ("influencers", "posts")}
     tasks = ((run_abs, stamp, store.location, j0, offsets[j0:j1 + 1], batch_size, device)
              for j0, j1, _ in influencer_groups(offsets, max(store.block, GROUP_ROWS)))
-    with open(paths["influencers"] + ".partial", "w", newline="") as fi, \
-            open(paths["posts"] + ".partial", "w", newline="") as fp:
+    with atomic_write(paths["influencers"], newline="") as fi, atomic_write(paths["posts"], newline="") as fp:
         wi, wp = csv.writer(fi), csv.writer(fp)
         wi.writerow(INFLUENCER_HEADER)
         wp.writerow(POST_HEADER)
         for r in ordered_results(_predict_group, tasks, scheduler):
-            wi.writerows(r["infl_rows"])
-            wp.writerows(r["post_rows"])
+            wi.writerows(csv_rows(r["infl_rows"]))
+            wp.writerows(csv_rows(r["post_rows"]))
             for name in ("post_label", "post_prob", "attention"):
                 arrays[name][r["rows"]] = r[name]
             k = len(r["infl_label"])
@@ -153,17 +157,15 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
             infl_prob[r["j0"]:r["j0"] + k] = r["infl_prob"]
             unusable += r["unusable"]
             progress.update(k)
-    arrays["influencer_label"][:] = infl_label
-    arrays["influencer_prob"][:] = infl_prob
-    for path in paths.values():
-        os.replace(path + ".partial", path)
-    finish_predictions(store)
+        arrays["influencer_label"][:] = infl_label
+        arrays["influencer_prob"][:] = infl_prob
+        finish_predictions(store)          # the CSVs are renamed in as the block ends, after the arrays are whole
     progress.close()
     summary = {"influencers": m, "posts": n, "unusable_influencers": unusable, "out": out,
                "seconds": time.perf_counter() - t0, "scheduler": describe(scheduler), "run": run_abs,
                "store": store.url, "post_head_trained": config.get("post_head_trained", True),
                "release_agreement": release_agreement(store, infl_label, config["influencer_categories"])}
-    write_json_atomic(os.path.join(out, "summary.json"), summary)
+    write_json(os.path.join(out, "summary.json"), summary)
     return summary
 
 

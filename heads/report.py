@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 
-from runtime.reporting import table
+from runtime.files import write_text
+from runtime.reporting import INPUT_NAMES, model_name, table
 
 
 def write_report(run: str, config: dict, metrics: dict) -> str:
     fit = config["fit"]
-    name = "Influencer Profiler" + ("" if fit["pooling"] == "attention" else " (mean pooling)")
-    inp = {"both": "Text & Image", "image": "Image", "text": "Text"}[fit["modality"]]
+    name, inp = model_name(fit["pooling"]), INPUT_NAMES[fit["modality"]]
     parts = [f"# Run report: {name}, {inp}", "",
              f"- store: `{config['store']['url']}` ({config['store']['posts']} posts, "
              f"{config['store']['influencers']} influencers)",
@@ -47,6 +47,5 @@ def write_report(run: str, config: dict, metrics: dict) -> str:
                      "influencer). `heads predict` leaves post categories empty; attention weights are still "
                      "written.\n")
     text = "\n".join(parts)
-    with open(os.path.join(run, "report.md"), "w") as f:
-        f.write(text)
+    write_text(os.path.join(run, "report.md"), text)
     return text

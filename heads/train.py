@@ -23,10 +23,11 @@ from heads.loop import criterion, train_once
 from runtime.reporting import classification_metrics
 from heads.model import HeadConfig, InfluencerProfiler
 from heads.reference import logistic_reference
-from heads.rundir import RunFolder, git_commit, store_fingerprint
+from heads.rundir import RunWriter, git_commit, store_fingerprint
 from runtime.console import say
 from runtime.device import pick_device, pick_precision
 from runtime.errors import UserError
+from runtime.files import outside_inputs
 
 
 @dataclass
@@ -94,12 +95,16 @@ def reference_verdict(head_val: float, ref_val: float, n_val: int) -> tuple[str 
     return "note", f"{said}, by one of {n_val} validation influencers: within validation noise"
 
 
-def fit(url: str, out: str, cfg: FitConfig, log=say) -> dict:
+def fit(url: str, out: str, cfg: FitConfig, log=say, overwrite: bool = False) -> dict:
+    """Train and write the run folder OUT, whole or absent (heads.rundir): built in OUT.partial/ and
+    swapped in at the end; a finished run in OUT is replaced only with `overwrite`."""
     _check(cfg)
+    outside_inputs(out, {"store": url})
     device = pick_device(cfg.device)
     store = open_store(url)
     require_features(store, cfg.modality)
-    run = RunFolder(out)
+    run = RunWriter(out, overwrite)
+    log(f"building the run in {run.path} (history.csv there as it trains); it becomes {out} when it finishes")
     t0 = time.perf_counter()
     data = load_labelled(store, cfg.modality)
     log(f"loaded {sum(len(data[s]['y']) for s in ('train', 'val', 'test'))} labelled influencers and "
@@ -121,12 +126,13 @@ def fit(url: str, out: str, cfg: FitConfig, log=say) -> dict:
     log(f"reference: logistic regression on mean features, validation accuracy {100 * reference['val_acc']:.2f}% "
         f"(C={reference['C']})")
     model, best = _train_restarts(cfg, head, data, segments, device, use_bf16, run, log)
-    run.save_model(model, head.to_dict(), asdict(cfg), store.influencer_categories, store.post_categories)
+    run.save_model(model)
     metrics = _score(model, best["row"], data, reference, store, device, run, log)
     metrics["seconds"] = time.perf_counter() - t0
     run.write_json("metrics.json", metrics)
     from heads.report import write_report
-    write_report(out, config, metrics)
+    write_report(run.path, config, metrics)
+    run.commit()
     return metrics
 
 
@@ -144,7 +150,7 @@ def _run_config(cfg: FitConfig, head: HeadConfig, store, device, use_bf16: bool,
 
 
 def _train_restarts(cfg: FitConfig, head: HeadConfig, data: dict, segments: tuple, device, use_bf16: bool,
-                    run: RunFolder, log) -> tuple[InfluencerProfiler, dict]:
+                    run: RunWriter, log) -> tuple[InfluencerProfiler, dict]:
     """Every (normalisation, restart) trained in turn; the best on the validation criterion is kept."""
     norms = ("feature", "none") if cfg.normalize == "auto" else (cfg.normalize,)
     scalings = {n: input_scaling(data["train"]["bags"], segments, data["train"]["masks"]) for n in norms
@@ -173,7 +179,7 @@ def _train_restarts(cfg: FitConfig, head: HeadConfig, data: dict, segments: tupl
     return model, best
 
 
-def _score(model, row: dict, data: dict, reference: dict, store, device, run: RunFolder, log) -> dict:
+def _score(model, row: dict, data: dict, reference: dict, store, device, run: RunWriter, log) -> dict:
     """Test scores of the kept state and of the reference, the reference's verdict, test_predictions.csv."""
     test, ptest = data["test"], data["posts_test"]
     probs, _ = predict_bags(model, test["bags"], test["masks"], device)

@@ -6,6 +6,15 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+# The names the paper's tables give the inputs and the head: every table and page uses these.
+INPUT_NAMES = {"both": "Text & Image", "image": "Image", "text": "Text"}
+MODEL_NAME = "Influencer Profiler"
+
+
+def model_name(pooling: str) -> str:
+    """The head's name in a table: the paper's, or its no-attention ablation."""
+    return MODEL_NAME + ("" if pooling == "attention" else " (mean pooling)")
+
 
 def classification_metrics(y_true, y_pred, categories: list[str]) -> dict:
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)

@@ -1,0 +1,145 @@
+"""Every file the project writes is whole or absent, inside the folder it was told to write, and safe to
+open in a spreadsheet. One helper for each of those rules, used by every writer.
+
+- `atomic_write(path)`: a file object on a temporary name in the same folder; on a clean exit the
+  data is flushed, fsynced and renamed over `path`, on any exception (a full disk, a kill signal
+  turned into an exception, a bug) the temporary file is removed and `path` is left as it was.
+  A full disk or a refused write is one `UserError` naming the path.
+- `write_json`, `write_text`, `write_bytes`: the common cases of it.
+- `inside(path, root)`: refuse a path that would leave `root` (output names never come from data,
+  but this is the check that holds even if one did).
+- `csv_cell` / `csv_rows`: OWASP's neutralisation of spreadsheet formulas (a cell beginning with
+  `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`); numbers are written as numbers.
+- `open_csv`: every CSV is read and written as UTF-8, whatever the locale says.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from typing import IO, Iterable, Iterator
+
+from runtime.errors import UserError
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _io_error(path: str, e: OSError) -> UserError:
+    why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return UserError(f"{path}: could not write ({why}); nothing was left under that name")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", *, encoding: str | None = "utf-8",
+                 newline: str | None = None) -> Iterator[IO]:
+    """Write `path` whole or not at all: a temporary file beside it, renamed over it at the end."""
+    folder = os.path.dirname(os.path.abspath(path))
+    binary = "b" in mode
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
+    except OSError as e:
+        raise _io_error(path, e) from None
+    try:
+        with os.fdopen(fd, mode, **({} if binary else {"encoding": encoding, "newline": newline})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise _io_error(path, e) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+    """A temporary path beside `path` for writers that take a name (h5py, torch.save to a name),
+    renamed over `path` when the block ends cleanly and removed otherwise."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".partial{suffix}", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise _io_error(path, e) from None
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise _io_error(path, e) from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def write_json(path: str, obj, indent: int | None = 2) -> None:
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=indent)
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def inside(path: str, root: str) -> str:
+    """`path` made absolute, refused unless it lies inside `root` (links resolved)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, base]) != base:
+        raise UserError(f"{path}: refusing to write outside {root}")
+    return real
+
+
+def outside_inputs(out: str, inputs: dict[str, str]) -> None:
+    """Refuse an output folder inside (or equal to) an input folder (a store, a run folder): a later
+    `extract index --overwrite` or `heads fit --overwrite` of that input would delete it."""
+    real = os.path.realpath(out)
+    for what, folder in inputs.items():
+        if not folder or "://" in folder:
+            continue
+        base = os.path.realpath(folder)
+        if os.path.commonpath([real, base]) == base:
+            raise UserError(f"{out}: inside the {what} {folder}; write it somewhere else (nothing was written)")
+
+
+def csv_cell(value):
+    """A cell as a spreadsheet will not run it: text beginning like a formula gets a leading `'`."""
+    if isinstance(value, str) and value.startswith(FORMULA_START) and not _number(value):
+        return "'" + value
+    return value
+
+
+def _number(text: str) -> bool:
+    """A plain number written as text ("-0.25"): a spreadsheet reads it as a number, never a formula."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() == text and text.lower().lstrip("+-") not in ("inf", "infinity", "nan")
+
+
+def csv_rows(rows: Iterable[Iterable]) -> Iterator[list]:
+    for row in rows:
+        yield [csv_cell(v) for v in row]
+
+
+def open_csv(path: str, mode: str = "r"):
+    """A CSV file opened as UTF-8 with the csv module's newline handling (`utf-8-sig` when reading, so
+    a spreadsheet's byte-order mark is not part of the first header)."""
+    return open(path, mode, encoding="utf-8-sig" if "r" in mode else "utf-8", newline="")
