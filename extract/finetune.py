@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cache.schema import SPLITS
+from cache.schema import SPLITS, Status
 from cache.store import open_store
 from extract.encoder_file import default_preprocessing, save_encoder
 from extract.imaging import ImageError, decode, normalize
@@ -33,7 +33,7 @@ from runtime.console import say, warn
 from runtime.device import OUT_OF_MEMORY, autocast, pick_device, pick_precision
 from runtime.cpus import usable_cpus
 from runtime.errors import UserError
-from runtime.files import atomic_write
+from runtime.files import atomic_write, dataset_file
 from runtime.progress import Progress
 
 
@@ -84,7 +84,10 @@ class LabelledImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            x = torch.from_numpy(decode(os.path.join(self.root, self.paths[i]), self.resize, self.crop)).permute(2, 0, 1)
+            path = dataset_file(self.root, str(self.paths[i]))     # never a file outside the dataset
+            if path is None:
+                raise ImageError(Status.UNREADABLE, "path_outside_dataset")
+            x = torch.from_numpy(decode(path, self.resize, self.crop)).permute(2, 0, 1)
             ok = True
         except ImageError:
             x, ok = torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), False

@@ -26,6 +26,7 @@ from extract.nvjpeg import check_device_decoder, gpu_decode, jpeg_bytes
 from runtime.console import warn
 from runtime.cpus import usable_cpus
 from runtime.errors import UserError
+from runtime.files import dataset_file
 # the model and the encoder file live in their own modules; re-exported for callers of this one
 from extract.encoder_file import EncoderFile, default_preprocessing, load_encoder, save_encoder  # noqa: F401
 from extract.inception import DIM, ImageEncoder, load_imagenet_backbone  # noqa: F401
@@ -125,7 +126,10 @@ class BatchDecoder(torch.utils.data.Dataset):
             try:
                 if not inside(self.root, path):
                     # the store's paths come from the release's text: one that leaves the dataset is never read
-                    raise ImageError(Status.UNREADABLE, "path outside the dataset root")
+                    raise ImageError(Status.UNREADABLE, "path_outside_dataset: the path leaves the dataset (outside the dataset root)")
+                if dataset_file(self.root, rel) is None:
+                    # a link inside image/ to a file elsewhere (image/ itself may be a link to another disk)
+                    raise ImageError(Status.UNREADABLE, "path_outside_dataset: a link to a file outside the dataset")
                 if self.raw_jpeg:
                     data = jpeg_bytes(path)
                     if data is not None:

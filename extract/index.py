@@ -221,8 +221,11 @@ def run_index(dataset: str, url: str, *, max_posts: int = 300, block: int = sche
     root = os.path.abspath(dataset)
     if max_posts < 1:
         raise UserError("--max-posts must be at least 1")
-    if block < 1 or block % min(schema.FEATURE_CHUNK, block):
-        raise UserError(f"--block must be a positive multiple of {schema.FEATURE_CHUNK} (or smaller than it)")
+    if block < 1 or block > schema.MAX_BLOCK or block % min(schema.FEATURE_CHUNK, block):
+        raise UserError(f"--block must be a positive multiple of {schema.FEATURE_CHUNK} (or smaller than it), "
+                        f"at most {schema.MAX_BLOCK:,}; got {block}")
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {workers}")
     workers = usable_cpus() if workers is None else workers
     rows, infl_problems = release.read_influencers(root)
     if not os.path.exists(os.path.join(root, release.MAPPING_FILE)):

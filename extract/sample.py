@@ -306,6 +306,8 @@ def make_sample(out: str, influencers: int = 48, posts: int = 30, seed: int = 0,
     """Write the dataset; returns counts of what was written."""
     if influencers < 1 or posts < 1:
         raise UserError("--influencers and --posts must be at least 1")
+    if not 16 <= image_size <= 4096:
+        raise UserError(f"--image-size must be 16..4096 pixels, got {image_size}")
     rng = np.random.default_rng(seed)
     for d in (release.INFO_DIR, release.IMAGE_DIR, "labels"):
         os.makedirs(os.path.join(out, d), exist_ok=True)

@@ -231,6 +231,10 @@ def run_text(url: str, shard: str, *, model: str = DEFAULT_MODEL, max_length: in
     sh = parse_shard(shard)
     if workers is not None and workers < 0:
         raise UserError("--workers must be >= 0")
+    if batch_tokens is not None and batch_tokens < max_length:
+        raise UserError(f"--batch-tokens must be at least --max-length ({max_length}), got {batch_tokens}")
+    if not 1 <= max_length <= 512:
+        raise UserError(f"--max-length must be 1..512 (BERT's positions), got {max_length}")
     store = open_store(url, "r+")
     encoder = load_text_encoder(model, store, device=device, precision=precision, max_length=max_length,
                                 batch_tokens=batch_tokens, compile=compile)

@@ -17,20 +17,23 @@ CHUNK = schema.TABLE_CHUNK * 4
 
 
 def thumbnail(root: str, rel: str, out: str, name: str) -> str | None:
-    """A ~160 px JPEG of the dataset's image in DIR/assets/thumbs; None when it cannot be read."""
+    """A ~160 px JPEG of the dataset's image in OUT/assets/thumbs/NAME.jpg (NAME chosen by the caller from a
+    row number, never from data); None when it cannot be read or lies outside the dataset."""
     from PIL import Image
-    if not rel or not root:
-        return None
-    path = os.path.normpath(os.path.join(root, rel))
-    if not path.startswith(os.path.normpath(root) + os.sep) or not os.path.isfile(path):
+
+    from runtime.files import atomic_write, dataset_file, inside
+    path = dataset_file(root, rel) if schema.valid_image_path(rel) else None
+    if path is None or not os.path.isfile(path):
         return None
     dest = f"assets/thumbs/{name}.jpg"
+    target = inside(os.path.join(out, dest), out)
     try:
         with Image.open(path) as im:
             im.draft("RGB", (THUMB, THUMB))
             im = im.convert("RGB")
             im.thumbnail((THUMB, THUMB))
-            im.save(os.path.join(out, dest), "JPEG", quality=80)
+            with atomic_write(target, "wb") as f:
+                im.save(f, "JPEG", quality=80)
     except Exception:      # a corrupt or hostile image gets a placeholder, never a broken report
         return None
     return dest

@@ -67,7 +67,10 @@ def eval_(run: str = typer.Argument(..., help="a `heads fit` run folder"),
           store: str = typer.Option(None, help="store to read (default: the one the run was fit on)")):
     """Test accuracy against the number of posts per influencer (paper Figure 5a)."""
     from heads.evaluate import posts_curve
-    counts = [int(p) for p in posts.split(",") if p.strip()]
+    try:
+        counts = [int(p) for p in posts.split(",") if p.strip()]
+    except ValueError:
+        raise UserError(f"--posts must be a comma-separated list of positive integers, got {posts!r}") from None
     if not counts or min(counts) < 1:
         raise UserError("--posts must be a comma-separated list of positive integers")
     typer.echo(f"{'posts':>6} {'influencers':>12} {'accuracy':>9}")

@@ -61,6 +61,17 @@ class FitConfig:
     seed: int = 0
     device: str = "auto"
 
+    def __post_init__(self):
+        _check(self)
+
+
+# The bounds of every numeric option: (lowest, highest, whether the lowest itself is allowed).
+BOUNDS = {"aux_weight": (0.0, 1e6, True), "epochs": (1, 10**6, True), "max_steps": (1, 10**8, True),
+          "min_steps": (0, 10**8, True), "patience": (1, 10**8, True), "eval_steps": (1, 10**6, True),
+          "batch_size": (1, 1 << 16, True), "aux_batch": (1, 1 << 20, True), "lr": (0.0, 10.0, False),
+          "warmup_steps": (0, 10**8, True), "weight_decay": (0.0, 10.0, True), "attention_lr": (0.0, 1e3, False),
+          "attention_warmup": (0, 10**8, True), "dropout": (0.0, 0.999, True), "restarts": (1, 100, True)}
+
 
 def _check(cfg: FitConfig) -> None:
     """Refuse bad options before anything is read or written."""
@@ -69,11 +80,16 @@ def _check(cfg: FitConfig) -> None:
                "normalize": ("auto", "feature", "none")}
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
-            raise UserError(f"--{name} must be {', '.join(allowed)}; got {getattr(cfg, name)!r}")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if cfg.restarts < 1 or cfg.max_steps < 1 or cfg.batch_size < 1:
-        raise UserError("--restarts, --max-steps and --batch-size must be at least 1")
+            raise UserError(f"--{name.replace('_', '-')} must be {', '.join(allowed)}; got {getattr(cfg, name)!r}")
+    for name, (lo, hi, closed) in BOUNDS.items():
+        v = getattr(cfg, name)
+        if v is None and name == "epochs":
+            continue
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v <= hi and (
+            v >= lo if closed else v > lo)
+        if not ok:
+            raise UserError(f"--{name.replace('_', '-')} must be a number {'>=' if closed else '>'} {lo} and <= {hi}, "
+                            f"got {v!r}")
 
 
 def reference_verdict(head_val: float, ref_val: float, n_val: int) -> tuple[str | None, str | None]:
@@ -98,7 +114,7 @@ def reference_verdict(head_val: float, ref_val: float, n_val: int) -> tuple[str 
 def fit(url: str, out: str, cfg: FitConfig, log=say, overwrite: bool = False) -> dict:
     """Train and write the run folder OUT, whole or absent (heads.rundir): built in OUT.partial/ and
     swapped in at the end; a finished run in OUT is replaced only with `overwrite`."""
-    _check(cfg)
+    _check(cfg)          # again: fields may have been changed since the config was made
     outside_inputs(out, {"store": url})
     device = pick_device(cfg.device)
     store = open_store(url)

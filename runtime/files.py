@@ -106,6 +106,25 @@ def inside(path: str, root: str) -> str:
     return real
 
 
+def dataset_file(root: str, rel: str) -> str | None:
+    """The real path of the dataset's file `rel` when it stays inside the dataset, else None.
+
+    Inside by its text ('..' resolved) and by its real path, which must lie inside the real path of the
+    dataset's top folder it names (`image/` for `image/a.jpg`): that folder may itself be a link to
+    another disk, but a link inside it pointing elsewhere is refused."""
+    if not rel or not root or os.path.isabs(rel):
+        return None
+    base = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.join(base, rel))
+    if not path.startswith(base.rstrip(os.sep) + os.sep):
+        return None
+    top = os.path.realpath(os.path.join(base, os.path.relpath(path, base).split(os.sep)[0]))
+    real = os.path.realpath(path)
+    if real != top and not real.startswith(top.rstrip(os.sep) + os.sep):
+        return None
+    return real
+
+
 def outside_inputs(out: str, inputs: dict[str, str]) -> None:
     """Refuse an output folder inside (or equal to) an input folder (a store, a run folder): a later
     `extract index --overwrite` or `heads fit --overwrite` of that input would delete it."""

@@ -2,6 +2,7 @@
 never leave mixed labels). Each test fails on the code before the fixes."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -131,6 +132,23 @@ def test_images_outside_the_dataset_are_never_read(data, tmp_path):
         assert status[0] == Status.UNREADABLE and "outside the dataset" in errors[0][2] and not raw
         assert len(pixels) == len(rows) == 0                # nothing decoded, nothing sent to the model
         assert status[1] == Status.NO_INPUT
+
+
+def test_links_inside_image_to_files_outside_are_never_read_but_a_linked_image_folder_is(data, tmp_path):
+    from cache.schema import Status
+    from extract.images import Batch, BatchDecoder
+    from PIL import Image
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "private.jpg")
+    os.symlink(tmp_path / "private.jpg", data / release.IMAGE_DIR / "link.jpg")
+    other_disk = tmp_path / "other-disk"
+    shutil.move(str(data / release.IMAGE_DIR), other_disk)
+    os.symlink(other_disk, data / release.IMAGE_DIR)               # image/ kept on another disk
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(other_disk / "real.jpg")
+    dec = BatchDecoder("(unused)", str(data), [Batch(0, 0, 2)], 256, 80, 75, False, raw_jpeg=False)
+    dec._paths = (0, np.array([f"{release.IMAGE_DIR}/link.jpg", f"{release.IMAGE_DIR}/real.jpg"], dtype=object))
+    _, pixels, rows, status, raw, errors = dec[0]
+    assert status[0] == Status.UNREADABLE and "path_outside_dataset" in errors[0][2]
+    assert status[1] == Status.OK and rows.tolist() == [1]
 
 
 # -- a post id that disagrees with its file name -----------------------------------------------

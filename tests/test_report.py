@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cache.store import open_store
-from cache.synthetic import planted_store
+from conftest import build_demo_run
 from heads.cli import app as heads_app
 
 
@@ -56,39 +56,7 @@ def _explorer(out: str) -> dict:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """The sample dataset's store with planted features, fitted and predicted, with real images for cards."""
-    from extract.index import run_index
-    from extract.sample import make_sample
-    from cache.labels import apply_labels
-    d = tmp_path_factory.mktemp("report")
-    data = str(d / "data")
-    make_sample(data, influencers=24, posts=10, seed=7, image_size=64)
-    path = str(d / "s.zarr")
-    run_index(data, path, block=128, workers=1, quiet=True)
-    # planted features on the real store's shape: copy a planted store's feature blocks in
-    s = open_store(path, "r+")
-    apply_labels(s, os.path.join(data, "labels/influencers.csv"), os.path.join(data, "labels/posts.csv"))
-    counts = [int(c) for c in (s.offsets()[1:] - s.offsets()[:-1])]
-    import numpy as np
-    planted = str(d / "p.zarr")
-    planted_store(planted, influencers=len(counts), post_counts=np.array(counts), seed=1, block=128, noise=1.0)
-    p = open_store(planted)
-    from cache.blocks import claim_fingerprint, commit_block
-    for m in ("image", "text"):
-        claim_fingerprint(s, m, {"kind": m, "model": "planted", "seed": 1})
-        for b in range(s.n_blocks):
-            rows = s.block_rows(b)
-            commit_block(s, m, b, p[f"features/{m}"][rows], p[f"features/{m}_status"][rows])
-    run = str(d / "run")
-    r = CliRunner().invoke(heads_app, ["fit", path, "--out", run, "--max-steps", "150", "--attention-warmup", "50",
-                                       "--normalize", "feature", "--precision", "fp32", "--restarts", "1"])
-    assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(heads_app, ["eval", run, "--posts", "2,5"])
-    assert r.exit_code == 0, r.output
-    pred = str(d / "pred")
-    r = CliRunner().invoke(heads_app, ["predict", run, path, "--out", pred])
-    assert r.exit_code == 0, r.output
-    return {"data": data, "store": path, "run": run, "pred": pred, "dir": d}
+    return build_demo_run(tmp_path_factory.mktemp("report"))
 
 
 def test_report_is_complete_offline_and_shows_the_metrics(demo_run, tmp_path):
