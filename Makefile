@@ -7,7 +7,7 @@ DEMO    := demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-integration fuzz bench bench-quality bench-precision bench-gpu wheels install clean
+.PHONY: demo test test-slow test-integration browser fuzz bench bench-quality bench-precision bench-gpu wheels install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,11 +17,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the fast tier a newcomer runs (minutes): every command on tiny data, the invariants, the refusals
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -m "not integration and not slow" --durations=15
+
+# crash drills, benchmark dry runs, quality checks, the headless-browser check (docs/testing.md)
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow and not integration" --durations=15
 
 test-integration: $(STAMP)
-	$(BIN)/python -m pytest -q -m integration
+	$(BIN)/python -m pytest -q -m integration --durations=15
+
+# Debian's Chromium for the report's browser check (test-slow skips that one test without it)
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 # the hostile-input fuzz suite with many random examples (make test runs a few, derandomized)
 fuzz: $(STAMP)

@@ -26,6 +26,7 @@ from zarr.codecs import ZstdCodec
 
 from cache import foreign, schema
 from cache.store import Store, StoreError, open_store
+from runtime.files import atomic_path, outside_inputs, require_space
 
 FORMAT = "influencer-profiler-export/1"
 ROWS = schema.TABLE_CHUNK * 4      # rows per copied piece of a table
@@ -34,7 +35,7 @@ ROWS = schema.TABLE_CHUNK * 4      # rows per copied piece of a table
 def _members(group: zarr.Group) -> list:
     with warnings.catch_warnings():      # the index's lock file is not a Zarr node, and that is fine
         warnings.simplefilter("ignore")
-        return sorted(group.members(), key=lambda kv: kv[0])
+        return sorted(((k, v) for k, v in group.members() if k not in schema.TRANSIENT_GROUPS), key=lambda kv: kv[0])
 
 
 def _arrays(group: zarr.Group, prefix: str = ""):
@@ -120,6 +121,7 @@ def _selection(store: Store) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
 def export_store(url: str, out: str, labelled_only: bool = False, compress_images: bool = False,
                  progress=None) -> dict:
     import h5py
+    outside_inputs(out, {"store": url})
     store = open_store(url)
     t0 = time.perf_counter()
     sel = None                 # labelled-only: (influencers kept, posts kept, their offsets)
@@ -131,9 +133,9 @@ def export_store(url: str, out: str, labelled_only: bool = False, compress_image
         sel = (infl, rows, new_offsets)
     n_new = store.n_posts if sel is None else len(sel[1])
     m_new = store.n_influencers if sel is None else len(sel[0])
-    tmp = f"{out}.partial"
     written = 0
-    with h5py.File(tmp, "w") as f:
+    require_space(out, 0)
+    with atomic_path(out, ".h5") as tmp, h5py.File(tmp, "w") as f:
         root = store.attrs
         if labelled_only:
             root["exported"] = {"labelled_only": True, "source": store.location, "influencers": int(m_new),
@@ -156,8 +158,7 @@ def export_store(url: str, out: str, labelled_only: bool = False, compress_image
             d.attrs["zarr_attrs"] = json.dumps(dict(arr.attrs))
             d.attrs["zarr_layout"] = json.dumps(lay)
             if shape[0]:
-                written += _export_array(store, path, arr, d, lay, sel, n_new, progress)
-    os.replace(tmp, out)
+                written += _export_array(store, path, arr, d, lay, sel, n_new, progress, out)
     return {"out": out, "posts": int(n_new), "influencers": int(m_new), "partial_bags": partial,
             "bytes": os.path.getsize(out), "array_bytes": written, "seconds": time.perf_counter() - t0}
 
@@ -178,13 +179,16 @@ def _export_shape(store, path: str, arr, sel, n_new: int, m_new: int) -> tuple:
     return arr.shape
 
 
-def _export_array(store, path: str, arr, d, lay: dict, sel, n_new: int, progress) -> int:
+def _export_array(store, path: str, arr, d, lay: dict, sel, n_new: int, progress, out_path: str) -> int:
     """Copy one array into its dataset a block at a time (the next block read while this one is
     written); returns the bytes of numbers written."""
     written = 0
 
     def put(a, piece):
         nonlocal written
+        # h5py cannot fail cleanly on a full disk (it crashes at close): never let it reach one
+        size = sum(len(str(s)) * 4 + 16 for s in piece) if lay["dtype"] == "str" else piece.nbytes
+        require_space(out_path, size)
         d[a:a + len(piece)] = piece.astype(object) if lay["dtype"] == "str" else piece
         written += piece.nbytes if lay["dtype"] != "str" else 0
         if progress and path.startswith("features/") and arr.ndim == 2:

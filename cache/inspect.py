@@ -81,6 +81,7 @@ def info(store: Store, scheduler=None) -> dict:
     if "predictions" in store.group:
         a = dict(store.group["predictions"].attrs)
         out["predictions"] = {k: a.get(k) for k in ("complete", "run", "modality", "influencers", "posts")}
+    out["predictions_interrupted"] = schema.PREDICTIONS_PARTIAL in store.group
     for table, cats in (("influencers", store.influencer_categories), ("posts", store.post_categories)):
         if f"{table}/label" not in store:
             continue
@@ -115,6 +116,9 @@ def format_info(d: dict) -> str:
         p = d["predictions"]
         state = "complete" if p["complete"] else "INCOMPLETE (an interrupted `heads predict`: rerun it)"
         lines.append(f"predicted  {state}; {p['modality']} run {p['run']}")
+    if d.get("predictions_interrupted"):
+        lines.append(f"predicted  an interrupted `heads predict` left {schema.PREDICTIONS_PARTIAL}/ (the predictions "
+                     f"above, if any, are the previous run's, whole); rerun it")
     if d["problems"]:
         lines.append("problems   " + ", ".join(f"{k} {v}" for k, v in d["problems"].items()))
     else:

@@ -45,6 +45,11 @@ PREDICTIONS = {
     "attention": ("posts", "float16", float("nan")),
 }
 
+# Where `heads predict` builds the next predictions in a local store before they replace predictions/
+# (cache/outputs.py); never exported, never part of a finished store.
+PREDICTIONS_PARTIAL = "predictions_partial"
+TRANSIENT_GROUPS = (PREDICTIONS_PARTIAL, "predictions.replaced")
+
 # Every array a store may hold (DESIGN.md "The store", plus what was added since): path -> (rows, writer).
 # N posts, M influencers, B blocks.
 ARRAYS = {

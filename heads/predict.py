@@ -26,7 +26,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from cache.labels import LabelError, release_categories
-from cache.outputs import begin_predictions, finish_predictions
+from cache.outputs import begin_predictions, finish_predictions, lock_predictions
 from cache.readers import influencer_groups, post_features, require_features
 from cache.schema import SPLITS
 from cache.store import open_store
@@ -128,6 +128,7 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
         outside_inputs(out, {"store": url})
     store = open_store(url, "r+")
     require_features(store, modality)
+    lock = lock_predictions(store)         # held to the end: a second predict on this store waits its turn
     out = out or os.path.join(run, "predictions")
     os.makedirs(out, exist_ok=True)
     n, m = store.n_posts, store.n_influencers
@@ -166,6 +167,8 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
                "store": store.url, "post_head_trained": config.get("post_head_trained", True),
                "release_agreement": release_agreement(store, infl_label, config["influencer_categories"])}
     write_json(os.path.join(out, "summary.json"), summary)
+    if lock is not None:
+        os.close(lock)
     return summary
 
 

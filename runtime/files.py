@@ -18,7 +18,7 @@ import contextlib
 import errno
 import json
 import os
-import tempfile
+import shutil
 from typing import IO, Iterable, Iterator
 
 from runtime.errors import UserError
@@ -26,30 +26,28 @@ from runtime.errors import UserError
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _io_error(path: str, e: OSError) -> UserError:
-    why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-    return UserError(f"{path}: could not write ({why}); nothing was left under that name")
+def _temporary(path: str) -> str:
+    """The temporary name beside `path`: fixed, so the next run replaces what a killed one left."""
+    return f"{path}.partial"
 
 
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w", *, encoding: str | None = "utf-8",
                  newline: str | None = None) -> Iterator[IO]:
     """Write `path` whole or not at all: a temporary file beside it, renamed over it at the end."""
-    folder = os.path.dirname(os.path.abspath(path))
     binary = "b" in mode
+    tmp = _temporary(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
-    except OSError as e:
-        raise _io_error(path, e) from None
-    try:
-        with os.fdopen(fd, mode, **({} if binary else {"encoding": encoding, "newline": newline})) as f:
+        with open(tmp, mode, **({} if binary else {"encoding": encoding, "newline": newline})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
-        raise _io_error(path, e) from None
+        if _about_writing(e, tmp):
+            raise _io_error(path, e) from None
+        raise
     except BaseException:
         _remove(tmp)
         raise
@@ -59,12 +57,7 @@ def atomic_write(path: str, mode: str = "w", *, encoding: str | None = "utf-8",
 def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     """A temporary path beside `path` for writers that take a name (h5py, torch.save to a name),
     renamed over `path` when the block ends cleanly and removed otherwise."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".partial{suffix}", dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise _io_error(path, e) from None
+    tmp = _temporary(path) + suffix
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -72,15 +65,33 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
-        raise _io_error(path, e) from None
+        if _about_writing(e, tmp):
+            raise _io_error(path, e) from None
+        raise
     except BaseException:
         _remove(tmp)
         raise
 
 
+def _about_writing(e: OSError, tmp: str) -> bool:
+    """An error of the write itself (the disk, the file), not of what the caller did inside the block."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG) or e.filename in (tmp, None)
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.remove(path)
+
+
+def require_space(path: str, nbytes: int, margin: int = 16 << 20) -> None:
+    """Refuse, as one line naming `path`, to write `nbytes` more where the disk has less free than that
+    plus a margin. For writers that crash rather than fail on a full disk (HDF5 through h5py: its
+    buffered metadata fails at close, then at exit, with a segmentation fault); others get ENOSPC."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    free = shutil.disk_usage(folder).free
+    if free < nbytes + margin:
+        raise UserError(f"{path}: the disk is full or nearly ({free / 1e6:,.1f} MB free, about "
+                        f"{(nbytes + margin) / 1e6:,.1f} MB needed for the next part); nothing was left under that name")
 
 
 def write_json(path: str, obj, indent: int | None = 2) -> None:

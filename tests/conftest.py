@@ -122,12 +122,26 @@ def fp32_store(sample, tiny_bert, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def extracted(sample, encoder_file, tmp_path_factory):
+def quick_encoder(store_path, tmp_path_factory):
+    """An encoder for the extraction mechanics (not for learning): random Inception-v3, one epoch at
+    Inception's smallest input (75 px), through `extract finetune-images` itself."""
+    from typer.testing import CliRunner
+    from extract.cli import app as extract_app
+    path = str(tmp_path_factory.mktemp("quick-enc") / "encoder.pt")
+    r = CliRunner().invoke(extract_app, ["finetune-images", store_path, "--out", path, "--weights", "random",
+                                         "--epochs", "1", "--image-size", "75", "--batch-size", "32", "--workers", "0",
+                                         "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    return path, None
+
+
+@pytest.fixture(scope="session")
+def extracted(sample, quick_encoder, tmp_path_factory):
     """The sample's image features through the CLI (2 decoding workers), with the CLI's output."""
     from typer.testing import CliRunner
     from extract.cli import app as extract_app
     path = build_store(sample, str(tmp_path_factory.mktemp("i") / "s.zarr"))
-    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", encoder_file[0],
+    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", quick_encoder[0],
                                          "--workers", "2", "--batch-size", "16"])
     assert r.exit_code == 0, r.output
     return path, r.output

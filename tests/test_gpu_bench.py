@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_gpu_bench_dry_run(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--dry-run", "--out",
                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
@@ -113,6 +116,7 @@ def test_choices_use_an_image_path_only_while_it_keeps_the_features():
     assert c["images --decoder nvjpeg"].endswith("not compared with fp32 (keep it off)"), c
 
 
+@pytest.mark.slow
 def test_precision_study_dry_run(tmp_path):
     """benchmarks/precision.py (`make bench-precision`) at tiny sizes: the four jobs ran in the precisions
     and decoders they say (bf16 features differ from fp32 ones, the fp32 job against itself does not),

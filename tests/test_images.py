@@ -128,6 +128,7 @@ def _pretend_imagenet_file(path):
     return m.state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blocks", [2, 0])
 def test_finetuning_changes_only_trainable_blocks_and_new_layers(store_path, tmp_path, blocks):
     src = _pretend_imagenet_file(str(tmp_path / "inception_v3_google.pth"))
@@ -150,6 +151,7 @@ def test_finetuning_changes_only_trainable_blocks_and_new_layers(store_path, tmp
     assert ef.meta["weights_source"].startswith("file") and ef.meta["model"]["transform_input"] is True
 
 
+@pytest.mark.slow
 def test_finetuning_learns_the_post_categories(encoder_file):
     _, m = encoder_file
     assert m["val_posts"] > 20
@@ -157,6 +159,7 @@ def test_finetuning_learns_the_post_categories(encoder_file):
     assert m["val_accuracy"] >= max(0.35, 2 * m["val_majority_baseline"]), m
 
 
+@pytest.mark.slow
 def test_encoder_file_is_self_describing(encoder_file):
     ef = load_encoder(encoder_file[0])
     assert ef.meta["categories"][:2] == ["beauty", "family"] and len(ef.meta["categories"]) == 10
@@ -213,6 +216,7 @@ def test_every_bad_image_gets_its_status_and_is_listed(sample, extracted):
         assert (f"unreadable: post {r['post_id']}" in info.output) == (r["expected"] == "unreadable"), info.output
 
 
+@pytest.mark.slow
 def test_stored_features_equal_the_encoder_applied_directly(tmp_path):
     """torchvision's preset (Resize 342, CenterCrop 299, fp32) and torchvision's own Inception forward,
     against the store: cosine >= 0.99 per row in the default mode, float16 rounding in --exact."""
@@ -249,7 +253,7 @@ def test_stored_features_equal_the_encoder_applied_directly(tmp_path):
     assert open_store(path2)["features/image"].attrs["encoder"]["decode"] == "exact"
 
 
-def test_file_missing_at_extraction_time_is_status_2(sample, encoder_file, tmp_path):
+def test_file_missing_at_extraction_time_is_status_2(sample, quick_encoder, tmp_path):
     import shutil
     data = str(tmp_path / "data")
     shutil.copytree(sample, data)
@@ -258,17 +262,17 @@ def test_file_missing_at_extraction_time_is_status_2(sample, encoder_file, tmp_p
     images = [str(x) for x in s["posts/image"][:]]
     gone = next(i for i, p in enumerate(images) if p)
     os.remove(os.path.join(data, images[gone]))
-    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
+    run_images(path, "0/1", encoder_path=quick_encoder[0], workers=0, batch_size=16, quiet=True)
     assert s["features/image_status"][gone] == Status.NO_INPUT
     assert verify(s) == []
 
 
-def test_other_encoder_is_refused(extracted, encoder_file):
+def test_other_encoder_is_refused(extracted, quick_encoder):
     # the other precision than the one `auto` chose on this machine (bf16 where the CPU has it, else fp32)
     stored = open_store(extracted[0])["features/image"].attrs["encoder"]["precision"]
     other = "bf16" if stored == "fp32" else "fp32"
     with pytest.raises(StoreError, match="another encoder.*precision"):
-        run_images(extracted[0], "0/1", encoder_path=encoder_file[0], precision=other, quiet=True)
+        run_images(extracted[0], "0/1", encoder_path=quick_encoder[0], precision=other, quiet=True)
 
 
 def test_cli_errors_are_one_line(store_path, tmp_path):
@@ -280,11 +284,11 @@ def test_cli_errors_are_one_line(store_path, tmp_path):
     assert r.exit_code == 2 and "not a readable encoder file" in r.output
 
 
-def test_nvjpeg_decoder_path_agrees_with_pil(sample, encoder_file, extracted, tmp_path):
+def test_nvjpeg_decoder_path_agrees_with_pil(sample, quick_encoder, extracted, tmp_path):
     """--decoder nvjpeg: torchvision.io.decode_jpeg on the model's device (here the CPU, libjpeg-turbo;
     nvJPEG on a GPU), non-JPEG and CMYK files still through PIL. Same statuses, near-identical features."""
     path = build_store(sample, str(tmp_path / "s.zarr"))
-    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, decoder="nvjpeg", quiet=True)
+    run_images(path, "0/1", encoder_path=quick_encoder[0], workers=0, batch_size=16, decoder="nvjpeg", quiet=True)
     s, ref = open_store(path), open_store(extracted[0])
     np.testing.assert_array_equal(s["features/image_status"][:], ref["features/image_status"][:])
     ok = s["features/image_status"][:] == Status.OK
@@ -295,7 +299,8 @@ def test_nvjpeg_decoder_path_agrees_with_pil(sample, encoder_file, extracted, tm
     assert verify(s) == []
 
 
-def test_finetuning_killed_mid_run_resumes_after_its_last_epoch(store_path, encoder_file, tmp_path):
+@pytest.mark.slow
+def test_finetuning_killed_mid_run_resumes_after_its_last_epoch(store_path, tmp_path):
     """SIGKILL after the first epoch's checkpoint; the same command resumes and ends with the very
     weights an uninterrupted run gets (per-epoch seeding, optimizer state in the checkpoint)."""
     out = str(tmp_path / "enc.pt")
@@ -324,14 +329,15 @@ def test_finetuning_killed_mid_run_resumes_after_its_last_epoch(store_path, enco
                                       zip(load_encoder(whole).meta["history"][1:], resumed["history"][1:])]
 
 
-def test_plan_launchers_run_the_shards(sample, encoder_file, extracted, tmp_path):
+@pytest.mark.slow
+def test_plan_launchers_run_the_shards(sample, quick_encoder, extracted, tmp_path):
     """`extract plan` writes a SLURM array script and a Kubernetes Indexed Job; running shard 0 through
     the SLURM script and shard 1 through the Job's command fills the store as one job does."""
     import yaml
     path = build_store(sample, str(tmp_path / "s.zarr"))
     out = tmp_path / "launch"
     r = CliRunner().invoke(extract_app, ["plan", path, "--shards", "2", "--out", str(out), "--stages", "images",
-                                         "--encoder", encoder_file[0], "--cpus", "1"])
+                                         "--encoder", quick_encoder[0], "--cpus", "1"])
     assert r.exit_code == 0, r.output
     assert "--shard 1/2" in r.output and "blocks pending over 2 shards" in r.output
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
@@ -351,7 +357,7 @@ def test_plan_launchers_run_the_shards(sample, encoder_file, extracted, tmp_path
 
 
 @pytest.mark.parametrize("error", [(28, "No space left on device"), (13, "Permission denied")])
-def test_disk_full_or_permission_error_mid_block(sample, encoder_file, extracted, tmp_path, monkeypatch, error):
+def test_disk_full_or_permission_error_mid_block(sample, quick_encoder, extracted, tmp_path, monkeypatch, error):
     """The storage fails after a block's features went out and before its statuses did: the job stops
     with one clear line, the store still verifies (the block is not flagged done), a rerun completes."""
     from zarr.storage import LocalStore
@@ -364,7 +370,7 @@ def test_disk_full_or_permission_error_mid_block(sample, encoder_file, extracted
         return await real_set(self, key, value, *a, **k)
 
     monkeypatch.setattr(LocalStore, "set", failing_set)
-    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", encoder_file[0],
+    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", quick_encoder[0],
                                          "--workers", "0", "--batch-size", "16"])
     assert r.exit_code == 2 and error[1] in r.output.strip().splitlines()[-1], r.output
     assert r.output.strip().splitlines()[-1].startswith("error:")
@@ -373,13 +379,13 @@ def test_disk_full_or_permission_error_mid_block(sample, encoder_file, extracted
     done = s["features/image_done"][:]
     assert done[0] and not done[1:].any()
     assert verify(s) == []
-    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
+    run_images(path, "0/1", encoder_path=quick_encoder[0], workers=0, batch_size=16, quiet=True)
     s = open_store(path)
     assert verify(s) == [] and s["features/image_done"][:].all()
     np.testing.assert_array_equal(s["features/image"][:], open_store(extracted[0])["features/image"][:])
 
 
-def test_block_finished_elsewhere_after_planning_does_not_shift_batches(sample, encoder_file, extracted, tmp_path,
+def test_block_finished_elsewhere_after_planning_does_not_shift_batches(sample, quick_encoder, extracted, tmp_path,
                                                                          monkeypatch):
     """The decoding batches are laid out from the one read of the done flags that the job loop follows
     (run_shard reads them once and hands them to the job's plan). Here that read leaves out block 0,
@@ -389,14 +395,14 @@ def test_block_finished_elsewhere_after_planning_does_not_shift_batches(sample, 
     path = build_store(sample, str(tmp_path / "s.zarr"))
     real = extract.jobs.pending_blocks
     monkeypatch.setattr(extract.jobs, "pending_blocks", lambda *a, **k: real(*a, **k)[1:])
-    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
+    run_images(path, "0/1", encoder_path=quick_encoder[0], workers=0, batch_size=16, quiet=True)
     s, ref = open_store(path), open_store(extracted[0])
     done = s["features/image_done"][:]
     assert not done[0] and done[1:].all()
     later = slice(s.block_rows(1).start, s.n_posts)
     np.testing.assert_array_equal(s["features/image"][later], ref["features/image"][later])
     monkeypatch.undo()
-    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
+    run_images(path, "0/1", encoder_path=quick_encoder[0], workers=0, batch_size=16, quiet=True)
     assert verify(s) == [] and s["features/image_done"][:].all()
     np.testing.assert_array_equal(s["features/image"][:], ref["features/image"][:])
 
@@ -421,7 +427,7 @@ def test_device_decode_resizes_each_size_in_one_call_like_one_by_one(tmp_path):
         torch.testing.assert_close(pixels[k], resize_crop(one[None], 342, 299)[0], rtol=0, atol=0)
 
 
-def test_compiled_job_pads_short_batches_without_changing_features(sample, encoder_file, extracted, tmp_path,
+def test_compiled_job_pads_short_batches_without_changing_features(sample, quick_encoder, extracted, tmp_path,
                                                                     monkeypatch):
     """--compile pads every batch to the batch size (a short one would be a new shape to compile).
     With compilation itself replaced by the plain model, the padded job's features equal the
@@ -437,7 +443,7 @@ def test_compiled_job_pads_short_batches_without_changing_features(sample, encod
         features = self.features
         self.features = lambda x: (seen.append(len(x)), features(x))[1]
     monkeypatch.setattr(images.ImageJob, "__init__", spy)
-    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=7, compile=True, quiet=True)
+    run_images(path, "0/1", encoder_path=quick_encoder[0], workers=0, batch_size=7, compile=True, quiet=True)
     assert set(seen) == {7}                                 # every call the same shape
     s, ref = open_store(path), open_store(extracted[0])
     np.testing.assert_array_equal(s["features/image_status"][:], ref["features/image_status"][:])
@@ -446,7 +452,7 @@ def test_compiled_job_pads_short_batches_without_changing_features(sample, encod
                                ref["features/image"][:][ok].astype(np.float32), rtol=2e-3, atol=2e-3)
 
 
-def test_shared_memory_too_small_for_the_decoding_workers(sample, encoder_file, extracted, tmp_path, monkeypatch):
+def test_shared_memory_too_small_for_the_decoding_workers(sample, quick_encoder, extracted, tmp_path, monkeypatch):
     """The decoding workers hand their batches over in /dev/shm, 64 MB in a default container: less than
     one GPU batch. With room for no batch per worker the job stops at once with one line saying what to
     raise, before any block is written; with room for fewer batches than it prefetches it says so and
@@ -462,8 +468,8 @@ def test_shared_memory_too_small_for_the_decoding_workers(sample, encoder_file, 
     assert images.shared_memory_free(str(tmp_path)) > 0 and images.shared_memory_free(str(tmp_path / "no")) is None
 
     path = build_store(sample, str(tmp_path / "s.zarr"))
-    args = ["images", path, "--shard", "0/1", "--encoder", encoder_file[0], "--workers", "2", "--batch-size", "16"]
-    crop = load_encoder(encoder_file[0]).preprocessing["crop"]
+    args = ["images", path, "--shard", "0/1", "--encoder", quick_encoder[0], "--workers", "2", "--batch-size", "16"]
+    crop = load_encoder(quick_encoder[0]).preprocessing["crop"]
     batch = 16 * crop * crop * 3
     monkeypatch.setattr(images, "shared_memory_free", lambda path=images.SHM: batch)
     r = CliRunner().invoke(extract_app, args)
@@ -515,7 +521,8 @@ def test_worker_pools_are_sized_to_the_cpus_the_job_may_use(tmp_path):
     assert usable_cpus(str(tmp_path / "none")) == mine
 
 
-def test_out_of_device_memory_halves_the_batch_and_keeps_done_blocks(sample, encoder_file, extracted, tmp_path,
+@pytest.mark.slow
+def test_out_of_device_memory_halves_the_batch_and_keeps_done_blocks(sample, quick_encoder, extracted, tmp_path,
                                                                       monkeypatch, capsys):
     """A GPU smaller than the batch size assumes (or shared): the model raises torch's out-of-memory error
     above 4 images at once. The job halves its model batches (16 → 8 → 4), says so with the option to
@@ -541,7 +548,7 @@ def test_out_of_device_memory_halves_the_batch_and_keeps_done_blocks(sample, enc
         self.features, self.encode = limited, counted
     monkeypatch.setattr(images.ImageJob, "__init__", small_device)
     path = build_store(sample, str(tmp_path / "s.zarr"))
-    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, quiet=True)
+    run_images(path, "0/1", encoder_path=quick_encoder[0], workers=0, batch_size=16, quiet=True)
     err = capsys.readouterr().err
     assert "out of cpu memory with batches of 16 images; going on with 8 (pass --batch-size 8" in err
     assert "going on with 4" in err and "going on with 2" not in err
@@ -553,7 +560,7 @@ def test_out_of_device_memory_halves_the_batch_and_keeps_done_blocks(sample, enc
     # no memory even for one image, from the second block on: one line; the first block stays done
     path = build_store(sample, str(tmp_path / "t.zarr"))
     calls.update(blocks=0, fail_from_block=2)
-    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", encoder_file[0],
+    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", quick_encoder[0],
                                          "--workers", "0", "--batch-size", "4"])
     assert r.exit_code == 2, r.output
     lines = [x for x in r.output.strip().splitlines() if x.startswith("error")]
@@ -563,7 +570,7 @@ def test_out_of_device_memory_halves_the_batch_and_keeps_done_blocks(sample, enc
     assert done[0] and not done[1:].any()
 
 
-def test_nvjpeg_refusals_are_decoded_by_pil_and_a_broken_decoder_is_one_line(sample, encoder_file, extracted,
+def test_nvjpeg_refusals_are_decoded_by_pil_and_a_broken_decoder_is_one_line(sample, quick_encoder, extracted,
                                                                               tmp_path, monkeypatch, capsys):
     """--decoder nvjpeg: an image the device decoder refuses (a JPEG variant nvJPEG lacks) used to be
     stored as unreadable with zero features; it is decoded with PIL on the host instead (said once,
@@ -583,7 +590,7 @@ def test_nvjpeg_refusals_are_decoded_by_pil_and_a_broken_decoder_is_one_line(sam
         return real(data, *a, **kw)
     monkeypatch.setattr(torchvision.io, "decode_jpeg", picky)
     path = build_store(sample, str(tmp_path / "s.zarr"))
-    run_images(path, "0/1", encoder_path=encoder_file[0], workers=0, batch_size=16, decoder="nvjpeg", quiet=True)
+    run_images(path, "0/1", encoder_path=quick_encoder[0], workers=0, batch_size=16, decoder="nvjpeg", quiet=True)
     assert len(refused) > 3
     err = capsys.readouterr().err
     assert len([x for x in err.splitlines() if "nvJPEG refused post" in x]) == 1, err
@@ -595,7 +602,7 @@ def test_nvjpeg_refusals_are_decoded_by_pil_and_a_broken_decoder_is_one_line(sam
     monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **kw: (_ for _ in ()).throw(
         RuntimeError("decode_jpeg on cuda: torchvision was not compiled with nvJPEG support")))
     path = build_store(sample, str(tmp_path / "t.zarr"))
-    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", encoder_file[0],
+    r = CliRunner().invoke(extract_app, ["images", path, "--shard", "0/1", "--encoder", quick_encoder[0],
                                          "--workers", "0", "--decoder", "nvjpeg"])
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     lines = [x for x in r.output.splitlines() if x.startswith("error")]

@@ -196,14 +196,14 @@ def s3_cluster(s3):
         yield c.scheduler_address
 
 
-def test_whole_pipeline_on_s3_equals_a_local_store(sample, s3, tiny_bert, encoder_file, s3_cluster, block_delay,
+def test_whole_pipeline_on_s3_equals_a_local_store(sample, s3, tiny_bert, quick_encoder, s3_cluster, block_delay,
                                                     tmp_path):
     """Index, shard jobs (one SIGKILLed and rerun), verify, heads fit/predict, baselines on an s3:// store."""
     cluster = s3_cluster
     url, local = f"{s3}/pipeline.zarr", str(tmp_path / "local.zarr")
     for target in (url, local):
         build_store(sample, target)
-    _extract(local, tiny_bert, encoder_file[0])
+    _extract(local, tiny_bert, quick_encoder[0])
     # on S3: a text job killed after its first block, then the same command completes it
     extract = os.path.join(BIN, "extract")
     block_delay(2)
@@ -212,7 +212,7 @@ def test_whole_pipeline_on_s3_equals_a_local_store(sample, s3, tiny_bert, encode
     block_delay(0)
     done = open_store(url)["features/text_done"][:]
     assert 1 <= done.sum() < len(done), done
-    _extract(url, tiny_bert, encoder_file[0], text_shards=("0/1",))
+    _extract(url, tiny_bert, quick_encoder[0], text_shards=("0/1",))
     a, b = open_store(url), open_store(local)
     for m in ("text", "image"):
         np.testing.assert_array_equal(a[f"features/{m}_status"][:], b[f"features/{m}_status"][:])

@@ -16,7 +16,7 @@ ENCODERS = {
     # modality: (fixture with the encoder, reference store fixture, the command's options)
     "text": ("tiny_bert", "fp32_store", lambda enc: ["text", "--model", enc, "--device", "cpu", "--precision", "fp32",
                                                       "--batch-tokens", "512"]),
-    "image": ("encoder_file", "extracted", lambda enc: ["images", "--encoder", enc[0], "--workers", "1",
+    "image": ("quick_encoder", "extracted", lambda enc: ["images", "--encoder", enc[0], "--workers", "1",
                                                         "--batch-size", "16"]),
 }
 
@@ -42,6 +42,7 @@ def _same_as_reference(path: str, modality: str, ref: str) -> None:
     np.testing.assert_array_equal(s[f"features/{modality}_status"][:], open_store(ref)[f"features/{modality}_status"][:])
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_redoes_only_unfinished_blocks(job, sample, block_delay, tmp_path):
     modality, cmd, ref = job
     path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
@@ -62,6 +63,7 @@ def test_sigkill_then_rerun_redoes_only_unfinished_blocks(job, sample, block_del
     _same_as_reference(path, modality, ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shards", [("0/2", "1/2"), ("0/1", "0/1")], ids=["two-shards", "one-shard-twice"])
 def test_two_jobs_at_once(job, sample, shards, tmp_path):
     modality, cmd, ref = job

@@ -40,6 +40,7 @@ def test_fp32_features_equal_transformers_within_float16(fp32_store, tiny_bert):
     assert any(len(c.split()) > 200 for c in captions), "captions past 128 tokens are in the test"
 
 
+@pytest.mark.slow
 def test_compiled_model_gives_the_same_features(sample, tiny_bert, fp32_store, tmp_path):
     """--compile (torch.compile, widths padded to steps of 16) stores what the plain model stores, within
     float16 rounding; the padding is masked, so [CLS] does not see it."""
