@@ -14,6 +14,7 @@ same local store while one runs.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -37,19 +38,23 @@ def predictions_run(store: Store) -> dict | None:
     return dict(store.group["predictions"].attrs)
 
 
+@contextlib.contextmanager
 def lock_predictions(store: Store):
-    """An exclusive lock on a local store's predictions, held until the returned descriptor is closed
-    (or the process ends); None for object stores."""
+    """An exclusive lock on a local store's predictions while the block runs (released however it ends,
+    and by the system if the process dies); nothing for object stores."""
     if not _local(store):
-        return None
+        yield
+        return
     fd = os.open(os.path.join(store.location, LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{store.url}: another `heads predict` is writing this store's predictions now; wait "
+                             f"for it to finish (nothing was written)") from None
+        yield
+    finally:
         os.close(fd)
-        raise StoreError(f"{store.url}: another `heads predict` is writing this store's predictions now; wait for "
-                         f"it to finish (nothing was written)") from None
-    return fd
 
 
 def begin_predictions(store: Store, run: str, modality: str, git_commit: str | None,

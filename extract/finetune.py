@@ -299,8 +299,10 @@ def _train_epoch(encoder, loader, optimizer, device, pre, prec: str, progress: P
 def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = False) -> dict:
     device = pick_device(cfg.device, slow_on_cpu=True)
     prec = pick_precision(cfg.precision, device)
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or not 0 < cfg.lr < 10:
+        raise UserError("--epochs and --batch-size must be >= 1 and --lr a number in (0, 10)")
+    if not 0 <= cfg.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     pre = default_preprocessing(cfg.image_size)
     store = open_store(url, "r")
     root = cfg.dataset or store.attrs.get("dataset_root") or ""

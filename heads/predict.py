@@ -128,47 +128,45 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
         outside_inputs(out, {"store": url})
     store = open_store(url, "r+")
     require_features(store, modality)
-    lock = lock_predictions(store)         # held to the end: a second predict on this store waits its turn
-    out = out or os.path.join(run, "predictions")
-    os.makedirs(out, exist_ok=True)
-    n, m = store.n_posts, store.n_influencers
-    run_abs = os.path.abspath(run)
-    arrays = begin_predictions(store, run_abs, modality, config.get("git_commit"), overwrite)
-    offsets = store.offsets()
-    stamp = os.stat(os.path.join(run_abs, "model.pt")).st_mtime_ns
-    infl_label = np.full(m, -1, np.int8)
-    infl_prob = np.full(m, np.nan, np.float32)
-    progress = Progress(m, "influencers", "predict", quiet=quiet)
-    t0 = time.perf_counter()
-    unusable = 0
-    paths = {name: os.path.join(out, f"{name}.csv") for name in ("influencers", "posts")}
-    tasks = ((run_abs, stamp, store.location, j0, offsets[j0:j1 + 1], batch_size, device)
-             for j0, j1, _ in influencer_groups(offsets, max(store.block, GROUP_ROWS)))
-    with atomic_write(paths["influencers"], newline="") as fi, atomic_write(paths["posts"], newline="") as fp:
-        wi, wp = csv.writer(fi), csv.writer(fp)
-        wi.writerow(INFLUENCER_HEADER)
-        wp.writerow(POST_HEADER)
-        for r in ordered_results(_predict_group, tasks, scheduler):
-            wi.writerows(csv_rows(r["infl_rows"]))
-            wp.writerows(csv_rows(r["post_rows"]))
-            for name in ("post_label", "post_prob", "attention"):
-                arrays[name][r["rows"]] = r[name]
-            k = len(r["infl_label"])
-            infl_label[r["j0"]:r["j0"] + k] = r["infl_label"]
-            infl_prob[r["j0"]:r["j0"] + k] = r["infl_prob"]
-            unusable += r["unusable"]
-            progress.update(k)
-        arrays["influencer_label"][:] = infl_label
-        arrays["influencer_prob"][:] = infl_prob
-        finish_predictions(store)          # the CSVs are renamed in as the block ends, after the arrays are whole
-    progress.close()
-    summary = {"influencers": m, "posts": n, "unusable_influencers": unusable, "out": out,
-               "seconds": time.perf_counter() - t0, "scheduler": describe(scheduler), "run": run_abs,
-               "store": store.url, "post_head_trained": config.get("post_head_trained", True),
-               "release_agreement": release_agreement(store, infl_label, config["influencer_categories"])}
-    write_json(os.path.join(out, "summary.json"), summary)
-    if lock is not None:
-        os.close(lock)
+    with lock_predictions(store):          # a second predict on this store is refused while this one runs
+        out = out or os.path.join(run, "predictions")
+        os.makedirs(out, exist_ok=True)
+        n, m = store.n_posts, store.n_influencers
+        run_abs = os.path.abspath(run)
+        arrays = begin_predictions(store, run_abs, modality, config.get("git_commit"), overwrite)
+        offsets = store.offsets()
+        stamp = os.stat(os.path.join(run_abs, "model.pt")).st_mtime_ns
+        infl_label = np.full(m, -1, np.int8)
+        infl_prob = np.full(m, np.nan, np.float32)
+        progress = Progress(m, "influencers", "predict", quiet=quiet)
+        t0 = time.perf_counter()
+        unusable = 0
+        paths = {name: os.path.join(out, f"{name}.csv") for name in ("influencers", "posts")}
+        tasks = ((run_abs, stamp, store.location, j0, offsets[j0:j1 + 1], batch_size, device)
+                 for j0, j1, _ in influencer_groups(offsets, max(store.block, GROUP_ROWS)))
+        with atomic_write(paths["influencers"], newline="") as fi, atomic_write(paths["posts"], newline="") as fp:
+            wi, wp = csv.writer(fi), csv.writer(fp)
+            wi.writerow(INFLUENCER_HEADER)
+            wp.writerow(POST_HEADER)
+            for r in ordered_results(_predict_group, tasks, scheduler):
+                wi.writerows(csv_rows(r["infl_rows"]))
+                wp.writerows(csv_rows(r["post_rows"]))
+                for name in ("post_label", "post_prob", "attention"):
+                    arrays[name][r["rows"]] = r[name]
+                k = len(r["infl_label"])
+                infl_label[r["j0"]:r["j0"] + k] = r["infl_label"]
+                infl_prob[r["j0"]:r["j0"] + k] = r["infl_prob"]
+                unusable += r["unusable"]
+                progress.update(k)
+            arrays["influencer_label"][:] = infl_label
+            arrays["influencer_prob"][:] = infl_prob
+            finish_predictions(store)          # the CSVs are renamed in as the block ends, after the arrays are whole
+        progress.close()
+        summary = {"influencers": m, "posts": n, "unusable_influencers": unusable, "out": out,
+                   "seconds": time.perf_counter() - t0, "scheduler": describe(scheduler), "run": run_abs,
+                   "store": store.url, "post_head_trained": config.get("post_head_trained", True),
+                   "release_agreement": release_agreement(store, infl_label, config["influencer_categories"])}
+        write_json(os.path.join(out, "summary.json"), summary)
     return summary
 
 

@@ -26,6 +26,11 @@ from runtime.errors import UserError
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+def _io_error(path: str, e: OSError) -> UserError:
+    why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return UserError(f"{path}: could not write ({why}); nothing was left under that name")
+
+
 def _temporary(path: str) -> str:
     """The temporary name beside `path`: fixed, so the next run replaces what a killed one left."""
     return f"{path}.partial"

@@ -124,12 +124,12 @@ def fp32_store(sample, tiny_bert, tmp_path_factory):
 @pytest.fixture(scope="session")
 def quick_encoder(store_path, tmp_path_factory):
     """An encoder for the extraction mechanics (not for learning): random Inception-v3, one epoch at
-    Inception's smallest input (75 px), through `extract finetune-images` itself."""
+    107 px, through `extract finetune-images` itself."""
     from typer.testing import CliRunner
     from extract.cli import app as extract_app
     path = str(tmp_path_factory.mktemp("quick-enc") / "encoder.pt")
     r = CliRunner().invoke(extract_app, ["finetune-images", store_path, "--out", path, "--weights", "random",
-                                         "--epochs", "1", "--image-size", "75", "--batch-size", "32", "--workers", "0",
+                                         "--epochs", "1", "--image-size", "107", "--batch-size", "32", "--workers", "0",
                                          "--device", "cpu"])
     assert r.exit_code == 0, r.output
     return path, None

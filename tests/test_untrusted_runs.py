@@ -257,3 +257,66 @@ def test_numbers_stay_numbers_in_csvs():
     assert [csv_cell(v) for v in ("-0.25", "-1", "1e-3", 3, -2.5)] == ["-0.25", "-1", "1e-3", 3, -2.5]
     assert [csv_cell(v) for v in ("-inf", "-nan", "- 1", "-1-1", "=1", "@a", "\t1")] == \
         ["'-inf", "'-nan", "'- 1", "'-1-1", "'=1", "'@a", "'\t1"]
+
+
+def test_a_failed_predict_keeps_the_previous_predictions_whole_and_a_second_one_waits(small_run, tmp_path,
+                                                                                       monkeypatch):
+    import heads.predict
+    from cache.outputs import lock_predictions
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(small_run["store"], store)
+    out = str(tmp_path / "p")
+    r = CliRunner().invoke(heads_app, ["predict", small_run["run"], store, "--out", out])
+    assert r.exit_code == 0, r.output
+    before = open_store(store)["predictions/influencer_label"][:]
+    csv_before = open(os.path.join(out, "influencers.csv"), "rb").read()
+
+    def full(rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(heads.predict, "csv_rows", full)
+    r = CliRunner().invoke(heads_app, ["predict", small_run["run"], store, "--out", out])
+    assert r.exit_code == 2 and "disk is full" in r.output.strip().splitlines()[-1], r.output
+    monkeypatch.undo()
+    s = open_store(store)
+    assert s.group["predictions"].attrs["complete"] and (s["predictions/influencer_label"][:] == before).all()
+    assert open(os.path.join(out, "influencers.csv"), "rb").read() == csv_before
+    with lock_predictions(open_store(store)):
+        r = CliRunner().invoke(heads_app, ["predict", small_run["run"], store, "--out", out])
+    assert r.exit_code == 2 and "another `heads predict`" in r.output, r.output
+    r = CliRunner().invoke(heads_app, ["predict", small_run["run"], store, "--out", out])
+    assert r.exit_code == 0, r.output
+
+
+BAD_OPTIONS = [["fit", "S", "--out", "O", "--lr", "nan"], ["fit", "S", "--out", "O", "--lr", "0"],
+               ["fit", "S", "--out", "O", "--aux-weight", "nan"], ["fit", "S", "--out", "O", "--patience", "-5"],
+               ["fit", "S", "--out", "O", "--attention-warmup", "-1"], ["eval", "RUN", "--posts", "abc"],
+               ["predict", "RUN", "S", "--batch-size", "0"], ["predict", "RUN", "S", "--batch-size", "-1"],
+               ["report", "RUN", "S", "--out", "R", "--cards", "-1"]]
+
+
+@pytest.mark.parametrize("args", BAD_OPTIONS, ids=[" ".join(a[3:] if a[0] == "fit" else a[-2:]) for a in BAD_OPTIONS])
+def test_bad_option_values_are_refused_by_the_command_line(small_run, tmp_path, args):
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(small_run["store"], store)
+    args = [{"S": store, "O": str(tmp_path / "o"), "RUN": small_run["run"], "R": str(tmp_path / "r")}.get(a, a)
+            for a in args]
+    r = CliRunner().invoke(heads_app, args)
+    assert r.exit_code == 2, r.output
+    _one_error_line(r.output, args[-2])
+    assert "predictions" not in open_store(store).group or args[0] != "predict"
+
+
+@pytest.mark.parametrize("args", [["finetune-images", "S", "--out", "E", "--dropout", "2"],
+                                  ["finetune-images", "S", "--out", "E", "--lr", "nan"],
+                                  ["text", "S", "--shard", "0/1", "--model", "random", "--batch-tokens", "0"],
+                                  ["index", "D", "S2", "--workers", "-1"],
+                                  ["sample-data", "D2", "--image-size", "0"]])
+def test_bad_extract_option_values_are_one_line(store_path, tmp_path, args):
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(store_path, store)
+    data = open_store(store).attrs["dataset_root"]
+    args = [{"S": store, "E": str(tmp_path / "e.pt"), "D": data, "S2": str(tmp_path / "new.zarr"),
+             "D2": str(tmp_path / "d")}.get(a, a) for a in args]
+    r = CliRunner().invoke(extract_app, args)
+    assert r.exit_code == 2, r.output
+    _one_error_line(r.output, args[-2])
