@@ -40,16 +40,17 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh $(DEMO)
 
 bench: $(STAMP)
-	for b in benchmarks/*.py; do case $$b in *heads_quality.py|*precision.py|*gpu.py|*_util.py|*__init__.py) continue;; esac; echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/*.py; do case $$b in *heads_quality.py|*precision.py|*gpu.py|*_util.py|*__init__.py) continue;; esac; \
+		m=$$(basename $$b .py); echo "== benchmarks.$$m"; $(BIN)/python -m benchmarks.$$m || exit 1; done
 
 # learning quality of `heads fit` on planted stores, several seeds and precisions (about an hour on 2 cores)
 bench-quality: $(STAMP)
-	$(BIN)/python benchmarks/heads_quality.py
+	$(BIN)/python -m benchmarks.heads_quality
 
 # what bf16 and the nvJPEG path's preprocessing do to image features, every row, and to the labels a
 # classifier gives (about 45 minutes on 2 cores: the bf16 jobs are emulated on a CPU without bf16)
 bench-precision: $(STAMP)
-	$(BIN)/python benchmarks/precision.py
+	$(BIN)/python -m benchmarks.precision
 
 # The prepared GPU check, for a GPU machine with no network (torch, torchvision, transformers, h5py,
 # scikit-learn, typer there; zarr, numcodecs and dask carried as wheels in .whl/, made here by
@@ -60,7 +61,7 @@ bench-gpu:
 	python3 -c "import zarr, numcodecs, dask" 2>/dev/null || { \
 		python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
 		&& echo "installed the carried wheels into /tmp/site"; }
-	PYTHONPATH=/tmp/site:$$PYTHONPATH PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py $(GPU_ARGS)
+	PYTHONPATH=/tmp/site:$$PYTHONPATH PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu $(GPU_ARGS)
 
 wheels:
 	mkdir -p .whl && $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

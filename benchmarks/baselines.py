@@ -1,6 +1,6 @@
 """Benchmark of the dask per-influencer mean and of a full `baselines run`.
 
-    python benchmarks/baselines.py [--posts-total 1000000] [--labelled 1600]
+    python -m benchmarks.baselines [--posts-total 1000000] [--labelled 1600]
 
 Aggregation: MB/s of features read and averaged per influencer on a planted store of
 ≥ 1 M posts (1792-d float16), with dask on 1 and 2 threads, against a plain numpy loop over
@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._util import in_subprocess  # noqa: E402
+from benchmarks._util import in_subprocess
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Benchmark of `cache export` / `cache import` (HDF5) against a plain read of the same store.
 
-    python benchmarks/exchange.py [--posts 1000000] [--keep]
+    python -m benchmarks.exchange [--posts 1000000] [--keep]
 
 Builds a planted store of POSTS posts (300 per influencer, features written), then, each in a
 fresh process so peak memory is its own:
@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._util import in_subprocess, scratch  # noqa: E402
+from benchmarks._util import in_subprocess, scratch
 
 
 def build(path: str, posts: int) -> float:

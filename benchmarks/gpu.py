@@ -1,6 +1,6 @@
 """The prepared GPU check (`make bench-gpu`): extraction on CUDA against plain loops, in one short run.
 
-    python benchmarks/gpu.py [--posts 20000] [--out DIR] [--dry-run]
+    python -m benchmarks.gpu [--posts 20000] [--out DIR] [--dry-run]
 
 On a GPU machine (offline; zarr, numcodecs and dask installed from the wheels in .whl/ by
 `make bench-gpu`), on a release-like sample built here (360 px photo-like JPEGs of about 15 KB,
@@ -36,7 +36,6 @@ import traceback
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 RELEASE_POSTS = 10_180_500
 FLOORS = {"text": 20_000, "images": 5_000}        # per second on one H100 (issue #17)

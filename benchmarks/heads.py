@@ -1,6 +1,6 @@
 """Benchmark of `heads fit` and `heads predict` on planted stores of the paper's labelled size.
 
-    python benchmarks/heads.py [--influencers 1600] [--posts 300] [--epochs 3] [--predict-factor 10]
+    python -m benchmarks.heads [--influencers 1600] [--posts 300] [--epochs 3] [--predict-factor 10]
 
 fit: a store of 1,600 influencers × 300 posts (1792-d float16, the paper's labelled set),
 seconds per epoch and peak memory. predict: influencers/s and peak memory on a store of
@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._util import in_subprocess  # noqa: E402
+from benchmarks._util import in_subprocess
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Does `heads fit` learn what the features hold? Planted stores of several difficulties, several seeds.
 
-    python benchmarks/heads_quality.py [--stores small,real,...] [--seeds 3] [--precisions fp32,bf16]
+    python -m benchmarks.heads_quality [--stores small,real,...] [--seeds 3] [--precisions fp32,bf16]
                                        [--poolings attention,mean] [--set KEY=VALUE ...] [--workers 2] [--device cpu]
                                        [--quick]
 
@@ -24,14 +24,12 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # name: (planted_store keyword arguments, what it stands for)
 STORES = {

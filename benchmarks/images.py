@@ -1,6 +1,6 @@
 """Benchmark of `extract images` against a plain loop, same encoder, same JPEGs, in one run.
 
-    python benchmarks/images.py [--influencers 16] [--posts 25] [--sizes 1080,320] [--device auto]
+    python -m benchmarks.images [--influencers 16] [--posts 25] [--sizes 1080,320] [--device auto]
                                 [--decoder pil] [--workers N]
 
 Plain loop (the reference): PIL full decode, torchvision Resize(342) + CenterCrop(299),
@@ -21,19 +21,18 @@ import tempfile
 import time
 import zlib
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from cache.labels import apply_labels  # noqa: E402
-from cache.store import open_store  # noqa: E402
-from extract.finetune import FinetuneConfig, finetune  # noqa: E402
-from extract.images import load_encoder  # noqa: E402
-from extract.imaging import decode  # noqa: E402
-from extract.index import run_index  # noqa: E402
-from extract.sample import make_sample  # noqa: E402
-from runtime.device import pick_device  # noqa: E402
+from cache.labels import apply_labels
+from cache.store import open_store
+from extract.finetune import FinetuneConfig, finetune
+from extract.images import load_encoder
+from extract.imaging import decode
+from extract.index import run_index
+from extract.sample import make_sample
+from runtime.device import pick_device
 
 
 def _soften(job: tuple[str, int | None]) -> int:

@@ -71,7 +71,7 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
         base = rows[0][2]["peak_rss_mib"]
         print(f"cache import of a {args.posts:,}-post export ({rows[0][1] / 1e6:,.0f} MB):")
-        print(f"| file | size | outcome | seconds | peak RSS MiB | vs normal |")
+        print("| file | size | outcome | seconds | peak RSS MiB | vs normal |")
         print("|---|---:|---|---:|---:|---:|")
         for how, size, r in rows:
             print(f"| {how} | {size / 1e6:,.1f} MB | {r['outcome']} | {r['seconds']:.2f} | {r['peak_rss_mib']:,.0f} | "

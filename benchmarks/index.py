@@ -1,6 +1,6 @@
 """Benchmark of `extract index`: posts/s per worker and peak memory, with a plain reference.
 
-    python benchmarks/index.py [--influencers 400] [--posts 50]
+    python -m benchmarks.index [--influencers 400] [--posts 50]
 
 Builds a sample dataset (tiny images: index never decodes them), then indexes it
 - with 1 and 2 worker processes, and a half-size dataset with 1 worker, each in a fresh
@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._util import in_subprocess  # noqa: E402
-from extract.sample import make_sample  # noqa: E402
+from benchmarks._util import in_subprocess
+from extract.sample import make_sample
 
 RELEASE_POSTS = 10_180_500
 

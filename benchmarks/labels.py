@@ -1,6 +1,6 @@
 """Benchmark of `cache labels --from-release` at the release's size: 33,935 influencers.
 
-    python benchmarks/labels.py [--influencers 33935] [--keep]
+    python -m benchmarks.labels [--influencers 33935] [--keep]
 
 Writes a release-format dataset with a synthetic influencers.txt of that many influencers
 (one post each: the draw reads influencers only), indexes it, then times, each in a fresh
@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._util import in_subprocess, scratch  # noqa: E402
+from benchmarks._util import in_subprocess, scratch
 
 RELEASE_INFLUENCERS = 33_935
 

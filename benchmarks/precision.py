@@ -1,6 +1,6 @@
 """What bf16 and the nvJPEG path's preprocessing do to image features, every row, on the CPU.
 
-    python benchmarks/precision.py --posts 1000          # ~45 min on 2 cores, most of it emulated bf16
+    python -m benchmarks.precision --posts 1000          # ~45 min on 2 cores, most of it emulated bf16
 
 On a GPU `extract images` runs under bf16 autocast by default (`--precision auto`). The GPU bench
 measured that on its first 256 posts only (min cosine 0.99519 to the CPU's fp32), and its nvJPEG job
@@ -25,12 +25,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 JOBS = (("pil", "fp32"), ("tv", "fp32"), ("pil", "bf16"), ("tv", "bf16"))
 PAIRS = ((("pil", "fp32"), ("tv", "fp32"), "preprocessing alone"),

@@ -1,6 +1,6 @@
 """Benchmark of `heads report`: time, peak memory and size on disk, against the release's shape.
 
-    python benchmarks/report.py [--influencers 3394] [--posts 300] [--cards 12]
+    python -m benchmarks.report [--influencers 3394] [--posts 300] [--cards 12]
 
 Builds a planted store of INFLUENCERS x POSTS posts (default a tenth of the release: 3,394 x 300 =
 1.02 M posts; tables only, no features: the report never reads features), fills its predictions/
@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._util import in_subprocess  # noqa: E402
+from benchmarks._util import in_subprocess
 
 RELEASE = 33_935
 

@@ -1,6 +1,6 @@
 """Full-scale drill: a store shaped like the release, and every whole-store stage on it.
 
-    python benchmarks/scale.py [--fractions 0.02,0.1] [--dir DIR] [--keep] [--no-drop-caches]
+    python -m benchmarks.scale [--fractions 0.02,0.1] [--dir DIR] [--keep] [--no-drop-caches]
 
 The release: 33,935 influencers × 300 posts = 10,180,500 posts, 1024-d image and 768-d text
 features in float16 (36 GB before compression), 2,742 labelled influencers (1,600 + the
@@ -29,13 +29,11 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._util import in_subprocess  # noqa: E402
+from benchmarks._util import in_subprocess
 
 RELEASE_INFLUENCERS, POSTS, LABELLED_INFLUENCERS, LABELLED_POSTS = 33_935, 300, 2_742, 10_000
 FULL_POSTS = RELEASE_INFLUENCERS * POSTS

@@ -1,6 +1,6 @@
 """Benchmark of `extract text` against a plain loop, same BERT-base-shaped model, same captions.
 
-    python benchmarks/text.py [--influencers 80] [--posts 30] [--device auto]
+    python -m benchmarks.text [--influencers 80] [--posts 30] [--device auto]
 
 Plain loop: every caption padded to 128 tokens, batches of 32 in caption order, fp32.
 `extract text`: the shard job itself (length-sorted token-budget batches, prefetching,
@@ -12,20 +12,18 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from cache.labels import apply_labels  # noqa: E402,F401
-from cache.store import open_store  # noqa: E402
-from extract.index import run_index  # noqa: E402
-from extract.sample import make_sample  # noqa: E402
-from extract.text import _random_encoder, load_text_encoder, run_text  # noqa: E402
-from runtime.device import pick_device  # noqa: E402
+from cache.labels import apply_labels  # noqa: F401
+from cache.store import open_store
+from extract.index import run_index
+from extract.sample import make_sample
+from extract.text import _random_encoder, load_text_encoder, run_text
+from runtime.device import pick_device
 
 
 def matmul_peak(dtype, device, n=2048, reps=10) -> float:

@@ -1,6 +1,6 @@
 """Benchmark: a shard job's writes overlapped with encoding (extract.jobs) against writing in the loop.
 
-    python benchmarks/writes.py [--blocks 6] [--block 16384] [--text-rate 43670] [--image-rate 7444]
+    python -m benchmarks.writes [--blocks 6] [--block 16384] [--text-rate 43670] [--image-rate 7444]
 
 A GPU encodes a block in a fraction of a second; every block is then committed to the store
 (features, statuses, done flag). Written in the job's loop, the GPU waits for every commit; in the
@@ -21,18 +21,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks._util import scratch  # noqa: E402
-from cache import schema  # noqa: E402
-from cache.blocks import parse_shard  # noqa: E402
-from cache.store import open_store  # noqa: E402
-from cache.synthetic import planted_store  # noqa: E402
-from extract.jobs import run_shard  # noqa: E402
+from benchmarks._util import scratch
+from cache import schema
+from cache.blocks import parse_shard
+from cache.store import open_store
+from cache.synthetic import planted_store
+from extract.jobs import run_shard
 
 
 class SimulatedEncoder:

@@ -15,6 +15,7 @@ in it came from a done block.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -246,6 +247,8 @@ def import_store(path: str, url: str, progress=None) -> dict:
             _copy(path, checked, group, progress)
         except BaseException as e:
             _remove_store(url)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreError(f"{url}: could not write (the disk is full); nothing was imported") from None
             if isinstance(e, (OSError, RuntimeError, ValueError, TypeError)) and not isinstance(e, StoreError):
                 why = str(e).splitlines()[0][:160] if str(e) else ""
                 raise StoreError(f"{path}: cannot be read ({type(e).__name__}: {why}); nothing was imported") from None

@@ -20,9 +20,14 @@ def _plt():
 
 
 def _save(fig, out: str, name: str) -> str:
+    """The figure as OUT/assets/NAME.png, whole or absent (a full disk leaves no half PNG)."""
+    from runtime.files import atomic_write
     rel = f"assets/{name}.png"
-    fig.savefig(os.path.join(out, rel), dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    try:
+        with atomic_write(os.path.join(out, rel), "wb") as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
     return rel
 
 

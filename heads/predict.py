@@ -31,7 +31,7 @@ from cache.readers import influencer_groups, post_features, require_features
 from cache.schema import SPLITS
 from cache.store import open_store
 from heads.infer import load_run, pad_batch
-from runtime.files import atomic_write, csv_rows, outside_inputs, write_json
+from runtime.files import atomic_files, csv_rows, outside_inputs, write_json
 from runtime.compute import describe, ordered_results
 from runtime.device import pick_device
 from runtime.errors import UserError
@@ -144,7 +144,7 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
         paths = {name: os.path.join(out, f"{name}.csv") for name in ("influencers", "posts")}
         tasks = ((run_abs, stamp, store.location, j0, offsets[j0:j1 + 1], batch_size, device)
                  for j0, j1, _ in influencer_groups(offsets, max(store.block, GROUP_ROWS)))
-        with atomic_write(paths["influencers"], newline="") as fi, atomic_write(paths["posts"], newline="") as fp:
+        with atomic_files([paths["influencers"], paths["posts"]], newline="") as (fi, fp):
             wi, wp = csv.writer(fi), csv.writer(fp)
             wi.writerow(INFLUENCER_HEADER)
             wp.writerow(POST_HEADER)
@@ -160,7 +160,8 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
                 progress.update(k)
             arrays["influencer_label"][:] = infl_label
             arrays["influencer_prob"][:] = infl_prob
-            finish_predictions(store)          # the CSVs are renamed in as the block ends, after the arrays are whole
+        # the CSVs were fsynced and renamed in together as the block ended; then the arrays are swapped in
+        finish_predictions(store)
         progress.close()
         summary = {"influencers": m, "posts": n, "unusable_influencers": unusable, "out": out,
                    "seconds": time.perf_counter() - t0, "scheduler": describe(scheduler), "run": run_abs,

@@ -100,6 +100,8 @@ def _figure(draw, *args):
     """A figure from a file's numbers, or None where they are not numbers (a tampered input draws nothing)."""
     try:
         return draw(*args)
+    except UserError:
+        raise                  # a full disk or a refused path is the user's to know, not a missing figure
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None
 

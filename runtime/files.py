@@ -59,6 +59,37 @@ def atomic_write(path: str, mode: str = "w", *, encoding: str | None = "utf-8",
 
 
 @contextlib.contextmanager
+def atomic_files(paths: list[str], mode: str = "w", *, encoding: str | None = "utf-8",
+                 newline: str | None = None) -> Iterator[list[IO]]:
+    """Several files that belong together (influencers.csv and posts.csv): all written and fsynced under
+    temporary names, then all renamed; if any write fails, none is renamed and the old ones stay."""
+    binary = "b" in mode
+    tmps = [_temporary(p) for p in paths]
+    files: list[IO] = []
+    try:
+        for t in tmps:
+            files.append(open(t, mode, **({} if binary else {"encoding": encoding, "newline": newline})))
+        yield files
+        for f in files:
+            f.flush()
+            os.fsync(f.fileno())
+        for f in files:
+            f.close()
+        for t, p in zip(tmps, paths):
+            os.replace(t, p)
+    except BaseException as e:
+        for f in files:
+            with contextlib.suppress(OSError):
+                f.close()
+        for t in tmps:
+            _remove(t)
+        if isinstance(e, OSError) and _about_writing(e, e.filename or tmps[0]):
+            where = next((p for t, p in zip(tmps, paths) if e.filename == t), paths[0])
+            raise _io_error(where, e) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     """A temporary path beside `path` for writers that take a name (h5py, torch.save to a name),
     renamed over `path` when the block ends cleanly and removed otherwise."""

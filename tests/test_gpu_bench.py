@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_gpu_bench_dry_run(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--dry-run", "--out",
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--dry-run", "--out",
                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
                          env=dict(os.environ, OUT=str(tmp_path)))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -121,7 +121,7 @@ def test_precision_study_dry_run(tmp_path):
     """benchmarks/precision.py (`make bench-precision`) at tiny sizes: the four jobs ran in the precisions
     and decoders they say (bf16 features differ from fp32 ones, the fp32 job against itself does not),
     every row compared, the classifier's labels counted."""
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "precision.py"), "--dry-run", "--json",
+    out = subprocess.run([sys.executable, "-m", "benchmarks.precision", "--dry-run", "--json",
                           str(tmp_path / "p.json")], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     r = json.load(open(tmp_path / "p.json"))

@@ -402,7 +402,7 @@ def test_quality_benchmark_quick_run_writes_its_table_and_json(tmp_path):
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "q.json"
-    r = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "heads_quality.py"), "--quick", "--seeds", "2",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.heads_quality", "--quick", "--seeds", "2",
                         "--precisions", "fp32", "--workers", "1", "--json", str(out)],
                        capture_output=True, text=True, cwd=root)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
