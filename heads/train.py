@@ -141,7 +141,7 @@ def fit(url: str, out: str, cfg: FitConfig, log=say, overwrite: bool = False) ->
     reference = logistic_reference(data, segments, cfg.seed)
     log(f"reference: logistic regression on mean features, validation accuracy {100 * reference['val_acc']:.2f}% "
         f"(C={reference['C']})")
-    model, best = _train_restarts(cfg, head, data, segments, device, use_bf16, run, log)
+    model, best = train_restarts(cfg, head, data, segments, device, use_bf16, log, record=run.append_history)
     run.save_model(model)
     metrics = _score(model, best["row"], data, reference, store, device, run, log)
     metrics["seconds"] = time.perf_counter() - t0
@@ -165,15 +165,17 @@ def _run_config(cfg: FitConfig, head: HeadConfig, store, device, use_bf16: bool,
                        for t, r in (store.attrs.get("labels") or {}).items() if isinstance(r, dict)}}
 
 
-def _train_restarts(cfg: FitConfig, head: HeadConfig, data: dict, segments: tuple, device, use_bf16: bool,
-                    run: RunWriter, log) -> tuple[InfluencerProfiler, dict]:
-    """Every (normalisation, restart) trained in turn; the best on the validation criterion is kept."""
+def train_restarts(cfg: FitConfig, head: HeadConfig, data: dict, segments: tuple, device, use_bf16: bool,
+                   log, record=lambda row: None) -> tuple[InfluencerProfiler, dict]:
+    """Every (normalisation, restart) trained in turn; the best on the validation criterion is kept.
+    `record` gets each validation round's row (heads fit: history.csv). Shared by `heads fit` and the
+    scikit-learn estimator (heads/estimator.py), so both train the same way."""
     norms = ("feature", "none") if cfg.normalize == "auto" else (cfg.normalize,)
     scalings = {n: input_scaling(data["train"]["bags"], segments, data["train"]["masks"]) for n in norms
                 if n != "none"}
 
     def on_round(row):
-        run.append_history(row)
+        record(row)
         log(f"restart {row['restart']} round {row['round']:3d} (epoch {row['epoch']}, step {row['step']}) "
             f"loss {row['loss']:.4f} (main {row['main']:.4f} aux {row['aux']:.4f}) val acc {row['val_acc']:.4f} "
             f"loss {row['val_loss']:.4f} post acc {row['val_post_acc']:.4f} {row['seconds']:.1f}s")

@@ -41,9 +41,9 @@ def test_the_python_example_runs(tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 0, out.stderr[-2000:]
-    acc, ref = (float(x) for x in out.stdout.splitlines()[0].split())
-    assert 0.5 < acc <= 1 and 0 <= ref <= 1, out.stdout
-    assert out.stdout.splitlines()[1].startswith("Influencer Profiler Text & Image")
+    first, second = out.stdout.splitlines()[:2]
+    assert first.startswith("test accuracy") and float(first.split()[-1]) >= 0.8, out.stdout
+    assert second.startswith("attention of the first test bag"), out.stdout
 
 
 @pytest.mark.slow
