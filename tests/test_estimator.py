@@ -40,8 +40,8 @@ def _planted_bags(seed=0, n=96, dim=12):
 
 def test_bags_of_varying_length_learn_and_the_weights_sum_to_one():
     bags, y = _planted_bags()
-    clf = InfluencerProfilerClassifier(max_steps=200, min_steps=50, attention_warmup=50, restarts=1,
-                                       normalize="feature", device="cpu", seed=1)
+    clf = InfluencerProfilerClassifier(max_steps=100, min_steps=30, attention_warmup=30, restarts=1,
+                                       normalize="feature", device="cpu", seed=1, hidden=64)
     assert clf.fit(bags[:64], y[:64]) is clf
     assert set(clf.classes_) == {"beauty", "food", "pet", "travel"} and clf.n_features_in_ == 12
     assert (clf.predict(bags[64:]) == y[64:]).mean() >= 0.8
