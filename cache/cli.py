@@ -1,4 +1,4 @@
-"""`cache`: labels, info, verify. Parses arguments and calls the library; nothing else."""
+"""`cache`: labels, info, verify, export, import. Parses arguments and calls the library; nothing else."""
 from __future__ import annotations
 
 import json

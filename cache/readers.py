@@ -1,4 +1,5 @@
-"""Reading features back: post matrices for training and prediction, dask arrays for whole-store work.
+"""Reading features back: post matrices for training and prediction, bags per influencer, groups of
+influencers for whole-store tasks (dask runs them: runtime.compute).
 
 A post's image or text half is zeroed where that modality's status is not ok (missing or
 unreadable input, or not extracted yet); such a post is still usable through the other

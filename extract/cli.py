@@ -1,4 +1,4 @@
-"""`extract`: sample data, index, and the feature extraction jobs. Parses and calls only."""
+"""`extract`: sample-data, index, text, finetune-images, images, plan. Parses and calls only."""
 from __future__ import annotations
 
 import typer

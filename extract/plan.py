@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cache.blocks import Shard, pending_blocks
 from cache.store import Store
 from runtime.errors import UserError
+from runtime.files import write_text
 
 STAGES = ("images", "text")
 # /dev/shm for the image decoding workers: 16 workers × 4 batches × 69 MB, with room to spare
@@ -68,57 +69,34 @@ exec {cmd} --shard "${{SLURM_ARRAY_TASK_ID}}/{s.shards}"{workers}
 
 
 def k8s_manifest(stage: str, url: str, s: PlanSettings) -> str:
+    """The Indexed Job as a dict, written by PyYAML's safe_dump (no YAML built from strings)."""
+    import yaml
     args = stage_args(stage, url, s)
     if stage == "images":
         args += ["--workers", str(s.cpus)]
     cmd = shlex.join(args) + f' --shard "${{JOB_COMPLETION_INDEX}}/{s.shards}"'
-    shm_mount = shm_volume = ""
+    mounts = [{"name": "data", "mountPath": "/data"}]
+    # edit: the claim that holds the store and the dataset
+    volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": "influencer-data"}}]
     if stage == "images":
         # the decoding workers hand batches (69 MB each on a GPU) over in /dev/shm; a pod's default is
         # 64 MB, so the job would stop at once (extract.images.prefetch_for); counted in the pod's memory
-        shm_mount = "\n            - name: shm\n              mountPath: /dev/shm"
-        shm_volume = f"\n        - name: shm\n          emptyDir:\n            medium: Memory\n            sizeLimit: {SHM_SIZE}"
-    return f"""# Kubernetes Indexed Job: `extract {stage}` in {s.shards} shards, one GPU per pod.
-# Apply: kubectl apply -f k8s_{stage}.yaml. Edit the image and the volume that holds the store and dataset.
-# Rerunnable as is: done blocks are skipped; a failed index is retried up to backoffLimitPerIndex times.
-apiVersion: batch/v1
-kind: Job
-metadata:
-  name: ip-{stage}
-spec:
-  completionMode: Indexed
-  completions: {s.shards}
-  parallelism: {s.shards}
-  backoffLimitPerIndex: 3
-  template:
-    spec:
-      restartPolicy: Never
-      containers:
-        - name: extract
-          image: {s.container}
-          command: ["/bin/sh", "-c"]
-          args:
-            - {_yaml_quote(cmd)}
-          env:
-            - name: HF_HUB_OFFLINE
-              value: "1"
-          resources:
-            limits:
-              nvidia.com/gpu: 1
-              cpu: "{s.cpus}"
-              memory: {s.memory.replace("G", "Gi")}
-          volumeMounts:
-            - name: data
-              mountPath: /data{shm_mount}
-      volumes:
-        - name: data
-          persistentVolumeClaim:
-            claimName: influencer-data   # edit: the claim that holds the store and the dataset{shm_volume}
-"""
-
-
-def _yaml_quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"ip-{stage}"},
+           "spec": {"completionMode": "Indexed", "completions": s.shards, "parallelism": s.shards,
+                    "backoffLimitPerIndex": 3,
+                    "template": {"spec": {"restartPolicy": "Never", "containers": [{
+                        "name": "extract", "image": s.container, "command": ["/bin/sh", "-c"], "args": [cmd],
+                        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+                        "resources": {"limits": {"nvidia.com/gpu": 1, "cpu": str(s.cpus),
+                                                 "memory": s.memory.replace("G", "Gi")}},
+                        "volumeMounts": mounts}], "volumes": volumes}}}}
+    head = (f"# Kubernetes Indexed Job: `extract {stage}` in {s.shards} shards, one GPU per pod.\n"
+            f"# Apply: kubectl apply -f k8s_{stage}.yaml. Edit the image and the volume (claim influencer-data)\n"
+            f"# that holds the store and dataset. Rerunnable as is: done blocks are skipped; a failed index is\n"
+            f"# retried up to backoffLimitPerIndex times.\n")
+    return head + yaml.safe_dump(job, sort_keys=False, default_flow_style=False)
 
 
 def write_plan(store: Store, url: str, out: str, s: PlanSettings) -> dict:
@@ -136,8 +114,7 @@ def write_plan(store: Store, url: str, out: str, s: PlanSettings) -> dict:
         for name, text in ((f"slurm_{stage}.sh", slurm_script(stage, url, s)),
                            (f"k8s_{stage}.yaml", k8s_manifest(stage, url, s))):
             path = os.path.join(out, name)
-            with open(path, "w") as f:
-                f.write(text)
+            write_text(path, text)
             if name.endswith(".sh"):
                 os.chmod(path, 0o755)
             written.append(path)

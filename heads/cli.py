@@ -1,4 +1,4 @@
-"""`heads`: fit, eval, predict, ablate. Parses arguments and calls the library; nothing else."""
+"""`heads`: fit, eval, predict, ablate, report. Parses arguments and calls the library; nothing else."""
 from __future__ import annotations
 
 import typer

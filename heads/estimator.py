@@ -24,7 +24,7 @@ from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from heads.infer import predict_bags
-from heads.model import HeadConfig, InfluencerProfiler
+from heads.model import HeadConfig
 from heads.train import FitConfig, train_restarts
 from runtime.device import pick_device, pick_precision
 

@@ -52,7 +52,7 @@ class InfluencerProfiler(nn.Module):
         self.infl_out = nn.Linear(cfg.hidden, cfg.n_influencer)             # F_I
         self.post_hidden = nn.Linear(cfg.hidden, cfg.hidden)                # F_s
         self.post_out = nn.Linear(cfg.hidden, cfg.n_post)                   # F_P
-        # Optional per-feature standardisation (`heads fit --standardize`), fitted on the training
+        # Optional per-feature standardisation (`heads fit --normalize feature`, chosen by `auto`), fitted on the training
         # posts. Identity by default (the paper's model). It helps where cached features sit in a
         # narrow band around a large common offset, as an untrained encoder's do.
         self.register_buffer("in_mean", torch.zeros(cfg.in_dim))

@@ -227,3 +227,19 @@ def test_a_killed_import_says_the_import_did_not_finish(export, tmp_path, monkey
     g.attrs.update(schema_version=1, complete=False, importing="/x/in.h5", block=64)
     r = CliRunner().invoke(cache_app, ["info", out])
     assert r.exit_code == 2 and "the import of /x/in.h5 did not finish" in r.output, r.output
+
+
+@pytest.mark.parametrize("chunks", [[0], [-1], [1.5], "x", None])
+def test_zero_negative_or_broken_chunks_are_refused(export, tmp_path, chunks):
+    path = _copy(export, tmp_path)
+    with h5py.File(path, "r+") as f:
+        _layout(f, "posts/likes", chunks=chunks)
+    _refused(path, tmp_path, "chunks")
+
+
+def test_export_into_its_own_store_is_refused(export, tmp_path):
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(export["store"], store)
+    r = CliRunner().invoke(cache_app, ["export", store, store])
+    assert r.exit_code == 2 and "inside the store" in r.output.strip().splitlines()[-1], r.output
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]

@@ -320,3 +320,10 @@ def test_bad_extract_option_values_are_one_line(store_path, tmp_path, args):
     r = CliRunner().invoke(extract_app, args)
     assert r.exit_code == 2, r.output
     _one_error_line(r.output, args[-2])
+
+
+def test_baselines_refuse_an_output_inside_the_store(small_run):
+    from baselines.cli import app as baselines_app
+    r = CliRunner().invoke(baselines_app, ["run", small_run["store"], "--out", os.path.join(small_run["store"], "b")])
+    assert r.exit_code == 2, r.output
+    _one_error_line(r.output, "inside the store")
