@@ -18,10 +18,13 @@ def main():
 
 @app.command()
 @clean_errors
-def fit(store: str = typer.Argument(..., help="store path or URL"),
+def fit(ctx: typer.Context,
+        store: str = typer.Argument(..., help="store path or URL"),
         out: str = typer.Option(..., help="run folder to write (whole or absent: built in OUT.partial, swapped in at "
                                 "the end)"),
         overwrite: bool = typer.Option(False, help="replace the finished run already in --out"),
+        config: str = typer.Option(None, help="replay a run: every option of RUN/config.json (options given here "
+                                   "override it)"),
         modality: Modality = typer.Option("both", help="which features the head reads"),
         pooling: Pooling = typer.Option("attention", help="mean is the no-attention ablation"),
         attention: Attention = typer.Option("paper", help="paper (⟨tanh(F_a v), r_c⟩), or gated (Ilse et al. 2018; "
@@ -44,12 +47,12 @@ def fit(store: str = typer.Argument(..., help="store path or URL"),
         precision: HeadPrecision = typer.Option("fp32", help="fp32 (the default: bf16 is not yet shown to keep accuracy on "
                                       "every store), bf16, or auto (bf16 autocast where the hardware has it)")):
     """Train on the train split, select on validation, score on test; write the run folder."""
-    from heads.train import FitConfig, fit as run_fit
-    m = run_fit(store, out, FitConfig(modality=modality.value, pooling=pooling.value, attention=attention.value, aux_weight=aux_weight,
-                                      epochs=epochs, max_steps=max_steps, patience=patience, batch_size=batch_size,
-                                      lr=lr, attention_warmup=attention_warmup, seed=seed, device=device,
-                                      normalize="feature" if standardize else normalize.value, restarts=restarts,
-                                      precision=precision.value), log=say, overwrite=overwrite)
+    from heads.train import fit as run_fit
+    given = dict(modality=modality.value, pooling=pooling.value, attention=attention.value, aux_weight=aux_weight,
+                 epochs=epochs, max_steps=max_steps, patience=patience, batch_size=batch_size, lr=lr,
+                 attention_warmup=attention_warmup, seed=seed, device=device,
+                 normalize="feature" if standardize else normalize.value, restarts=restarts, precision=precision.value)
+    m = run_fit(store, out, _fit_config(ctx, given, config), log=say, overwrite=overwrite)
     ref = m["reference"]
     say(f"test: influencer accuracy {100 * m['influencer']['accuracy']:.2f}% (macro F1 "
         f"{m['influencer']['macro_f1']:.3f}, n={m['influencer']['n']}); post accuracy "
@@ -57,6 +60,26 @@ def fit(store: str = typer.Argument(..., help="store path or URL"),
         f"{100 * ref['influencer']['accuracy']:.2f}%; report in {out}/report.md")
     if "warning" in m:
         say("warning: " + m["warning"])
+
+
+def _fit_config(ctx: typer.Context, given: dict, config: str | None):
+    """FitConfig from the options; with --config, every option of that run's config.json (validated by the
+    run-folder reader) except those given on this command line (timm's args.yaml habit)."""
+    import os
+
+    from cache.runs import RunFolder
+    from heads.train import FitConfig
+    if not config:
+        return FitConfig(**given)
+    folder = os.path.dirname(config) if os.path.basename(config) == "config.json" else config
+    replayed = RunFolder.open(folder, finished=False).fit
+    options = {k: v for k, v in replayed.items() if k in FitConfig.__dataclass_fields__}
+    for name, value in given.items():
+        source = ctx.get_parameter_source("standardize" if name == "normalize" and given[name] == "feature"
+                                          and ctx.params.get("standardize") else name)
+        if getattr(source, "name", None) == "COMMANDLINE" or name not in options:   # typer vendors click
+            options[name] = value
+    return FitConfig(**options)
 
 
 @app.command("eval")

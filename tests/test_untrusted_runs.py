@@ -327,3 +327,19 @@ def test_baselines_refuse_an_output_inside_the_store(small_run):
     r = CliRunner().invoke(baselines_app, ["run", small_run["store"], "--out", os.path.join(small_run["store"], "b")])
     assert r.exit_code == 2, r.output
     _one_error_line(r.output, "inside the store")
+
+
+def test_fit_config_replays_a_run_and_options_given_override_it(small_run, tmp_path):
+    src = json.load(open(os.path.join(small_run["run"], "config.json")))["fit"]
+    r = CliRunner().invoke(heads_app, ["fit", small_run["store"], "--out", str(tmp_path / "again"), "--config",
+                                       os.path.join(small_run["run"], "config.json")])
+    assert r.exit_code == 0, r.output
+    again = json.load(open(tmp_path / "again" / "config.json"))["fit"]
+    assert again == src
+    assert json.load(open(tmp_path / "again" / "metrics.json"))["influencer"] == \
+        json.load(open(os.path.join(small_run["run"], "metrics.json")))["influencer"], "the same run again"
+    r = CliRunner().invoke(heads_app, ["fit", small_run["store"], "--out", str(tmp_path / "other"), "--config",
+                                       small_run["run"], "--seed", "7"])
+    assert r.exit_code == 0, r.output
+    other = json.load(open(tmp_path / "other" / "config.json"))["fit"]
+    assert other == dict(src, seed=7)
