@@ -52,7 +52,7 @@ def text(store: str = typer.Argument(..., help="store path or URL"),
          max_length: int = typer.Option(128, help="tokens per caption, [CLS] and [SEP] included"),
          batch_tokens: int = typer.Option(None, help="token budget per batch (default 4096 CPU, 65536 GPU)"),
          device: str = typer.Option("auto", help="auto, cpu or cuda"),
-         precision: Precision = typer.Option("auto", help="auto: bf16 on GPUs and bf16-capable CPUs"),
+         precision: Precision = typer.Option("auto", help="auto: bf16 on GPUs and on CPUs with native bf16"),
          compile: bool = typer.Option(False, "--compile", help="torch.compile the model (off by default until "
                                       "shown to pay on a GPU; README)"),
          workers: int = typer.Option(None, help="processes that read and tokenise blocks ahead (0: one thread; "
@@ -106,7 +106,7 @@ def images(store: str = typer.Argument(..., help="store path or URL"),
            workers: int = typer.Option(None, help="decoding processes (default: cores, at most 16; 0 decodes "
                                                   "in this process)"),
            device: str = typer.Option("auto", help="auto, cpu or cuda"),
-           precision: Precision = typer.Option("auto", help="auto: bf16 on GPUs and bf16-capable CPUs"),
+           precision: Precision = typer.Option("auto", help="auto: bf16 on GPUs, fp32 on CPUs"),
            decoder: Decoder = typer.Option("pil", help="pil (JPEG draft mode in the workers) or nvjpeg "
                                                    "(torchvision.io.decode_jpeg on the device)"),
            exact: bool = typer.Option(False, help="full decode and torchvision's resize, fp32: reference output"),

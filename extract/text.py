@@ -166,7 +166,7 @@ def _store_captions(store: Store, limit: int):
 def load_text_encoder(name: str, store: Store | None = None, *, device: str = "auto", precision: str = "auto",
                       max_length: int = 128, batch_tokens: int | None = None, compile: bool = False) -> TextEncoder:
     dev = pick_device(device, slow_on_cpu=True)
-    prec = pick_precision(precision, dev)
+    prec = pick_precision(precision, dev, bf16_on_cpu=True)
     if max_length < 2 or max_length > 512:
         raise UserError("--max-length must be between 2 and 512")
     if name == "random":

@@ -56,7 +56,7 @@ class FitConfig:
                                   # kept (two never lost to one on the benchmark stores and won on two: README)
     # fp32 by default: bf16 is a speed trick, and a default only once shown to keep accuracy on every
     # store (benchmarks/heads_quality.py --precisions fp32,bf16); the head is small, so fp32 costs little.
-    # "auto": bf16 autocast on GPUs and bf16-capable CPUs.
+    # "auto": bf16 autocast on GPUs, fp32 on CPUs.
     precision: str = "fp32"
     seed: int = 0
     device: str = "auto"

@@ -8,7 +8,7 @@ from enum import Enum
 
 
 class Precision(str, Enum):
-    """Extraction: auto is bf16 on GPUs and bf16-capable CPUs; fp16 is for GPUs."""
+    """Extraction: auto is bf16 on GPUs; on CPUs fp32, bf16 for text where the CPU has it (runtime.device.pick_precision: why)."""
     auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
