@@ -31,13 +31,15 @@ MAX_PARAMETERS = 1 << 28     # 1 GiB of fp32 weights: far above any head, far be
 MAX_JSON = 64 << 20          # bytes of config.json / metrics.json read at most
 
 
-def _json(path: str, required: bool = True) -> dict | None:
+def read_json_object(path: str, required: bool = True) -> dict | None:
+    """A JSON object from a file someone else may have written: bounded in size, one line naming the file
+    for anything else (missing when required, too large, not JSON, too deep, not an object)."""
     if not os.path.isfile(path):
         if required:
             raise UserError(f"{path}: missing; not a `heads fit` run folder")
         return None
     if os.path.getsize(path) > MAX_JSON:
-        raise UserError(f"{path}: {os.path.getsize(path):,} bytes, too large for a run's JSON")
+        raise UserError(f"{path}: {os.path.getsize(path):,} bytes, too large for the JSON a run or a command writes")
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
@@ -109,7 +111,7 @@ class RunFolder:
         if not os.path.isdir(path):
             raise UserError(f"{path}: no such run folder (a `heads fit --out` folder)")
         cpath = os.path.join(path, "config.json")
-        config = _json(cpath)
+        config = read_json_object(cpath)
         fit = config.get("fit")
         if not isinstance(fit, dict):
             raise UserError(f"{cpath}: fit must be an object of the run's options")
@@ -195,7 +197,7 @@ class RunFolder:
 
 
 def _check_metrics(path: str) -> dict:
-    metrics = _json(path)
+    metrics = read_json_object(path)
     for task in ("influencer", "post"):
         m = metrics.get(task)
         if not isinstance(m, dict) or not isinstance(m.get("n", 0), int):

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 
 from cache import schema
-from cache.runs import RunFolder
+from cache.runs import RunFolder, read_json_object
 from cache.store import open_store
 from heads.cards import influencer_cards, post_examples, thumbnail
 from heads.explorer import TIERS, explorer_rows, influencer_columns, store_predictions
@@ -47,7 +47,6 @@ from runtime.reporting import MODEL_NAME
 
 POST_EXAMPLES = 6
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
-MAX_INPUT_JSON = 64 << 20
 
 # The paper's published accuracies (its Tables 1 and 2, Figure 5b) on its own data: a reference column.
 PAPER_TABLE1 = {("Tag", None): 71.10, ("Text&Social", None): 81.35, ("User", None): 84.06, ("Image", None): 90.02,
@@ -82,18 +81,7 @@ def _count(x) -> str:
 
 def _read_json(path: str | None) -> dict | None:
     """An input file from another command (summary.json, results.json, ablation.json): an object, or None."""
-    if not path or not os.path.isfile(path):
-        return None
-    try:
-        if os.path.getsize(path) > MAX_INPUT_JSON:
-            raise ValueError("too large")
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (ValueError, RecursionError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a readable JSON file ({str(e)[:100]})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return obj
+    return read_json_object(path, required=False) if path else None
 
 
 def _figure(draw, *args):

@@ -40,22 +40,8 @@ def _temporary(path: str) -> str:
 def atomic_write(path: str, mode: str = "w", *, encoding: str | None = "utf-8",
                  newline: str | None = None) -> Iterator[IO]:
     """Write `path` whole or not at all: a temporary file beside it, renamed over it at the end."""
-    binary = "b" in mode
-    tmp = _temporary(path)
-    try:
-        with open(tmp, mode, **({} if binary else {"encoding": encoding, "newline": newline})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove(tmp)
-        if _about_writing(e, tmp):
-            raise _io_error(path, e) from None
-        raise
-    except BaseException:
-        _remove(tmp)
-        raise
+    with atomic_files([path], mode, encoding=encoding, newline=newline) as (f,):
+        yield f
 
 
 @contextlib.contextmanager
