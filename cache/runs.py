@@ -166,9 +166,10 @@ class RunFolder:
     def input_name(self) -> str:
         return INPUT_NAMES[self.modality]
 
-    def state_dict(self, expected: dict, device: str = "cpu") -> dict:
+    def state_dict(self, expected: dict, device: str = "cpu", optional: dict | None = None) -> dict:
         """model.pt's tensors, read with `weights_only=True`, each checked against `expected` (name ->
-        shape, from the config) before it is returned."""
+        shape, from the config) before it is returned. `optional`: name -> the tensor that stands in
+        where model.pt lacks it (buffers added after older runs were written)."""
         import pickle
 
         import torch
@@ -183,6 +184,9 @@ class RunFolder:
         state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
         if not isinstance(state, dict):
             raise UserError(f"{path}: no state_dict of tensors")
+        for k, v in (optional or {}).items():
+            if k in expected and k not in state:
+                state[k] = v.to(device)
         if set(state) != set(expected):
             missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
             raise UserError(f"{path}: weights do not match config.json (missing {missing[:3]}, unexpected {extra[:3]})")

@@ -23,6 +23,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
+from heads.calibrate import calibrate
 from heads.infer import predict_bags
 from heads.model import HeadConfig
 from heads.train import FitConfig, train_restarts
@@ -103,10 +104,12 @@ class InfluencerProfilerClassifier(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = dim
         if val_X is None:
             train_idx, val_idx = self._split(codes)
+            held_out = train_idx is not val_idx      # _split validates on the training bags when too few
             val = ([bags[i] for i in val_idx], [bag_masks[i] for i in val_idx], codes[val_idx])
             bags, bag_masks, codes = [bags[i] for i in train_idx], [bag_masks[i] for i in train_idx], codes[train_idx]
         else:
             vb, vm = _bags(val_X, val_masks)
+            held_out = True
             val = (vb, vm, self.label_encoder_.transform(np.asarray(val_y)))
         posts, self.post_classes_ = self._posts(post_features, post_labels, dim,
                                                 None if post_classes is None else np.asarray(post_classes))
@@ -127,6 +130,9 @@ class InfluencerProfilerClassifier(ClassifierMixin, BaseEstimator):
         device = pick_device(self.device)
         use_bf16 = pick_precision(self.precision, device) == "bf16"
         self.model_, best = train_restarts(cfg, head, data, seg, device, use_bf16, log=lambda *a: None)
+        # probabilities calibrated on the held-out bags (temperature scaling), as `heads fit` does; not
+        # where too few bags left nothing to hold out and validation is the training set
+        self.calibration_ = calibrate(self.model_, data, device) if held_out else None
         self.best_ = {k: best["row"][k] for k in ("restart", "step", "epoch", "val_acc", "normalize")}
         self.device_ = device
         return self

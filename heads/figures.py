@@ -119,3 +119,40 @@ def fig5b(ablation: list | dict | None, out: str) -> tuple[str | None, list]:
     ax.set(ylabel="test accuracy", ylim=(0, 1.02), title="Figure 5b: modalities, attention, fine-tuning")
     ax.legend(fontsize=7)
     return _save(fig, out, "fig5b"), rows
+
+
+def _bins(rows) -> list[tuple[float, float, int]]:
+    """(confidence, accuracy, n) of a reliability record from metrics.json (a file from someone else:
+    anything that is not numbers in [0, 1] and a count is left out)."""
+    out = []
+    for r in rows if isinstance(rows, list) else []:
+        if not isinstance(r, dict):
+            continue
+        c, a, n = r.get("confidence"), r.get("accuracy"), r.get("n")
+        if (all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in (c, a))
+                and isinstance(n, int) and not isinstance(n, bool) and n > 0):
+            out.append((float(c), float(a), n))
+    return out[:1000]
+
+
+def reliability_figure(calibration, out: str) -> str | None:
+    """Reliability diagram of the test influencers before and after temperature scaling (metrics.json's
+    calibration record): accuracy against confidence per bin, the diagonal being perfect calibration."""
+    c = calibration.get("influencer") if isinstance(calibration, dict) else None
+    if not isinstance(c, dict):
+        return None
+    before, after = _bins(c.get("reliability_before")), _bins(c.get("reliability_after"))
+    if not before and not after:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 3.4))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, label="perfect calibration")
+    t = c.get("temperature")
+    t = f"{t:.2f}" if isinstance(t, (int, float)) and not isinstance(t, bool) else "?"
+    for bins, style, label in ((before, "s--", "before scaling"), (after, "o-", f"after (T = {t})")):
+        if bins:
+            ax.plot([b[0] for b in bins], [b[1] for b in bins], style, ms=4, label=label)
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1.02),
+           title="Reliability, test influencers")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "reliability")

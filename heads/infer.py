@@ -6,6 +6,7 @@ import torch
 
 from cache.runs import RunFolder
 from heads.model import HeadConfig, InfluencerProfiler
+from runtime.errors import UserError
 
 
 def pad_batch(bags, masks, idx, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +63,9 @@ def load_run(run: str | RunFolder, device: str = "cpu") -> tuple[InfluencerProfi
     cfg = HeadConfig(**{k: folder.head[k] for k in HeadConfig.__dataclass_fields__ if k in folder.head})
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in InfluencerProfiler(cfg).state_dict().items()}
-    state = folder.state_dict(expected, device)
+    state = folder.state_dict(expected, device, optional={"temperature": torch.ones(2)})
+    if not bool((state["temperature"] > 0).all()):
+        raise UserError(f"{folder.file('model.pt')}: temperature must be positive, got {state['temperature'].tolist()}")
     model = InfluencerProfiler(cfg).to(device)
     model.load_state_dict(state)
     model.eval()

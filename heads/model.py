@@ -57,6 +57,10 @@ class InfluencerProfiler(nn.Module):
         # narrow band around a large common offset, as an untrained encoder's do.
         self.register_buffer("in_mean", torch.zeros(cfg.in_dim))
         self.register_buffer("in_std", torch.ones(cfg.in_dim))
+        # Temperature scaling (Guo et al. 2017; heads/calibrate.py), [influencer, post]: the logits are
+        # divided by it, so probabilities mean what they say; argmax, hence every label, is unchanged.
+        # 1 while training; fitted on validation after the state is chosen. Runs written before it: 1.
+        self.register_buffer("temperature", torch.ones(2))
 
     def attention_parameters(self) -> list[nn.Parameter]:
         """The parameters that decide the post weights (F_a, the gate, r_c)."""
@@ -88,7 +92,7 @@ class InfluencerProfiler(nn.Module):
         return F.relu(self.fuse(self.normalise(x, present)))
 
     def post_logits(self, v: torch.Tensor) -> torch.Tensor:
-        return self.post_out(self.drop(F.relu(self.post_hidden(self.drop(v)))))
+        return self.post_out(self.drop(F.relu(self.post_hidden(self.drop(v))))) / self.temperature[1]
 
     def pool(self, v: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights (B, P) summing to one over each bag's real posts, zero on padding; h (B, hidden).
@@ -117,7 +121,7 @@ class InfluencerProfiler(nn.Module):
             mask = present.any(dim=-1)
         v = self.encode_posts(x, present)
         weights, h = self.pool(self.drop(v), mask)
-        logits = self.infl_out(self.drop(F.relu(self.infl_hidden(h))))
+        logits = self.infl_out(self.drop(F.relu(self.infl_hidden(h)))) / self.temperature[0]
         out = {"logits": logits, "weights": weights}
         if posts:
             out["post_logits"] = self.post_logits(v)

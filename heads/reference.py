@@ -27,7 +27,10 @@ def logistic_reference(data: dict, segments: tuple, seed: int = 0) -> dict:
     search.fit(np.concatenate([x["train"], x["val"]]), np.concatenate([y["train"], y["val"]]))
     best = pipe.set_params(**search.best_params_).fit(x["train"], y["train"])   # refit on train only
     test_pred = best.predict(x["test"]) if len(y["test"]) else np.zeros(0, np.int64)
+    val_probs = np.zeros((len(y["val"]), int(max(y["train"].max(), y["val"].max())) + 1))
+    val_probs[:, best.classes_] = best.predict_proba(x["val"])     # classes absent from train: probability 0
     return {"model": "LogisticRegression on mean features", "C": search.best_params_["lr__C"],
             "val_acc": float(search.best_score_),
+            "val_log_loss": float(-np.log(np.maximum(val_probs[np.arange(len(y["val"])), y["val"]], 1e-12)).mean()),
             "test_acc": float((test_pred == y["test"]).mean()) if len(y["test"]) else float("nan"),
             "test_pred": test_pred}

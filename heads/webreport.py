@@ -39,7 +39,7 @@ from cache.runs import RunFolder, read_json_object
 from cache.store import open_store
 from heads.cards import influencer_cards, post_examples, thumbnail
 from heads.explorer import TIERS, explorer_rows, influencer_columns, store_predictions
-from heads.figures import INPUTS, confusion_figure, curves_figure, fig5a, fig5b
+from heads.figures import INPUTS, confusion_figure, curves_figure, fig5a, fig5b, reliability_figure
 from runtime.console import say
 from runtime.errors import UserError
 from runtime.files import inside, outside_inputs, write_text
@@ -188,6 +188,13 @@ def _run_section(c: _Ctx) -> dict:
                                    f"{metrics.get('best_restart', 0)}, normalisation {metrics.get('normalize', '?')}); "
                                    f"validation accuracy {_pct(metrics.get('val_acc'))}, posts "
                                    f"{_pct(metrics.get('val_post_acc'))}")])]
+    cal = _dict(_dict(metrics.get("calibration")).get("influencer"))
+    if cal:
+        test = _dict(cal.get("test"))
+        kv.append(("calibration", [text(f"temperature {_fixed(cal.get('temperature'))} fitted on validation; test "
+                                        f"influencers ECE {_fixed(test.get('ece_before'))} → "
+                                        f"{_fixed(test.get('ece_after'))}, Brier {_fixed(test.get('brier_before'))} → "
+                                        f"{_fixed(test.get('brier_after'))} (probabilities shown are calibrated)")]))
     return {"warning": metrics.get("warning"), "note": metrics.get("note"), "kv": kv, "encoders": encoders,
             "curves": _figure(curves_figure, c.run.path, c.out)}
 
@@ -222,8 +229,9 @@ def _figures_section(c: _Ctx, ablate: str | None) -> dict:
     f5a = _figure(fig5a, c.run.path, out)
     f5b = _figure(fig5b, _read_json(os.path.join(ablate, "ablation.json")) if ablate else None, out)
     f5b = f5b[0] if f5b else None
+    rel = _figure(reliability_figure, metrics.get("calibration"), out)
     images = [(src, alt) for src, alt in ((f5a, "Figure 5a"), (f5b, "Figure 5b"), (cm_i, "confusion matrix, influencers"),
-                                          (cm_p, "confusion matrix, posts")) if src]
+                                          (cm_p, "confusion matrix, posts"), (rel, "reliability diagram")) if src]
     missing = []
     if not f5a:
         missing.append("Figure 5a: run `heads eval RUN`")

@@ -1,0 +1,119 @@
+"""Calibrated probabilities: temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural
+Networks"), expected calibration error and Brier score.
+
+One scalar T per head divides the logits (heads/model.py's `temperature` buffer), fitted after the
+state is chosen by minimising the validation log-loss; argmax is unchanged, so every label and
+accuracy stays what it was and only the probabilities move. ECE uses 15 equal-width confidence
+bins, as Guo et al. do. A temperature that would make the validation ECE worse is not kept (T = 1),
+so scaling never makes the split it was fitted on less calibrated.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+BINS = 15
+T_RANGE = (0.05, 20.0)
+
+
+def scaled(probs: np.ndarray, t: float) -> np.ndarray:
+    """softmax(z / t) from p = softmax(z): log p is z up to a per-row constant, which softmax drops."""
+    z = np.log(np.maximum(probs.astype(np.float64), 1e-300)) / t
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-300)).mean())
+
+
+def ece(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> float:
+    """Expected calibration error: Σ_b |B_b|/n · |accuracy(B_b) − confidence(B_b)| over equal-width bins."""
+    if not len(y):
+        return float("nan")
+    conf, right = probs.max(1), probs.argmax(1) == y
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        here = which == b
+        if here.any():
+            total += here.sum() * abs(right[here].mean() - conf[here].mean())
+    return float(total / len(y))
+
+
+def brier(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean over rows of Σ_k (p_k − [k = y])², the multi-class Brier score (0 best, 2 worst)."""
+    if not len(y):
+        return float("nan")
+    onehot = np.zeros_like(probs, dtype=np.float64)
+    onehot[np.arange(len(y)), y] = 1
+    return float(((probs - onehot) ** 2).sum(1).mean())
+
+
+def reliability(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict]:
+    """Per non-empty bin: its range, mean confidence, accuracy and size (the reliability diagram)."""
+    if not len(y):
+        return []
+    conf, right = probs.max(1), probs.argmax(1) == y
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    return [{"low": b / bins, "high": (b + 1) / bins, "confidence": float(conf[which == b].mean()),
+             "accuracy": float(right[which == b].mean()), "n": int((which == b).sum())}
+            for b in range(bins) if (which == b).any()]
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """The T in T_RANGE minimising the log-loss of softmax(z / T) on (probs, y); 1 where it would make
+    the ECE on the same rows worse, or with fewer than two rows."""
+    if len(y) < 2:
+        return 1.0
+    lo, hi = np.log(T_RANGE[0]), np.log(T_RANGE[1])
+    got = minimize_scalar(lambda s: nll(scaled(probs, float(np.exp(s))), y), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-4})
+    t = float(np.exp(got.x))
+    if nll(scaled(probs, t), y) > nll(probs, y) or ece(scaled(probs, t), y) > ece(probs, y):
+        return 1.0
+    return t
+
+
+def summary(t: float, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> dict:
+    """metrics.json's record for one head: T, and ECE / Brier / log-loss before and after, per split,
+    with the test split's reliability bins before and after."""
+    out = {"temperature": t, "bins": BINS}
+    for name, (p, y) in (("val", val), ("test", test)):
+        after = scaled(p, t)
+        out[name] = {"n": int(len(y)),
+                     "ece_before": ece(p, y), "ece_after": ece(after, y),
+                     "brier_before": brier(p, y), "brier_after": brier(after, y),
+                     "log_loss_before": nll(p, y) if len(y) else float("nan"),
+                     "log_loss_after": nll(after, y) if len(y) else float("nan")}
+    p, y = test
+    out["reliability_before"], out["reliability_after"] = reliability(p, y), reliability(scaled(p, t), y)
+    return out
+
+
+def calibrate(model, data: dict, device) -> dict:
+    """Fit both heads' temperatures on the validation split, set them in `model`, and return
+    metrics.json's "calibration" record (the test split scored where `data` has one). The post head's
+    temperature stays 1 without labelled validation posts."""
+    import torch
+    from heads.infer import predict_bags, predict_posts
+    model.temperature.fill_(1.0)
+    empty = (np.zeros((0, model.cfg.n_influencer)), np.zeros(0, np.int64))
+    out = {}
+    infl = {}
+    for split in ("val", "test"):
+        d = data.get(split)
+        infl[split] = (predict_bags(model, d["bags"], d["masks"], device)[0], d["y"]) if d and len(d["y"]) else empty
+    posts = {}
+    for split in ("val", "test"):
+        d = data.get(f"posts_{split}")
+        posts[split] = ((predict_posts(model, d["x"], device, present=d["present"]), d["y"]) if d and len(d["y"])
+                        else (np.zeros((0, model.cfg.n_post)), np.zeros(0, np.int64)))
+    t_infl = fit_temperature(*infl["val"])
+    out["influencer"] = summary(t_infl, infl["val"], infl["test"])
+    t_post = fit_temperature(*posts["val"])
+    out["post"] = summary(t_post, posts["val"], posts["test"]) if len(posts["val"][1]) else None
+    with torch.no_grad():
+        model.temperature.copy_(torch.tensor([t_infl, t_post], dtype=model.temperature.dtype))
+    return out
