@@ -47,6 +47,35 @@ STORES = {
                  "144/48/48 x 40 posts, only 20 % on topic: attention has something to find"),
     "clean": (dict(influencers=240, posts=40, on_topic=0.5, noise=1.0, label_posts=0.2), "easy: clean features"),
 }
+# Few labels (issue 33): influencer labels only, no labelled posts, as `cache labels --from-release` gives
+# (the release's category of N influencers per category, the rest of the store unlabelled), and small
+# hand-labelled sets with and without labelled posts; on moderate ("mid") and real-looking ("hard") features.
+MID = dict(posts=30, on_topic=0.4, noise=3.0)
+HARD = dict(posts=30, on_topic=0.4, noise=2.0, offset=5.0, scale=0.3, missing=(0.2, 0.1), short_share=1 / 3)
+for _n in (10, 25, 50, 200):
+    for _fam, _kw in (("mid", MID), ("hard", HARD)):
+        STORES[f"rel{_n}-{_fam}"] = (dict(_kw, influencers=16 * _n, labelled_influencers=8 * _n, spread_labels=True,
+                                          label_posts=0.0),
+                                     f"release labels, {_n} per category, no post labels, {_fam} features")
+for _n in (40, 200):
+    for _posts in (0.0, 0.05):
+        STORES[f"hand{_n}{'-posts' if _posts else ''}"] = (
+            dict(HARD, influencers=_n, label_posts=_posts),
+            f"{_n} hand-labelled influencers, {'5 % of posts labelled' if _posts else 'no post labels'}, hard features")
+# A sweep of feature families: signal strength (scale), loud-post noise, on-topic share, missing halves and
+# ragged bags, with and without a common offset; 160/40/80 influencers with 5 % of posts labelled.
+for _scale in (0.3, 1.0):
+    for _noise in (2.0, 4.0):
+        for _on in (0.35, 0.6):
+            for _offset, _missing, _short in ((0.0, (0.0, 0.0), 0.0), (5.0, (0.2, 0.1), 1 / 3)):
+                STORES[f"fam-s{_scale}-n{_noise}-o{_on}-{'off' if _offset else 'flat'}"] = (
+                    dict(influencers=280, posts=30, scale=_scale, noise=_noise, on_topic=_on, offset=_offset,
+                         missing=_missing, short_share=_short, label_posts=0.05),
+                    f"signal x{_scale}, noise {_noise}, {int(_on * 100)} % on topic, "
+                    + ("offset 5, 20 %/10 % missing, 1/3 with 3-8 posts" if _offset else "no offset, nothing missing"))
+GROUPS = {"default": "small,real,minority,bag10,n40,n1600",
+          "few": ",".join(k for k in STORES if k.startswith(("rel", "hand"))),
+          "families": ",".join(k for k in STORES if k.startswith("fam-"))}
 QUICK = {"tiny": (dict(influencers=48, posts=8, on_topic=0.6, noise=1.0, label_posts=0.2), "smoke test")}
 
 
@@ -92,7 +121,10 @@ def one_fit(job: tuple) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     return {"pooling": pooling, "precision": precision, "seed": seed, "test": m["influencer"]["accuracy"],
             "post": m["post"]["accuracy"], "reference": m["reference"]["test_acc"], "step": m["best_step"],
-            "normalize": m["normalize"],
+            "normalize": m["normalize"], "val": m["val_acc"], "reference_val": m["reference"]["val_acc"],
+            "ece_before": m["calibration"]["influencer"]["test"]["ece_before"],
+            "ece_after": m["calibration"]["influencer"]["test"]["ece_after"],
+            "temperature": m["calibration"]["influencer"]["temperature"],
             "warning": "warning" in m, "seconds": time.perf_counter() - t}
 
 
@@ -113,7 +145,8 @@ def parse_set(items: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stores", default="small,real,minority,bag10,n40,n1600")
+    ap.add_argument("--stores", default="default",
+                    help=f"store names, or a group: {', '.join(f'{k} ({len(v.split(chr(44)))})' for k, v in GROUPS.items())}")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--poolings", default="attention,mean")
@@ -124,12 +157,15 @@ def main() -> None:
     ap.add_argument("--json", help="write every result here")
     args = ap.parse_args()
     catalogue = QUICK if args.quick else STORES
-    names = list(QUICK) if args.quick else args.stores.split(",")
+    names = list(QUICK) if args.quick else [n for g in args.stores.split(",") for n in GROUPS.get(g, g).split(",")]
+    unknown = [n for n in names if n not in catalogue]
+    if unknown:
+        raise SystemExit(f"--stores: unknown {', '.join(unknown)}; known: {', '.join(catalogue)}")
     overrides = {"device": args.device, **parse_set(args.set)}
     if args.quick:
         overrides = {"max_steps": 40, "min_steps": 10, "patience": 20, "eval_steps": 10, **overrides}
     tmp = tempfile.mkdtemp(prefix="bench-quality-")
-    results = {}
+    results, summary = {}, {}
     shown = {k: v for k, v in overrides.items() if k != "device"}
     print(f"heads fit quality on {args.device}: {args.seeds} seeds; overrides {shown or 'none (the defaults)'}")
     try:
@@ -146,7 +182,7 @@ def main() -> None:
             results[name] = {"what": what, **base, "runs": rows}
             print(f"\n{name}: {what}", flush=True)
             print(f"  {'pooling':<10} {'precision':<9} {'mean':>6} {'worst':>6} {'post':>6} {'LR ref':>7} "
-                  f"{base['best_baseline'][:12]:>12} {'warned':>6} {'s/fit':>6}  per seed (normalisation kept)")
+                  f"{base['best_baseline'][:12]:>12} {'warned':>6} {'ECE':>11} {'s/fit':>6}  per seed (normalisation kept)")
             for p in args.poolings.split(","):
                 for pr in args.precisions.split(","):
                     rs = [r for r in rows if r["pooling"] == p and r["precision"] == pr]
@@ -154,12 +190,22 @@ def main() -> None:
                     print(f"  {p:<10} {pr:<9} {acc.mean():6.3f} {acc.min():6.3f} "
                           f"{np.mean([r['post'] for r in rs]):6.3f} {rs[0]['reference']:7.3f} "
                           f"{base['baseline_test']:12.3f} {sum(r['warning'] for r in rs):>6} "
+                          f"{np.mean([r['ece_before'] for r in rs]):5.3f}>{np.mean([r['ece_after'] for r in rs]):5.3f} "
                           f"{np.mean([r['seconds'] for r in rs]):6.1f}  " +
                           " ".join(f"{r['test']:.3f}({r['normalize'][0]})" for r in rs), flush=True)
+            first = [r for r in rows if r["pooling"] == rows[0]["pooling"] and r["precision"] == rows[0]["precision"]]
+            summary[name] = (float(np.mean([r["test"] for r in first])), min(r["test"] for r in first),
+                             first[0]["reference"])
             shutil.rmtree(path, ignore_errors=True)
             if args.json:           # after every store: a run cut short keeps the stores it finished
                 with open(args.json, "w") as f:
                     json.dump(results, f, indent=2)
+        if len(summary) > 1:
+            worst = min(summary, key=lambda k: summary[k][0])
+            gap = min(summary, key=lambda k: summary[k][0] - summary[k][2])
+            print(f"\nworst store by mean test accuracy: {worst} ({summary[worst][0]:.3f}, worst seed "
+                  f"{summary[worst][1]:.3f}, reference {summary[worst][2]:.3f}); furthest below or nearest its "
+                  f"reference: {gap} ({summary[gap][0] - summary[gap][2]:+.3f})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -65,7 +65,7 @@ def test_a_temperature_that_would_worsen_ece_is_not_kept():
     y = np.array([0, 1])
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])       # two rows, both right: nothing to gain
     t = fit_temperature(probs, y)
-    assert ece(scaled(probs, t), y) <= ece(probs, y) and fit_temperature(probs[:1], y[:1]) == 1.0
+    assert ece(scaled(probs, t), y) <= ece(probs, y) + 1e-12 and fit_temperature(probs[:1], y[:1]) == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +141,17 @@ def test_verdict_on_a_saturated_or_small_validation_split_compares_log_loss():
     assert kind == "warning" and "both near 100%" in text
     # a large, unsaturated split: accuracy decides, log-loss is not consulted
     assert reference_verdict(0.80, 0.80, 400, head_loss=0.9, ref_loss=0.2) == (None, None)
+
+
+def test_a_perfect_validation_split_does_not_make_every_probability_one():
+    """24 of 24 right: log-loss alone drives T to its bound (every probability 1); the mean confidence
+    stays at the rule of succession, 25/26."""
+    rng = np.random.default_rng(5)
+    y = np.arange(24) % 8
+    z = rng.normal(0, 0.5, (24, 8))
+    z[np.arange(24), y] += 2.0
+    probs = _softmax(z)
+    assert (probs.argmax(1) == y).all()
+    t = fit_temperature(probs, y)
+    assert scaled(probs, t).max(1).mean() == pytest.approx(25 / 26, abs=1e-3)
+    assert t > 0.05 and scaled(probs, t).max() < 1
