@@ -54,8 +54,7 @@ MID = dict(posts=30, on_topic=0.4, noise=3.0)
 HARD = dict(posts=30, on_topic=0.4, noise=2.0, offset=5.0, scale=0.3, missing=(0.2, 0.1), short_share=1 / 3)
 for _n in (10, 25, 50, 200):
     for _fam, _kw in (("mid", MID), ("hard", HARD)):
-        STORES[f"rel{_n}-{_fam}"] = (dict(_kw, influencers=16 * _n, labelled_influencers=8 * _n, spread_labels=True,
-                                          label_posts=0.0),
+        STORES[f"rel{_n}-{_fam}"] = (dict(_kw, influencers=16 * _n, label_posts=0.0, release_per_category=_n),
                                      f"release labels, {_n} per category, no post labels, {_fam} features")
 for _n in (40, 200):
     for _posts in (0.0, 0.05):
@@ -88,7 +87,14 @@ def make_store(path: str, kw: dict, seed: int) -> None:
     if short:
         pick = rng.random(len(counts)) < short
         counts[pick] = rng.integers(3, 9, int(pick.sum()))
+    release = kw.pop("release_per_category", None)
     planted_store(path, post_counts=counts, seed=seed, **kw)
+    if release:
+        # labels drawn exactly as `cache labels --from-release` draws them: N per category split 80:20
+        # train:val, a test set from the rest; the planted store's release column is the truth
+        from cache.labels import ReleaseDraw, apply_labels
+        from cache.store import open_store
+        apply_labels(open_store(path, "r+"), None, None, seed, release=ReleaseDraw(release, 0.2, max(40, 2 * release)))
 
 
 def baselines_on_means(path: str) -> dict:

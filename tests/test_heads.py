@@ -413,3 +413,21 @@ def test_quality_benchmark_quick_run_writes_its_table_and_json(tmp_path):
     assert all(0.0 <= x["test"] <= 1.0 and 0.0 <= x["reference"] <= 1.0 and x["normalize"] in ("feature", "none")
                for x in runs)
     assert tiny["best_baseline"] and 0.0 <= tiny["baseline_test"] <= 1.0
+    assert all(0.0 <= x["ece_after"] <= 1.0 and x["temperature"] > 0 for x in runs)
+
+
+def test_quality_benchmark_few_label_stores_are_what_they_say(tmp_path):
+    """The few-labels stores (issue 33): N labelled influencers per category and no labelled post (as
+    `cache labels --from-release` leaves a store); the groups name only stores that exist."""
+    import numpy as np
+    from benchmarks.heads_quality import GROUPS, STORES, make_store
+    from cache.store import open_store
+    assert all(n in STORES for g in GROUPS.values() for n in g.split(","))
+    assert len(GROUPS["families"].split(",")) == 16
+    path = str(tmp_path / "rel10.zarr")
+    make_store(path, STORES["rel10-hard"][0], seed=0)
+    s = open_store(path)
+    label = s["influencers/label"][:]
+    split = s["influencers/split"][:]
+    assert np.bincount(label[(label >= 0) & (split != 3)]).tolist() == [10] * 8 and ((label >= 0) & (split == 3)).sum() == 40
+    assert (s["posts/label"][:] < 0).all()
