@@ -12,6 +12,7 @@ from sklearn.model_selection import GridSearchCV, PredefinedSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from heads.calibrate import nll
 from heads.data import bag_means
 
 C_GRID = (0.001, 0.01, 0.1, 1.0)
@@ -31,6 +32,6 @@ def logistic_reference(data: dict, segments: tuple, seed: int = 0) -> dict:
     val_probs[:, best.classes_] = best.predict_proba(x["val"])     # classes absent from train: probability 0
     return {"model": "LogisticRegression on mean features", "C": search.best_params_["lr__C"],
             "val_acc": float(search.best_score_),
-            "val_log_loss": float(-np.log(np.maximum(val_probs[np.arange(len(y["val"])), y["val"]], 1e-12)).mean()),
+            "val_log_loss": nll(val_probs, y["val"]),
             "test_acc": float((test_pred == y["test"]).mean()) if len(y["test"]) else float("nan"),
             "test_pred": test_pred}
