@@ -133,6 +133,11 @@ def release_categories(store: Store) -> tuple[np.ndarray, dict]:
         raise LabelError(f"{store.url}: the release column has categories the model does not know: "
                          f"{', '.join(map(repr, unknown))} (known: {', '.join(store.influencer_categories)}, other)")
     raw = store["influencers/release_category"][:].astype(np.int64)
+    if len(raw) and (raw == -1).all():
+        fmt = store.attrs.get("dataset_format", "release")
+        raise LabelError(f"{store.url}: no release category: no influencer in this store has one (indexed from "
+                         f"{'an instaloader crawl, which has none' if fmt == 'instaloader' else 'a ' + fmt + ' dataset without categories'}"
+                         f"); label influencers by hand with --influencers FILE.csv")
     bad = np.flatnonzero((raw < -1) | (raw >= len(names)))
     if len(bad):
         users = store["influencers/username"].get_orthogonal_selection((bad[:3],))

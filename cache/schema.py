@@ -15,6 +15,8 @@ RELEASE_CATEGORIES = INFLUENCER_CATEGORIES + ["other"]
 
 SPLITS = {"none": 0, "train": 1, "val": 2, "test": 3}
 SPLIT_NAMES = {v: k for k, v in SPLITS.items()}
+# What `extract index` reads (extract.formats); the root attribute dataset_format names it (absent: release).
+DATASET_FORMATS = ["release", "instaloader", "jsonl"]
 # influencers/label_source: a hand label (CSV) or one drawn from influencers.txt (`--from-release`)
 LABEL_SOURCES = {"none": 0, "hand": 1, "release": 2}
 
@@ -55,6 +57,8 @@ TRANSIENT_GROUPS = (PREDICTIONS_PARTIAL, "predictions.replaced")
 ARRAYS = {
     **{f"posts/{n}": ("N", "extract index") for n in POST_STR + ["influencer"] + POST_INT},
     "posts/label": ("N", "cache labels"), "posts/split": ("N", "cache labels"),
+    "posts/media_count": ("N", "extract index: images (or video thumbnails) the post has; the first is encoded "
+                               "(0 unknown; stores indexed before it was stored lack the array)"),
     **{f"influencers/{n}": ("M", "extract index") for n in ["username"] + INFLUENCER_INT},
     "influencers/offsets": ("M+1", "extract index"),
     "influencers/release_category": ("M", "extract index: influencers.txt's category, an index into the root "
@@ -73,6 +77,7 @@ ARRAYS = {
 DTYPES = {
     **{f"posts/{n}": "str" for n in POST_STR}, "posts/influencer": "int32",
     **{f"posts/{n}": "int64" for n in POST_INT}, "posts/label": "int8", "posts/split": "int8",
+    "posts/media_count": "int32",
     "influencers/username": "str", **{f"influencers/{n}": "int64" for n in INFLUENCER_INT},
     "influencers/offsets": "int64", "influencers/release_category": "int8", "influencers/label": "int8",
     "influencers/split": "int8", "influencers/label_source": "int8",

@@ -139,6 +139,7 @@ def create_store(url: str, dataset_root: str, block: int, mode: str = "w") -> St
         # a block's read decodes only its own strings (chunks of 65,536 made a 16,384-row block decode 4x)
         group.create_array(f"posts/{name}", shape=(0,), dtype=str, chunks=(string_chunk(block),))
     group.create_array("posts/influencer", shape=(0,), dtype="int32", chunks=chunk)
+    group.create_array("posts/media_count", shape=(0,), dtype="int32", chunks=chunk)
     for name in schema.POST_INT:
         group.create_array(f"posts/{name}", shape=(0,), dtype="int64", chunks=chunk)
     for kind in ("kind", "where", "detail"):

@@ -4,8 +4,9 @@ from __future__ import annotations
 import typer
 
 from cache import schema
-from runtime.choices import Decoder, Precision, WeakLabels
+from runtime.choices import DatasetFormat, Decoder, Precision, WeakLabels
 from runtime.console import clean_errors, say, setup_logging
+from runtime.errors import UserError
 
 app = typer.Typer(help="Stage one: read the release format and extract features into the store.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -23,24 +24,36 @@ def sample_data(out: str = typer.Argument(..., help="folder to write the dataset
                 posts: int = typer.Option(30, help="posts per influencer (some get fewer)"),
                 seed: int = typer.Option(0),
                 image_size: int = typer.Option(256, help="image side in pixels"),
-                clean: bool = typer.Option(False, help="leave out the planted bad inputs")):
-    """Write a synthetic dataset in the exact release format, plus labels/*.csv."""
-    from extract.sample import make_sample
-    counts = make_sample(out, influencers, posts, seed, image_size=image_size, clean=clean)
+                clean: bool = typer.Option(False, help="leave out the planted bad inputs"),
+                format: DatasetFormat = typer.Option("release", "--format", help="release (the exact release "
+                                                     "format) or instaloader (as instaloader writes a crawl)")):
+    """Write a synthetic dataset in the release format (or as an instaloader crawl), plus labels/*.csv."""
+    if format == DatasetFormat.jsonl:
+        raise UserError("--format: sample-data writes release or instaloader")
+    if format == DatasetFormat.instaloader:
+        from extract.sample_crawl import make_crawl_sample
+        counts = make_crawl_sample(out, influencers, posts, seed, image_size=image_size, clean=clean)
+    else:
+        from extract.sample import make_sample
+        counts = make_sample(out, influencers, posts, seed, image_size=image_size, clean=clean)
     say(f"wrote {out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 @app.command()
 @clean_errors
-def index(dataset: str = typer.Argument(..., help="dataset root (influencers.txt, mapping, info/, image/)"),
+def index(dataset: str = typer.Argument(..., help="dataset root: the release, an instaloader crawl or a posts.jsonl "
+                                               "folder (docs/dataset.md)"),
           store: str = typer.Argument(..., help="store path or URL to create"),
           max_posts: int = typer.Option(300, help="newest posts kept per influencer"),
           block: int = typer.Option(schema.DEFAULT_BLOCK, help="rows per block (Zarr shard)"),
           workers: int = typer.Option(None, help="JSON parsing processes (default: all cores)"),
-          overwrite: bool = typer.Option(False, help="re-index a store that already holds features")):
-    """Index the release into a new store: tables, full-size NaN feature arrays, done flags."""
+          overwrite: bool = typer.Option(False, help="re-index a store that already holds features"),
+          format: DatasetFormat = typer.Option(None, "--format", help="release, instaloader or jsonl (default: "
+                                               "the one format found in DATASET)")):
+    """Index a dataset into a new store: tables, full-size NaN feature arrays, done flags."""
     from extract.index import run_index
-    report = run_index(dataset, store, max_posts=max_posts, block=block, workers=workers, overwrite=overwrite)
+    report = run_index(dataset, store, max_posts=max_posts, block=block, workers=workers, overwrite=overwrite,
+                       format=format.value if format else None)
     say(report.summary())
 
 

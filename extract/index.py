@@ -1,8 +1,9 @@
-"""`extract index DATASET STORE`: the release format into the store's post and influencer tables.
+"""`extract index DATASET STORE`: a dataset (the release, an instaloader crawl or a JSONL file; see
+extract.formats) into the store's post and influencer tables.
 
 Memory stays bounded at 10 M posts: the list of posts lives in an on-disk SQLite
-manifest (which also drops duplicate mapping rows), JSON files are parsed by worker
-processes one group of influencers at a time, and rows are appended to the Zarr tables
+manifest (which also drops duplicate rows), JSON files are parsed by worker
+processes one group of influencers at a time (by the format's reader), and rows are appended to the Zarr tables
 in batches. Only the influencer table (34 K rows) is held whole.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from cache import schema
 from cache.store import create_features, create_labels, create_store, write_influencers
-from extract import release
+from extract import formats, release
 from extract.target import prepare_target
 from runtime.cpus import usable_cpus
 from runtime.errors import UserError
@@ -73,112 +74,50 @@ class _ProblemLog:
         self.buffer.clear()
 
 
-def _build_manifest(root: str, db: sqlite3.Connection, names: dict[str, int], extra: list[str],
-                    problems: _ProblemLog) -> None:
-    """Every (influencer, post) once, from the mapping and from info/ itself."""
-    db.execute("CREATE TABLE m (infl INTEGER, json TEXT, image TEXT, src TEXT, PRIMARY KEY (infl, json))")
+class Manifest:
+    """The posts to read, on disk (SQLite, so memory stays flat at 10 M posts): each (influencer, key)
+    once, with two text columns and an image count whose meaning is the format reader's own
+    (`extract.formats`). Influencers are numbered in the order they are first met."""
 
-    def index_of(user: str, where: str) -> int:
-        if user not in names:
-            names[user] = len(names)
-            extra.append(user)
-            problems.add("influencer_not_listed", where, user)
-        return names[user]
+    def __init__(self, db: sqlite3.Connection, names: dict[str, int], extra: list[str], problems: _ProblemLog):
+        self.db, self.names, self.extra, self.problems = db, names, extra, problems
+        db.execute("CREATE TABLE m (infl INTEGER, key TEXT, a TEXT, b TEXT, n INTEGER, PRIMARY KEY (infl, key))")
+        self.cur = db.cursor()
 
-    cur = db.cursor()
-    for row in release.iter_mapping(root):
-        if len(row) == 3:
-            problems.add(*row)
-            continue
-        where, user, json_name, images = row
-        cur.execute("INSERT OR IGNORE INTO m VALUES (?,?,?,?)",
-                    (index_of(user, where), json_name, images[0] if images else "", where))
-        if cur.rowcount == 0:
-            problems.add("mapping_duplicate", where, f"{user} {json_name}")
-    # Posts whose .info exists but that the mapping does not list (the real mapping has
-    # fewer rows than posts): indexed with no image.
-    info_dir = os.path.join(root, release.INFO_DIR)
-    if os.path.isdir(info_dir):
-        with os.scandir(info_dir) as it:
-            for entry in it:
-                parts = release.split_info_name(entry.name)
-                if parts is None:
-                    continue
-                user, json_name = parts
-                where = f"{release.INFO_DIR}/{entry.name}"
-                if not (release.safe_name(user) and release.safe_name(json_name)):
-                    problems.add("info_name_unusable", where, "file name is not valid UTF-8 or not a plain name")
-                    continue
-                cur.execute("INSERT OR IGNORE INTO m VALUES (?,?,?,?)",
-                            (index_of(user, where), json_name, None, where))
-                if cur.rowcount:
-                    problems.add("post_not_in_mapping", where, "indexed without image")
-    db.commit()
+    def influencer(self, user: str, where: str) -> int:
+        """The number of `user`; an influencer the influencer list does not name is added (and reported)."""
+        if user not in self.names:
+            self.names[user] = len(self.names)
+            self.extra.append(user)
+            self.problems.add("influencer_not_listed", where, user)
+        return self.names[user]
+
+    def add(self, user: str, key: str, a, b, n: int, where: str) -> bool:
+        """List a post; False (nothing listed) when (user, key) is listed already."""
+        self.cur.execute("INSERT OR IGNORE INTO m VALUES (?,?,?,?,?)", (self.influencer(user, where), key, a, b, n))
+        return self.cur.rowcount > 0
+
+    def problem(self, kind: str, where: str, detail: str = "") -> None:
+        self.problems.add(kind, where, detail)
 
 
-def _parse_group(root: str, group: list[tuple[int, str, list[tuple[str, str | None, str]]]],
-                 max_posts: int) -> tuple[list[tuple[int, list[dict]]], list[tuple[str, str, str]], int]:
-    """Worker: parse the .info files of a few influencers; keep each one's newest posts."""
-    out, problems = [], []
-    for infl, user, posts in group:
-        kept = []
-        for json_name, image, where in posts:
-            path = release.info_path(root, user, json_name)
-            rel = f"{release.INFO_DIR}/{user}-{json_name}"
-            if not release.inside(root, path):      # names are checked as they are read; this is the last guard
-                problems.append(("path_outside_dataset", rel, f"listed at {where}"))
-                continue
-            try:
-                data = release.read_regular(path, release.MAX_INFO_BYTES)
-            except FileNotFoundError:
-                problems.append(("info_missing", rel, f"listed at {where}"))
-                continue
-            except OSError as e:
-                problems.append(("info_unreadable", rel, e.strerror or str(e)))
-                continue
-            except ValueError as e:
-                problems.append(("info_malformed", rel, str(e)))
-                continue
-            try:
-                post = release.parse_info(data)
-            except ValueError as e:
-                problems.append(("info_malformed", rel, str(e)))
-                continue
-            for bad in post.pop("bad_fields"):
-                problems.append(("info_field_invalid", rel, f"{bad}; stored as missing" if "surrogate" not in bad
-                                 else bad))
-            if post["caption_missing"]:
-                problems.append(("caption_missing", rel, ""))
-            file_id = json_name.rsplit(".", 1)[0]
-            if post["id"] and post["id"] != file_id:
-                # the file name is the key the mapping and the label files use: a disagreeing id would
-                # store one post twice and label the wrong one
-                problems.append(("info_id_mismatch", rel, f"id {post['id'][:40]!r} is not the file's {file_id!r}; "
-                                 f"the file name's id is kept"))
-            post["id"] = file_id
-            image_rel = ""     # image None: found in info/ only, already listed as post_not_in_mapping
-            image_path = os.path.join(root, release.image_relpath(user, image)) if image else ""
-            if image == "":
-                problems.append(("image_not_listed", rel, f"at {where}"))
-            elif image is not None and not release.inside(root, image_path):
-                problems.append(("path_outside_dataset", release.image_relpath(user, image), f"listed at {where}"))
-            elif image is not None and not os.path.isfile(image_path):
-                problems.append(("image_missing", release.image_relpath(user, image), f"listed at {where}"))
-            elif image is not None:
-                image_rel = release.image_relpath(user, image)
-            post["image"] = image_rel
-            kept.append(post)
-        # Newest first; the post id breaks ties so the order is deterministic.
-        kept.sort(key=lambda p: (p["timestamp"], p["id"]), reverse=True)
-        out.append((infl, kept[:max_posts]))
-    return out, problems, sum(len(posts) for _, _, posts in group)
+class _UniqueIds:
+    """Post ids already stored (on disk): a post id is unique per store, the first influencer keeps it."""
+
+    def __init__(self, db: sqlite3.Connection):
+        db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY)")
+        self.cur = db.cursor()
+
+    def first(self, post_id: str) -> bool:
+        self.cur.execute("INSERT OR IGNORE INTO ids VALUES (?)", (post_id,))
+        return self.cur.rowcount > 0
 
 
 def _groups(db: sqlite3.Connection, users: list[str]):
     """Tasks of whole influencers, about POSTS_PER_TASK posts each, in influencer order."""
     group, size = [], 0
     for infl, user in enumerate(users):
-        posts = db.execute("SELECT json, image, src FROM m WHERE infl=? ORDER BY json", (infl,)).fetchall()
+        posts = db.execute("SELECT key, a, b, n FROM m WHERE infl=? ORDER BY key", (infl,)).fetchall()
         group.append((infl, user, posts))
         size += len(posts)
         if size >= POSTS_PER_TASK:
@@ -206,17 +145,27 @@ def _bounded_map(fn, tasks, workers: int):
 
 
 class _Task:
-    """Picklable callable for the worker pool."""
+    """Picklable callable for the worker pool: a format reader's parse of a few influencers, each
+    one's newest `max_posts` posts kept (newest first; the post id breaks ties so the order is
+    deterministic)."""
 
-    def __init__(self, root: str, max_posts: int):
-        self.root, self.max_posts = root, max_posts
+    def __init__(self, source, max_posts: int):
+        self.source, self.max_posts = source, max_posts
 
     def __call__(self, group):
-        return _parse_group(self.root, group, self.max_posts)
+        out, problems = [], []
+        for infl, user, posts in group:
+            kept, found = self.source.parse(user, posts)
+            problems.extend(found)
+            kept.sort(key=lambda p: (p["timestamp"], p["id"]), reverse=True)
+            out.append((infl, kept[:self.max_posts], len(kept)))
+        return out, problems, sum(len(posts) for _, _, posts in group)
 
 
 def run_index(dataset: str, url: str, *, max_posts: int = 300, block: int = schema.DEFAULT_BLOCK,
-              workers: int | None = None, overwrite: bool = False, quiet: bool = False) -> IndexReport:
+              workers: int | None = None, overwrite: bool = False, quiet: bool = False,
+              format: str | None = None) -> IndexReport:
+    """Index DATASET (any of `extract.formats`, detected unless `format` names one) into a new store."""
     start = time.perf_counter()
     root = os.path.abspath(dataset)
     if max_posts < 1:
@@ -227,12 +176,11 @@ def run_index(dataset: str, url: str, *, max_posts: int = 300, block: int = sche
     if workers is not None and workers < 0:
         raise UserError(f"--workers must be 0 or more, got {workers}")
     workers = usable_cpus() if workers is None else workers
-    rows, infl_problems = release.read_influencers(root)
-    if not os.path.exists(os.path.join(root, release.MAPPING_FILE)):
-        raise UserError(f"{os.path.join(root, release.MAPPING_FILE)}: missing")
+    source = formats.open_source(root, format)
+    rows, infl_problems = source.influencers()
     lock = prepare_target(root, url, overwrite)
     try:
-        return _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, start,
+        return _index(source, url, rows, infl_problems, max_posts, block, workers, quiet, start,
                       mode="w" if lock is None else "a")
     finally:
         if lock is not None:
@@ -244,11 +192,11 @@ class _PostBatch:
 
     def __init__(self, store):
         self.store = store
-        self.cols: dict[str, list] = {k: [] for k in schema.POST_STR + schema.POST_INT + ["influencer"]}
+        self.cols: dict[str, list] = {k: [] for k in schema.POST_STR + schema.POST_INT + ["influencer", "media_count"]}
         self.written = 0
 
     def add(self, infl: int, post: dict) -> None:
-        for k in schema.POST_STR + schema.POST_INT:
+        for k in schema.POST_STR + schema.POST_INT + ["media_count"]:
             self.cols[k].append(post[k])
         self.cols["influencer"].append(infl)
         if len(self.cols["id"]) >= FLUSH_ROWS:
@@ -258,15 +206,15 @@ class _PostBatch:
         if not self.cols["id"]:
             return
         for k, values in self.cols.items():
-            dtype = object if k in schema.POST_STR else ("int32" if k == "influencer" else "int64")
+            dtype = object if k in schema.POST_STR else schema.DTYPES[f"posts/{k}"]
             self.store[f"posts/{k}"].append(np.asarray(values, dtype=dtype))
         self.written += len(self.cols["id"])
         for v in self.cols.values():
             v.clear()
 
 
-def _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, start, mode) -> IndexReport:
-    store = create_store(url, root, block, mode=mode)
+def _index(source, url, rows, infl_problems, max_posts, block, workers, quiet, start, mode) -> IndexReport:
+    store = create_store(url, source.root, block, mode=mode)
     problems = _ProblemLog(store)
     for p in infl_problems:
         problems.add(*p)
@@ -277,21 +225,30 @@ def _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, sta
         db = sqlite3.connect(os.path.join(tmp, "manifest.sqlite"))
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
-        _build_manifest(root, db, names, extra, problems)
+        source.manifest(Manifest(db, names, extra, problems))
         users = [r.username for r in rows] + extra
         total = db.execute("SELECT COUNT(*) FROM m").fetchone()[0]
         progress = Progress(total, "posts", "index", quiet=quiet)
         offsets = np.zeros(len(users) + 1, dtype=np.int64)
+        found = np.zeros(len(users), dtype=np.int64)     # readable posts per influencer, before --max-posts
         batch = _PostBatch(store)
-        for results, worker_problems, n_seen in _bounded_map(_Task(root, max_posts), _groups(db, users), workers):
+        ids = _UniqueIds(db)
+        for results, worker_problems, n_seen in _bounded_map(_Task(source, max_posts), _groups(db, users), workers):
             for p in worker_problems:
                 problems.add(*p)
-            for infl, posts in results:
-                if not posts:
-                    problems.add("influencer_no_posts", users[infl], "no readable post")
-                offsets[infl + 1] = len(posts)
+            for infl, posts, n_found in results:
+                found[infl] = n_found
+                kept = 0
                 for p in posts:
+                    if not ids.first(p["id"]):
+                        problems.add("post_id_duplicate", f"{users[infl]} {p['id']}",
+                                     "another influencer's post has this id; the first one is kept")
+                        continue
                     batch.add(infl, p)
+                    kept += 1
+                if not kept:
+                    problems.add("influencer_no_posts", users[infl], "no readable post")
+                offsets[infl + 1] = kept
             progress.update(n_seen, failures=len(worker_problems))
         batch.flush()
         progress.close()
@@ -302,13 +259,14 @@ def _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, sta
     np.cumsum(offsets, out=offsets)
     n_written = batch.written
     assert offsets[-1] == n_written == store.n_posts, "posts appended out of step with offsets"
-    _write_influencer_table(store, rows, users, extra, offsets)
+    _write_influencer_table(store, rows, users, extra, offsets, found if source.count_posts else None)
     problems.flush()
     create_labels(store)
     create_features(store)
     seconds = time.perf_counter() - start
     store.group.attrs.update(
         release_categories=schema.RELEASE_CATEGORIES,
+        dataset_format=source.name,
         max_posts=max_posts,
         index_stats={"posts": int(n_written), "influencers": len(users), "seconds": round(seconds, 2),
                      "problems": dict(problems.counts)},
@@ -317,16 +275,21 @@ def _index(root, url, rows, infl_problems, max_posts, block, workers, quiet, sta
     return IndexReport(int(n_written), len(users), problems.counts, seconds)
 
 
-def _write_influencer_table(store, rows, users: list[str], extra: list[str], offsets: np.ndarray) -> None:
-    """influencers/*: influencers.txt's rows, then the unlisted influencers whose posts were found (-1 counts)."""
+def _write_influencer_table(store, rows, users: list[str], extra: list[str], offsets: np.ndarray,
+                            found: np.ndarray | None = None) -> None:
+    """influencers/*: the influencer list's rows, then the unlisted influencers whose posts were found (-1
+    counts). `found`: where a format has no posts count (instaloader), an unknown one is the posts found."""
     release_cat = {c: i for i, c in enumerate(schema.RELEASE_CATEGORIES)}
     pad = [-1] * len(extra)
+    posts_total = np.array([r.posts_total for r in rows] + pad, dtype=np.int64)
+    if found is not None:
+        posts_total = np.where(posts_total < 0, found, posts_total)
     write_influencers(store, {
         "username": np.array(users, dtype=object),
         "offsets": offsets,
         "followers": np.array([r.followers for r in rows] + pad, dtype=np.int64),
         "followees": np.array([r.followees for r in rows] + pad, dtype=np.int64),
-        "posts_total": np.array([r.posts_total for r in rows] + pad, dtype=np.int64),
+        "posts_total": posts_total,
         # The release's own category (model-assigned, not ground truth; -1 unknown),
         # indexing root attribute release_categories.
         "release_category": np.array([release_cat.get(r.category, -1) for r in rows] + pad, dtype=np.int8),

@@ -237,7 +237,7 @@ def split_info_name(name: str) -> tuple[str, str] | None:
     return (user, json_name) if user and json_name != ".info" else None
 
 
-def _dig(node, *keys):
+def dig(node, *keys):
     for k in keys:
         if isinstance(node, dict):
             node = node.get(k)
@@ -248,7 +248,7 @@ def _dig(node, *keys):
     return node
 
 
-def _int(value, default: int = -1) -> int:
+def json_count(value, default: int = -1) -> int:
     """A JSON count: an integer (or an integral float) in 0..int64 max; anything else is `default`.
 
     `true` is not 1, 1e400 (inf) and 10**30 are not counts: they are reported, never stored."""
@@ -263,12 +263,8 @@ def _int(value, default: int = -1) -> int:
     return value
 
 
-def parse_info(data: bytes | str) -> dict:
-    """The fields the store keeps from one post's media node. Raises ValueError if unusable.
-
-    `bad_fields` lists fields present but unusable (counts out of range or not integers,
-    text with lone surrogates, replaced); the caller records them as problems.
-    """
+def load_json_object(data: bytes | str) -> dict:
+    """A JSON object from untrusted bytes; ValueError (one line) for anything else."""
     try:
         node = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -277,16 +273,35 @@ def parse_info(data: bytes | str) -> dict:
         raise UserError("JSON nested too deeply") from None
     if not isinstance(node, dict):
         raise UserError("JSON is not an object")
-    timestamp = _int(node.get("taken_at_timestamp"))
+    return node
+
+
+def json_id(value) -> str:
+    """A post or user id from JSON: a string, or an integer written as one; '' otherwise or when it holds
+    lone surrogates."""
+    text = value if isinstance(value, str) else (str(value) if isinstance(value, int) and
+                                                 not isinstance(value, bool) else "")
+    text, bad = clean_text(text)
+    return "" if bad else text
+
+
+def parse_info(data: bytes | str) -> dict:
+    """The fields the store keeps from one post's media node. Raises ValueError if unusable.
+
+    `bad_fields` lists fields present but unusable (counts out of range or not integers,
+    text with lone surrogates, replaced); the caller records them as problems.
+    """
+    node = load_json_object(data)
+    timestamp = json_count(node.get("taken_at_timestamp"))
     if timestamp < 0:
         raise UserError("no usable taken_at_timestamp" if "taken_at_timestamp" in node else "no taken_at_timestamp")
-    caption = _dig(node, "edge_media_to_caption", "edges", 0, "node", "text")
+    caption = dig(node, "edge_media_to_caption", "edges", 0, "node", "text")
     bad = []
-    likes_raw = _dig(node, "edge_media_preview_like", "count")
-    comments_raw = _dig(node, "edge_media_to_parent_comment", "count")
+    likes_raw = dig(node, "edge_media_preview_like", "count")
+    comments_raw = dig(node, "edge_media_to_parent_comment", "count")
     if comments_raw is None:
-        comments_raw = _dig(node, "edge_media_preview_comment", "count")
-    likes, comments = _int(likes_raw), _int(comments_raw)
+        comments_raw = dig(node, "edge_media_preview_comment", "count")
+    likes, comments = json_count(likes_raw), json_count(comments_raw)
     if likes_raw is not None and likes < 0:
         bad.append(f"likes {str(likes_raw)[:30]}")
     if comments_raw is not None and comments < 0:
@@ -295,12 +310,8 @@ def parse_info(data: bytes | str) -> dict:
     text, replaced = clean_text(text)
     if replaced:
         bad.append("caption has lone surrogates (replaced)")
-    raw_id = node.get("id")
-    post_id = raw_id if isinstance(raw_id, str) else (str(raw_id) if isinstance(raw_id, int) and
-                                                      not isinstance(raw_id, bool) else "")
-    post_id, id_bad = clean_text(post_id)
     return {
-        "id": "" if id_bad else post_id,
+        "id": json_id(node.get("id")),
         "caption": text,
         "caption_missing": not isinstance(caption, str),
         "timestamp": timestamp,
@@ -309,3 +320,108 @@ def parse_info(data: bytes | str) -> dict:
         "is_video": node.get("is_video") is True,
         "bad_fields": bad,
     }
+
+
+def read_or_report(read, path: str, rel: str, problems: list, missing_detail: str):
+    """`read(path)`, or None with the problem recorded: info_missing, info_unreadable, info_malformed."""
+    try:
+        return read(path)
+    except FileNotFoundError:
+        problems.append(("info_missing", rel, missing_detail))
+    except OSError as e:
+        problems.append(("info_unreadable", rel, e.strerror or str(e)))
+    except ValueError as e:
+        problems.append(("info_malformed", rel, str(e)))
+    return None
+
+
+def report_bad_fields(post: dict, rel: str, problems: list) -> None:
+    """Record (and take out of `post`) the fields a parser found present but unusable."""
+    for bad in post.pop("bad_fields"):
+        problems.append(("info_field_invalid", rel, f"{bad}; stored as missing" if "surrogate" not in bad else bad))
+
+
+class ReleaseSource:
+    """The release's layout as one of `extract index`'s formats (extract.formats): influencers.txt,
+    the mapping, info/ and image/. Manifest rows: key the .info file name, a the first image's file
+    name (None for a post found in info/ only, '' for a mapping row without images), b where it was
+    listed, n the number of images listed."""
+
+    name = "release"
+    count_posts = False     # influencers.txt has a #Posts column
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def check(self) -> None:
+        for name in (INFLUENCERS_FILE, MAPPING_FILE):
+            if not os.path.exists(os.path.join(self.root, name)):
+                raise UserError(f"{os.path.join(self.root, name)}: missing; is {self.root} the dataset root "
+                                f"(docs/dataset.md)?")
+
+    def influencers(self) -> tuple[list[InfluencerRow], list[Problem]]:
+        return read_influencers(self.root)
+
+    def manifest(self, m) -> None:
+        """Every (influencer, post) once, from the mapping and from info/ itself."""
+        for row in iter_mapping(self.root):
+            if len(row) == 3:
+                m.problem(*row)
+                continue
+            where, user, json_name, images = row
+            if not m.add(user, json_name, images[0] if images else "", where, len(images), where):
+                m.problem("mapping_duplicate", where, f"{user} {json_name}")
+        # Posts whose .info exists but that the mapping does not list (the real mapping has
+        # fewer rows than posts): indexed with no image.
+        info_dir = os.path.join(self.root, INFO_DIR)
+        if os.path.isdir(info_dir):
+            with os.scandir(info_dir) as it:
+                for entry in it:
+                    parts = split_info_name(entry.name)
+                    if parts is None:
+                        continue
+                    user, json_name = parts
+                    where = f"{INFO_DIR}/{entry.name}"
+                    if not (safe_name(user) and safe_name(json_name)):
+                        m.problem("info_name_unusable", where, "file name is not valid UTF-8 or not a plain name")
+                        continue
+                    if m.add(user, json_name, None, where, 0, where):
+                        m.problem("post_not_in_mapping", where, "indexed without image")
+
+    def parse(self, user: str, posts) -> tuple[list[dict], list[Problem]]:
+        """Worker: the .info files of one influencer's listed posts, as store rows."""
+        root, kept, problems = self.root, [], []
+        for json_name, image, where, n_images in posts:
+            path = info_path(root, user, json_name)
+            rel = f"{INFO_DIR}/{user}-{json_name}"
+            if not inside(root, path):      # names are checked as they are read; this is the last guard
+                problems.append(("path_outside_dataset", rel, f"listed at {where}"))
+                continue
+            post = read_or_report(lambda p: parse_info(read_regular(p, MAX_INFO_BYTES)), path, rel, problems,
+                                  f"listed at {where}")
+            if post is None:
+                continue
+            report_bad_fields(post, rel, problems)
+            if post["caption_missing"]:
+                problems.append(("caption_missing", rel, ""))
+            file_id = json_name.rsplit(".", 1)[0]
+            if post["id"] and post["id"] != file_id:
+                # the file name is the key the mapping and the label files use: a disagreeing id would
+                # store one post twice and label the wrong one
+                problems.append(("info_id_mismatch", rel, f"id {post['id'][:40]!r} is not the file's {file_id!r}; "
+                                 f"the file name's id is kept"))
+            post["id"] = file_id
+            image_rel = ""     # image None: found in info/ only, already listed as post_not_in_mapping
+            image_path = os.path.join(root, image_relpath(user, image)) if image else ""
+            if image == "":
+                problems.append(("image_not_listed", rel, f"at {where}"))
+            elif image is not None and not inside(root, image_path):
+                problems.append(("path_outside_dataset", image_relpath(user, image), f"listed at {where}"))
+            elif image is not None and not os.path.isfile(image_path):
+                problems.append(("image_missing", image_relpath(user, image), f"listed at {where}"))
+            elif image is not None:
+                image_rel = image_relpath(user, image)
+            post["image"] = image_rel
+            post["media_count"] = n_images
+            kept.append(post)
+        return kept, problems

@@ -27,6 +27,12 @@ class Decoder(str, Enum):
     nvjpeg = "nvjpeg"
 
 
+class DatasetFormat(str, Enum):
+    release = "release"
+    instaloader = "instaloader"
+    jsonl = "jsonl"
+
+
 class WeakLabels(str, Enum):
     posts = "posts"
     influencers = "influencers"

@@ -96,6 +96,10 @@ def test_cli_index_and_verify(sample, tmp_path):
     assert r.exit_code == 0, r.output
     assert verify(open_store(out)) == []
     r = runner.invoke(extract_app, ["index", str(tmp_path / "nowhere"), str(tmp_path / "d.zarr")])
+    assert r.exit_code == 2 and "nowhere: no such folder" in r.output
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "JSON-Image_files_mapping.txt").write_text("h\n")
+    r = runner.invoke(extract_app, ["index", str(tmp_path / "half"), str(tmp_path / "d.zarr")])
     assert r.exit_code == 2 and "influencers.txt: missing" in r.output
     r = runner.invoke(extract_app, ["index", sample, str(tmp_path / "e.zarr"), "--block", "1000"])
     assert r.exit_code == 2 and "--block" in r.output
