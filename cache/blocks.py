@@ -57,6 +57,14 @@ def pending_blocks(store: Store, modality: str, shard: Shard) -> list[int]:
     return [b for b in shard.blocks(store.n_blocks) if not done[b]]
 
 
+def carried_rows(store: Store, modality: str, rows: slice) -> np.ndarray:
+    """Rows of a block not yet done whose statuses are already final: features carried over by
+    `extract index --update` (posts whose inputs did not change), or rows of a commit that stopped
+    before its done flag (features are written before statuses). Shard jobs keep them as they are and
+    encode only the rest."""
+    return store[f"features/{modality}_status"][rows] != schema.Status.PENDING
+
+
 def claim_fingerprint(store: Store, modality: str, fingerprint: dict) -> None:
     """Record the encoder that writes features/{modality}, or refuse a different one.
 

@@ -82,6 +82,10 @@ def info(store: Store, scheduler=None) -> dict:
         a = dict(store.group["predictions"].attrs)
         out["predictions"] = {k: a.get(k) for k in ("complete", "run", "modality", "influencers", "posts")}
     out["predictions_interrupted"] = schema.PREDICTIONS_PARTIAL in store.group
+    dropped = store.group.attrs.get("predictions_dropped")
+    out["predictions_dropped"] = dropped if isinstance(dropped, dict) and out["predictions"] is None else None
+    update = store.group.attrs.get("update")
+    out["update"] = update if isinstance(update, dict) and update.get("finished") else None
     for table, cats in (("influencers", store.influencer_categories), ("posts", store.post_categories)):
         if f"{table}/label" not in store:
             continue
@@ -116,6 +120,14 @@ def format_info(d: dict) -> str:
         p = d["predictions"]
         state = "complete" if p["complete"] else "INCOMPLETE (an interrupted `heads predict`: rerun it)"
         lines.append(f"predicted  {state}; {p['modality']} run {p['run']}")
+    if d.get("predictions_dropped"):
+        p = d["predictions_dropped"]
+        lines.append(f"predicted  none: the predictions{' of run ' + str(p['run']) if p.get('run') else ''} were dropped "
+                     f"by `extract index --update` (they no longer cover the store); rerun `heads predict`")
+    if d.get("update"):
+        u = d["update"]
+        lines.append(f"updated    {u.get('new_posts', 0):,} new posts, {u.get('vanished_posts', 0):,} dropped; features "
+                     f"kept: {', '.join(f'{m} {n:,}' for m, n in (u.get('kept') or {}).items()) or 'none'}")
     if d.get("predictions_interrupted"):
         lines.append(f"predicted  an interrupted `heads predict` left {schema.PREDICTIONS_PARTIAL}/ (the predictions "
                      f"above, if any, are the previous run's, whole); rerun it")

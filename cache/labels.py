@@ -302,6 +302,19 @@ def _write_plans(store: Store, plans: list[tuple]) -> dict:
     return summary
 
 
+def carry_labels(store: Store, previous: dict, tables: dict, carried: dict) -> dict:
+    """Labels kept by `extract index --update` (by username and post id: `tables` maps a table to its
+    (label, split, source or None) arrays), written under `cache labels`' protocol and recorded as the
+    old store recorded them, with what the update kept and dropped."""
+    plans = []
+    for table, (label, split, source) in tables.items():
+        rec = {k: v for k, v in dict(previous.get(table) or {}).items() if k not in ("replaced",)}
+        rec["carried_by_update"] = carried.get(table)
+        cats = store.influencer_categories if table == "influencers" else store.post_categories
+        plans.append((table, label, split, source, rec, cats))
+    return _write_plans(store, plans) if plans else {}
+
+
 def arrays_digest(label: np.ndarray, split: np.ndarray) -> str:
     """What `cache labels` wrote into a table's label and split arrays (checked by `cache verify`)."""
     return hashlib.sha256(np.asarray(label, np.int8).tobytes() + np.asarray(split, np.int8).tobytes()).hexdigest()[:16]

@@ -37,6 +37,9 @@ TABLE_CHUNK = 65536       # rows per chunk of the posts/ tables
 POST_STR = ["id", "caption", "image"]
 POST_INT = ["timestamp", "likes", "comments"]
 INFLUENCER_INT = ["followers", "followees", "posts_total"]
+# posts/ columns `extract index` writes since they were added (stores indexed before lack them; readers
+# take their absence as unknown): images in the post, and the encoded image's size and mtime (ns)
+POST_EXTRA = ["media_count", "image_bytes", "image_mtime"]
 
 # predictions/ (written by `heads predict` through cache.outputs): name -> (table it follows, dtype, fill)
 PREDICTIONS = {
@@ -59,6 +62,8 @@ ARRAYS = {
     "posts/label": ("N", "cache labels"), "posts/split": ("N", "cache labels"),
     "posts/media_count": ("N", "extract index: images (or video thumbnails) the post has; the first is encoded "
                                "(0 unknown; stores indexed before it was stored lack the array)"),
+    "posts/image_bytes": ("N", "extract index: the image file's size (-1 none), for `extract index --update`"),
+    "posts/image_mtime": ("N", "extract index: the image file's modification time in ns (-1 none)"),
     **{f"influencers/{n}": ("M", "extract index") for n in ["username"] + INFLUENCER_INT},
     "influencers/offsets": ("M+1", "extract index"),
     "influencers/release_category": ("M", "extract index: influencers.txt's category, an index into the root "
@@ -77,7 +82,7 @@ ARRAYS = {
 DTYPES = {
     **{f"posts/{n}": "str" for n in POST_STR}, "posts/influencer": "int32",
     **{f"posts/{n}": "int64" for n in POST_INT}, "posts/label": "int8", "posts/split": "int8",
-    "posts/media_count": "int32",
+    "posts/media_count": "int32", "posts/image_bytes": "int64", "posts/image_mtime": "int64",
     "influencers/username": "str", **{f"influencers/{n}": "int64" for n in INFLUENCER_INT},
     "influencers/offsets": "int64", "influencers/release_category": "int8", "influencers/label": "int8",
     "influencers/split": "int8", "influencers/label_source": "int8",

@@ -139,12 +139,19 @@ def create_store(url: str, dataset_root: str, block: int, mode: str = "w") -> St
         # a block's read decodes only its own strings (chunks of 65,536 made a 16,384-row block decode 4x)
         group.create_array(f"posts/{name}", shape=(0,), dtype=str, chunks=(string_chunk(block),))
     group.create_array("posts/influencer", shape=(0,), dtype="int32", chunks=chunk)
-    group.create_array("posts/media_count", shape=(0,), dtype="int32", chunks=chunk)
     for name in schema.POST_INT:
         group.create_array(f"posts/{name}", shape=(0,), dtype="int64", chunks=chunk)
     for kind in ("kind", "where", "detail"):
         group.create_array(f"problems/{kind}", shape=(0,), dtype=str, chunks=(4096,))
     return Store(group, url)
+
+
+def create_post_extras(store: Store) -> None:
+    """The optional posts/ columns `extract index` appends beside the required ones (schema.POST_EXTRA);
+    other writers of the tables (planted stores, imports of older exports) leave them out."""
+    for name in schema.POST_EXTRA:
+        store.group.create_array(f"posts/{name}", shape=(0,), dtype=schema.DTYPES[f"posts/{name}"],
+                                 chunks=(schema.TABLE_CHUNK,))
 
 
 def write_influencers(store: Store, table: dict[str, np.ndarray]) -> None:

@@ -44,16 +44,27 @@ def sample_data(out: str = typer.Argument(..., help="folder to write the dataset
 def index(dataset: str = typer.Argument(..., help="dataset root: the release, an instaloader crawl or a posts.jsonl "
                                                "folder (docs/dataset.md)"),
           store: str = typer.Argument(..., help="store path or URL to create"),
-          max_posts: int = typer.Option(300, help="newest posts kept per influencer"),
+          max_posts: int = typer.Option(None, help="newest posts kept per influencer (default 300; with --update "
+                                        "the store's own)"),
           block: int = typer.Option(schema.DEFAULT_BLOCK, help="rows per block (Zarr shard)"),
           workers: int = typer.Option(None, help="JSON parsing processes (default: all cores)"),
           overwrite: bool = typer.Option(False, help="re-index a store that already holds features"),
           format: DatasetFormat = typer.Option(None, "--format", help="release, instaloader or jsonl (default: "
-                                               "the one format found in DATASET)")):
-    """Index a dataset into a new store: tables, full-size NaN feature arrays, done flags."""
+                                               "the one format found in DATASET)"),
+          update: bool = typer.Option(False, "--update", help="re-read a grown crawl into an existing STORE, keeping "
+                                      "the features, labels and statuses of every unchanged post")):
+    """Index a dataset into a new store (tables, full-size NaN feature arrays, done flags), or with --update
+    refresh an existing store from a grown dataset."""
+    fmt = format.value if format else None
+    if update:
+        if overwrite:
+            raise UserError("--update keeps the store's features; --overwrite discards them: pass one")
+        from extract.update import run_update
+        say(run_update(dataset, store, max_posts=max_posts, workers=workers, format=fmt).summary())
+        return
     from extract.index import run_index
-    report = run_index(dataset, store, max_posts=max_posts, block=block, workers=workers, overwrite=overwrite,
-                       format=format.value if format else None)
+    report = run_index(dataset, store, max_posts=300 if max_posts is None else max_posts, block=block, workers=workers, overwrite=overwrite,
+                       format=fmt)
     say(report.summary())
 
 

@@ -24,7 +24,7 @@ import re
 from calendar import timegm
 from time import strptime
 
-from extract.release import (MAX_INFO_BYTES, InfluencerRow, Problem, clean_text, dig, inside, json_count, json_id,
+from extract.reading import (MAX_INFO_BYTES, InfluencerRow, Problem, clean_text, dig, inside, json_count, json_id,
                              load_json_object, read_or_report, read_regular, report_bad_fields, safe_name)
 from runtime.errors import UserError
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cache.blocks import carried_rows
 from cache.schema import Status
 from extract.imaging import ImageError, decode, normalize
 from extract.nvjpeg import check_device_decoder, gpu_decode, jpeg_bytes
@@ -101,7 +102,11 @@ class BatchDecoder(torch.utils.data.Dataset):
             if self._store is None:
                 from cache.store import open_store
                 self._store = open_store(self.url, "r")
-            self._paths = (b, self._store["posts/image"][self._store.block_rows(b)])
+            rows = self._store.block_rows(b)
+            paths = self._store["posts/image"][rows]
+            # rows carried over by `extract index --update` keep their features: nothing to decode
+            paths[carried_rows(self._store, "image", rows)] = ""
+            self._paths = (b, paths)
         return self._paths[1]
 
     def __getitem__(self, k: int):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cache import schema
-from cache.store import create_features, create_labels, create_store, write_influencers
+from cache.store import create_features, create_labels, create_post_extras, create_store, write_influencers
 from extract import formats, release
 from extract.target import prepare_target
 from runtime.cpus import usable_cpus
@@ -144,6 +144,18 @@ def _bounded_map(fn, tasks, workers: int):
             yield window.popleft().result()
 
 
+def image_signature(root: str, rel: str) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of a post's image, (-1, -1) without one: what
+    `extract index --update` compares to tell an unchanged image from a replaced one."""
+    if not rel:
+        return -1, -1
+    try:
+        st = os.stat(os.path.join(root, rel))
+    except OSError:
+        return -1, -1
+    return int(st.st_size), int(st.st_mtime_ns)
+
+
 class _Task:
     """Picklable callable for the worker pool: a format reader's parse of a few influencers, each
     one's newest `max_posts` posts kept (newest first; the post id breaks ties so the order is
@@ -157,6 +169,8 @@ class _Task:
         for infl, user, posts in group:
             kept, found = self.source.parse(user, posts)
             problems.extend(found)
+            for p in kept:
+                p["image_bytes"], p["image_mtime"] = image_signature(self.source.root, p["image"])
             kept.sort(key=lambda p: (p["timestamp"], p["id"]), reverse=True)
             out.append((infl, kept[:self.max_posts], len(kept)))
         return out, problems, sum(len(posts) for _, _, posts in group)
@@ -192,11 +206,11 @@ class _PostBatch:
 
     def __init__(self, store):
         self.store = store
-        self.cols: dict[str, list] = {k: [] for k in schema.POST_STR + schema.POST_INT + ["influencer", "media_count"]}
+        self.cols: dict[str, list] = {k: [] for k in schema.POST_STR + schema.POST_INT + ["influencer"] + schema.POST_EXTRA}
         self.written = 0
 
     def add(self, infl: int, post: dict) -> None:
-        for k in schema.POST_STR + schema.POST_INT + ["media_count"]:
+        for k in schema.POST_STR + schema.POST_INT + schema.POST_EXTRA:
             self.cols[k].append(post[k])
         self.cols["influencer"].append(infl)
         if len(self.cols["id"]) >= FLUSH_ROWS:
@@ -215,6 +229,7 @@ class _PostBatch:
 
 def _index(source, url, rows, infl_problems, max_posts, block, workers, quiet, start, mode) -> IndexReport:
     store = create_store(url, source.root, block, mode=mode)
+    create_post_extras(store)
     problems = _ProblemLog(store)
     for p in infl_problems:
         problems.add(*p)

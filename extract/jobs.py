@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from cache.blocks import Shard, claim_fingerprint, commit_block, pending_blocks
+from cache.blocks import Shard, carried_rows, claim_fingerprint, commit_block, pending_blocks
 from cache.schema import Status
 from cache.store import Store
 from runtime.console import say
@@ -78,6 +78,7 @@ class JobReport:
     commit_s: float = 0.0           # the loop waiting for the writer (all of the writing, without overlap)
     write_s: float = 0.0            # the writer's own time, mostly hidden behind encoding
     close_s: float = 0.0            # ending the job's worker processes, after the last block (in `seconds`)
+    carried: int = 0                # rows of pending blocks kept as they were (cache.blocks.carried_rows), not encoded
 
     @property
     def steady_per_s(self) -> float | None:
@@ -90,7 +91,8 @@ class JobReport:
 
     def summary(self, unit: str) -> str:
         rate = self.rows / self.seconds if self.seconds else 0.0
-        return (f"{self.blocks_done} blocks ({self.rows} {unit}) written, {self.blocks_skipped} already done; "
+        kept = f" ({self.carried} kept from before, {self.rows - self.carried} encoded)" if self.carried else ""
+        return (f"{self.blocks_done} blocks ({self.rows} {unit}{kept}) written, {self.blocks_skipped} already done; "
                 f"{rate:.1f} {unit}/s; no input {self.no_input}, unreadable {self.unreadable}; "
                 f"{self.wait_s:.1f} s waiting for inputs, {self.encode_s:.1f} s encoding, {self.commit_s:.1f} s waiting "
                 f"for writes ({self.write_s:.1f} s writing, overlapped with encoding)")
@@ -111,6 +113,7 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
         delay = float(os.environ.get(BLOCK_DELAY_ENV) or 0)
         start = time.perf_counter()
         counts = np.zeros(4, dtype=np.int64)
+        carried = [0]               # rows kept from before in the pending blocks
         first = (0.0, 0)
         spent = np.zeros(4)         # waiting for inputs, encoding, waiting for the writer, the writer's time
 
@@ -142,6 +145,8 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
                     ahead = pool.submit(job.prepare, rows[i + 1])
                 t1 = time.perf_counter()
                 features, status, failures = job.encode(inputs)
+                features, status, failures = _keep_carried(store, job.modality, r, features, status, failures,
+                                                           carried)
                 t2 = time.perf_counter()
                 if i == 0:
                     first = (t2 - start, r.stop - r.start)
@@ -164,7 +169,23 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
         closing = time.perf_counter() - closing
     return JobReport(len(pending), len(mine) - len(pending), int(counts.sum()),
                      int(counts[Status.NO_INPUT]), int(counts[Status.UNREADABLE]), time.perf_counter() - start, *first,
-                     *map(float, spent), close_s=closing)
+                     *map(float, spent), close_s=closing, carried=carried[0])
+
+
+def _keep_carried(store: Store, modality: str, rows: slice, features: np.ndarray, status: np.ndarray,
+                  failures: list, carried: list) -> tuple[np.ndarray, np.ndarray, list]:
+    """A block's rows whose features were already final (cache.blocks.carried_rows: the job did not
+    encode them) get their stored features and statuses back before the commit."""
+    keep = carried_rows(store, modality, rows)
+    if not keep.any():
+        return features, status, failures
+    idx = np.flatnonzero(keep)
+    features = np.array(features, copy=True)
+    features[idx] = store[f"features/{modality}"][rows][idx]
+    status = np.array(status, copy=True)
+    status[idx] = store[f"features/{modality}_status"][rows][idx]
+    carried[0] += len(idx)
+    return features, status, [f for f in failures if not keep[f[0] - rows.start]]
 
 
 def _report_failures(store: Store, modality: str, rows: slice, failures: list[tuple[int, str, str]]) -> None:

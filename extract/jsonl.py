@@ -15,7 +15,7 @@ import json
 import os
 
 from cache.schema import RELEASE_CATEGORIES, RELEASE_CATEGORY_FIXES, valid_image_path
-from extract.release import (InfluencerRow, Problem, clean_text, inside, json_count, json_id,
+from extract.reading import (InfluencerRow, Problem, clean_text, inside, json_count, json_id,
                              load_json_object, read_lines, safe_name)
 from runtime.errors import UserError
 

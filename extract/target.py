@@ -13,7 +13,7 @@ from cache.store import StoreError, open_store
 LOCK_NAME = ".index.lock"
 
 
-def _is_our_store(path: str) -> bool:
+def is_our_store(path: str) -> bool:
     """A folder holding a Zarr group written by `extract index` (schema_version in its attributes)."""
     try:
         with open(os.path.join(path, "zarr.json"), "rb") as f:
@@ -55,7 +55,7 @@ def prepare_target(root: str, url: str, overwrite: bool):
         if os.path.islink(path) or not os.path.isdir(path):
             raise StoreError(f"{url}: exists and is not a folder; choose a new path for the store")
         entries = [e for e in os.listdir(path) if e != LOCK_NAME]
-        if entries and not _is_our_store(path):
+        if entries and not is_our_store(path):
             raise StoreError(f"{url}: the folder is not empty and is not an Influencer Profiler store "
                              f"(it holds {entries[0]!r}{' and more' if len(entries) > 1 else ''}); "
                              f"nothing was changed; choose a new or empty folder")

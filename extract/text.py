@@ -16,6 +16,7 @@ import pickle
 import numpy as np
 import torch
 
+from cache.blocks import carried_rows
 from cache.schema import Status
 from cache.store import Store
 from extract.tokenise import Prepared, Tokeniser, TokenisingWorkers
@@ -97,9 +98,12 @@ class TextEncoder:
         """Tokenise captions here, in this process (extract.tokenise)."""
         return self.tokenise(captions)
 
-    def batches(self, lengths: np.ndarray):
-        """Row indices sorted by length, cut so that rows × longest row ≤ the token budget."""
+    def batches(self, lengths: np.ndarray, skip: np.ndarray | None = None):
+        """Row indices sorted by length, cut so that rows × longest row ≤ the token budget; rows in
+        `skip` (carried over, cache.blocks.carried_rows) are left out."""
         order = np.argsort(lengths, kind="stable")
+        if skip is not None:
+            order = order[~skip[order]]
         start = 0
         while start < len(order):
             end = start + 1
@@ -112,7 +116,7 @@ class TextEncoder:
         """The block's batches as (rows, token ids, mask of the real tokens), padded with numpy alone."""
         lengths, offsets, flat = prepared.lengths, prepared.offsets, prepared.flat
         pad = self.tokenizer.pad_token_id or 0
-        for rows in self.batches(lengths):
+        for rows in self.batches(lengths, prepared.carried):
             width = int(lengths[rows].max())
             if self.compiled:       # widths in steps of 16: a few shapes to compile, not one per length
                 width = min(-(-width // 16) * 16, self.max_length)
@@ -209,6 +213,8 @@ class TextJob:
         else:
             prepared = self.encoder.prepare([str(c) for c in self.captions[rows]])
         prepared.start = rows.start
+        carried = carried_rows(self.store, "text", rows)
+        prepared.carried = carried if carried.any() else None
         return prepared
 
     def encode(self, prepared: Prepared):

@@ -40,6 +40,7 @@ class Prepared:
     lengths: np.ndarray         # tokens per row
     status: np.ndarray
     start: int = 0              # the block's first row (set by TextJob: failures name their post)
+    carried: np.ndarray | None = None   # rows whose features are kept (cache.blocks.carried_rows): not encoded
 
     @property
     def offsets(self) -> np.ndarray:
