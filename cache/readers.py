@@ -56,6 +56,21 @@ def require_features(store: Store, modality: str) -> None:
                              f"`extract {'images' if m == 'image' else 'text'} {store.url} --shard 0/1` first")
 
 
+def require_same_encoders(store: Store, modality: str, fitted_on: dict | None) -> None:
+    """Refuse a store whose features come from other encoders than those a run was fitted on (a run
+    predicts any store, of any format, whose features the same encoders wrote). Runs that recorded
+    no fingerprints are not checked."""
+    from cache.store import StoreError
+    for m in MODALITY_SETS[modality]:
+        want = (fitted_on or {}).get(m)
+        have = store[f"features/{m}"].attrs.get("encoder") if store.has_features(m) else None
+        if isinstance(want, dict) and isinstance(have, dict) and dict(want) != dict(have):
+            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+            raise StoreError(f"{store.url}: features/{m} were written by another encoder than the run was fitted on "
+                             f"(differs in {', '.join(diff)}); extract this store with the run's encoder, or fit a "
+                             f"run on it")
+
+
 def bag_rows(store: Store, influencers: np.ndarray) -> list[slice]:
     offsets = store.offsets()
     return [slice(int(offsets[j]), int(offsets[j + 1])) for j in influencers]

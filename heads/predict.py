@@ -27,7 +27,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from cache.labels import LabelError, release_categories
 from cache.outputs import begin_predictions, finish_predictions, lock_predictions
-from cache.readers import influencer_groups, post_features, require_features
+from cache.readers import influencer_groups, post_features, require_features, require_same_encoders
 from cache.schema import SPLITS
 from cache.store import open_store
 from heads.infer import load_run, pad_batch
@@ -128,6 +128,9 @@ def predict(run: str, url: str, out: str | None = None, *, batch_size: int = 64,
         outside_inputs(out, {"store": url})
     store = open_store(url, "r+")
     require_features(store, modality)
+    fitted_on = config.get("store") if isinstance(config.get("store"), dict) else {}
+    require_same_encoders(store, modality, fitted_on.get("encoders") if isinstance(fitted_on.get("encoders"), dict)
+                          else None)
     threads = torch.get_num_threads()
     # one torch thread per task, as a dask worker process has (its nanny sets OMP_NUM_THREADS=1): dask runs
     # the tasks in parallel, and the same reduction order gives a cluster exactly the local results (with two

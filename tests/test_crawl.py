@@ -265,3 +265,44 @@ def test_sample_data_as_instaloader_matches_the_release_sample(tmp_path):
     r = CliRunner().invoke(cache_app, ["labels", str(tmp_path / "i.zarr"), "--influencers",
                                        str(ig / "labels/influencers.csv"), "--posts", str(ig / "labels/posts.csv")])
     assert r.exit_code == 0, r.output
+
+
+def test_a_run_fitted_on_the_release_predicts_the_same_posts_crawled(tmp_path, tiny_bert, quick_encoder):
+    """`heads predict RUN OTHER` across formats: fitted on a release store, predicting an instaloader store of the
+    same posts extracted with the same encoders gives the same labels; another encoder's store is refused."""
+    from extract.images import run_images
+    from extract.text import run_text
+    from heads.cli import app as heads_app
+    args = ["--influencers", "16", "--posts", "8", "--seed", "2", "--image-size", "48", "--clean"]
+    rel, ig = tmp_path / "rel", tmp_path / "ig"
+    assert CliRunner().invoke(extract_app, ["sample-data", str(rel), *args]).exit_code == 0
+    assert CliRunner().invoke(extract_app, ["sample-data", str(ig), "--format", "instaloader", *args]).exit_code == 0
+    stores = {}
+    for name, root in (("rel", rel), ("ig", ig)):
+        path = str(tmp_path / f"{name}.zarr")
+        run_index(str(root), path, block=64, workers=1, quiet=True)
+        run_text(path, "0/1", model=tiny_bert, precision="fp32", device="cpu", batch_tokens=512, quiet=True)
+        run_images(path, "0/1", encoder_path=quick_encoder[0], workers=0, device="cpu", batch_size=16, quiet=True)
+        stores[name] = path
+    r = CliRunner().invoke(cache_app, ["labels", stores["rel"], "--influencers", str(rel / "labels/influencers.csv"),
+                                       "--posts", str(rel / "labels/posts.csv")])
+    assert r.exit_code == 0, r.output
+    run = str(tmp_path / "run")
+    r = CliRunner().invoke(heads_app, ["fit", stores["rel"], "--out", run, "--max-steps", "30", "--restarts", "1",
+                                       "--precision", "fp32"])
+    assert r.exit_code == 0, r.output
+    labels = {}
+    for name, path in stores.items():
+        r = CliRunner().invoke(heads_app, ["predict", run, path, "--out", str(tmp_path / f"pred-{name}")])
+        assert r.exit_code == 0, r.output
+        s = open_store(path)
+        labels[name] = dict(zip(s["influencers/username"][:], s["predictions/influencer_label"][:]))
+    assert set(labels["rel"]) == set(labels["ig"]) and len(labels["ig"]) == 16
+    same = sum(labels["rel"][u] == labels["ig"][u] for u in labels["ig"])
+    assert same == 16, (same, labels)
+    # features from another encoder: refused in one line
+    import zarr
+    g = zarr.open_group(stores["ig"], mode="r+")
+    g["features/text"].attrs["encoder"] = {**dict(g["features/text"].attrs["encoder"]), "model": "another-bert"}
+    r = CliRunner().invoke(heads_app, ["predict", run, stores["ig"], "--out", str(tmp_path / "pred-x"), "--overwrite"])
+    assert r.exit_code == 2 and "another encoder" in r.output and r.output.count("\n") == 1, r.output
