@@ -44,6 +44,17 @@ step "9. the HTML report (run, Tables 1-2 beside the baselines and the paper, fi
 heads report "$OUT/run" "$OUT/store.zarr" --out "$OUT/report" --baselines "$OUT/baselines" \
     --predictions "$OUT/predictions" --cards 3
 
+step "10. your own crawl: a sample as instaloader writes it, indexed, its image features, then --update"
+extract sample-data "$OUT/crawl" --format instaloader --influencers 12 --posts 10 --seed 1 --image-size 128
+extract index "$OUT/crawl" "$OUT/crawl.zarr" --block 64
+extract images "$OUT/crawl.zarr" --shard 0/1 --encoder "$OUT/image-encoder.pt"
+gone=$(ls "$OUT/crawl" | grep -v labels | head -1)
+echo "(the crawl changes: $gone's folder is deleted; every other post keeps its features)"
+rm -rf "$OUT/crawl/$gone"
+extract index "$OUT/crawl" "$OUT/crawl.zarr" --update
+extract images "$OUT/crawl.zarr" --shard 0/1 --encoder "$OUT/image-encoder.pt"
+cache info "$OUT/crawl.zarr"
+
 step "store information"
 cache info "$OUT/store.zarr"
 step "verify"
