@@ -181,7 +181,7 @@ def verify(store: Store, scheduler=None, quiet: bool = True) -> list[str]:
         return ["the index did not finish (`extract index` was stopped before the end): rerun `extract index`"]
     errors: list[str] = label_state_errors(store)
     n, m = store.n_posts, store.n_influencers
-    for name in schema.POST_STR + schema.POST_INT + ["label", "split"]:
+    for name in schema.POST_STR + schema.POST_INT + schema.POST_EXTRA + ["label", "split"]:
         if f"posts/{name}" in store and store[f"posts/{name}"].shape[0] != n:
             errors.append(f"posts/{name} has {store[f'posts/{name}'].shape[0]} rows, expected {n}")
     offsets = store.offsets()

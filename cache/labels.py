@@ -135,9 +135,9 @@ def release_categories(store: Store) -> tuple[np.ndarray, dict]:
     raw = store["influencers/release_category"][:].astype(np.int64)
     if len(raw) and (raw == -1).all():
         fmt = store.attrs.get("dataset_format", "release")
+        source = "an instaloader crawl, which has none" if fmt == "instaloader" else f"a {fmt} dataset without categories"
         raise LabelError(f"{store.url}: no release category: no influencer in this store has one (indexed from "
-                         f"{'an instaloader crawl, which has none' if fmt == 'instaloader' else 'a ' + fmt + ' dataset without categories'}"
-                         f"); label influencers by hand with --influencers FILE.csv")
+                         f"{source}); label influencers by hand with --influencers FILE.csv")
     bad = np.flatnonzero((raw < -1) | (raw >= len(names)))
     if len(bad):
         users = store["influencers/username"].get_orthogonal_selection((bad[:3],))

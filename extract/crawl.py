@@ -142,16 +142,22 @@ def _timestamp_of(base: str) -> int:
     return timegm(strptime(base, "%Y-%m-%d_%H-%M-%S"))
 
 
-def scan_profile(folder: str) -> tuple[dict[str, dict], list[str], bool]:
+def scan_profile(folder: str) -> tuple[dict[str, dict], list[str], bool, list[str]]:
     """The posts of one profile folder by base name ({"meta", "images": [(index, name)], "txt"}), the
-    profile metadata files found, and whether an interrupted crawl's iterator file is there. Reads
-    names only; names that are not one plain, valid component are left out (the caller reports them)."""
+    profile metadata files found, whether an interrupted crawl's iterator file is there, and the
+    symbolic links among the crawl's files (never followed: one could lead outside the crawl). Reads
+    names only."""
     posts: dict[str, dict] = {}
     profiles: list[str] = []
+    links: list[str] = []
     interrupted = False
     with os.scandir(folder) as it:
         for entry in it:
             name = entry.name
+            if entry.is_symlink():
+                if _META.match(name) or _IMAGE.match(name) or _CAPTION.match(name) or _PROFILE.match(name):
+                    links.append(name)
+                continue
             if name.startswith("iterator_") and ".json" in name:
                 interrupted = True
                 continue
@@ -175,7 +181,7 @@ def scan_profile(folder: str) -> tuple[dict[str, dict], list[str], bool]:
                 continue
             if _PROFILE.match(name):
                 profiles.append(name)
-    return posts, sorted(profiles), interrupted
+    return posts, sorted(profiles), interrupted, sorted(links)
 
 
 def looks_like_crawl(root: str, limit: int = 64) -> bool:
@@ -226,7 +232,7 @@ class InstaloaderSource:
                 problems.append(("folder_not_a_profile", clean_text(name)[0][:200],
                                  "not a profile folder (a hashtag, :feed, hidden or an unusable name); skipped"))
                 continue
-            posts, profiles, interrupted = scan_profile(path)
+            posts, profiles, interrupted, _ = scan_profile(path)
             if not posts and not profiles:
                 problems.append(("folder_not_a_profile", name, "no instaloader metadata or post files; skipped"))
                 continue
@@ -253,7 +259,10 @@ class InstaloaderSource:
         for name, path in self._folders():
             if name not in m.names:
                 continue                      # skipped above
-            posts, _, _ = scan_profile(path)
+            posts, _, _, links = scan_profile(path)
+            for link in links:
+                m.problem("link_not_followed", clean_text(f"{name}/{link}")[0], "a symbolic link among a profile's "
+                          "files is not read (it could lead outside the crawl)")
             for base in sorted(posts):
                 post = posts[base]
                 images = [n for _, n in sorted(post["images"])]

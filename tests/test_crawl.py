@@ -306,3 +306,41 @@ def test_a_run_fitted_on_the_release_predicts_the_same_posts_crawled(tmp_path, t
     g["features/text"].attrs["encoder"] = {**dict(g["features/text"].attrs["encoder"]), "model": "another-bert"}
     r = CliRunner().invoke(heads_app, ["predict", run, stores["ig"], "--out", str(tmp_path / "pred-x"), "--overwrite"])
     assert r.exit_code == 2 and "another encoder" in r.output and r.output.count("\n") == 1, r.output
+
+
+def test_links_inside_a_profile_folder_are_not_followed(crawl, tmp_path):
+    """A crawl's files are read only where they are: a link among a profile's files (to a file outside the
+    crawl) is recorded, never read."""
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"node": {"id": "999", "caption": "SECRET", "taken_at_timestamp": T0},
+                                  "instaloader": {"node_type": "Post"}}))
+    b = crawls.base_name(T0 + 5000)
+    os.symlink(secret, crawl / "anna" / f"{b}.json")
+    os.symlink(tmp_path / "secret.jpg", crawl / "anna" / f"{b}.jpg")
+    out = tmp_path / "s.zarr"
+    assert _index(crawl, out).exit_code == 0
+    posts = _posts(out)
+    assert "999" not in posts and not any("SECRET" in p["caption"] for p in posts.values())
+    found = {(k, w) for k, w, _ in _problems(out)}
+    assert ("link_not_followed", f"anna/{b}.json") in found and ("link_not_followed", f"anna/{b}.jpg") in found
+
+
+def test_the_crawl_sample_plants_a_crawls_oddities_and_the_fallback_writer_writes_the_same(tmp_path, monkeypatch):
+    import extract.sample_crawl as sample_crawl
+    args = dict(influencers=10, posts=8, seed=4, image_size=32)
+    sample_crawl.make_crawl_sample(str(tmp_path / "ig"), **args)
+    names = [n for _, _, files in os.walk(tmp_path / "ig") for n in files]
+    assert any(n.endswith(".webp") for n in names) and any(n.endswith("_UTC.json") for n in names)
+    assert any("_old_01.txt" in n for n in names) and any(n.startswith("iterator_") for n in names)
+    run_index(str(tmp_path / "ig"), str(tmp_path / "a.zarr"), block=64, workers=1, quiet=True)
+    kinds = {k for k, _, _ in _problems(tmp_path / "a.zarr")}
+    assert {"profile_missing", "crawl_interrupted", "info_malformed", "folder_not_a_profile"} <= kinds, kinds
+    # without instaloader installed, the sample's own writer lays out the same crawl
+    monkeypatch.setattr(sample_crawl, "_writer", lambda out, compress: None)
+    sample_crawl.make_crawl_sample(str(tmp_path / "own"), **args)
+    run_index(str(tmp_path / "own"), str(tmp_path / "b.zarr"), block=64, workers=1, quiet=True)
+    a, b = _posts(tmp_path / "a.zarr"), _posts(tmp_path / "b.zarr")
+    assert a.keys() == b.keys()
+    for pid in a:
+        assert {k: v for k, v in a[pid].items() if k != "influencer"} == \
+            {k: v for k, v in b[pid].items() if k != "influencer"}, pid
