@@ -197,9 +197,12 @@ def check_export(path: str, f) -> Checked:
         d = datasets[name]
         _storage(path, name, d)
         _dtype(path, name, d)
-        want_ndim = 2 if name in (f"features/{m}" for m in schema.MODALITIES) else 1
-        if d.ndim != want_ndim or d.shape[0] > MAX_ROWS or (want_ndim == 2 and
-                                                            d.shape[1] != schema.MODALITIES[name.split("/")[1]]):
+        features = name in (f"features/{m}" for m in schema.MODALITIES)
+        embedding = name == f"predictions/{schema.EMBEDDING}"
+        want_ndim = 2 if features or embedding else 1
+        if d.ndim != want_ndim or d.shape[0] > MAX_ROWS or (features and
+                                                            d.shape[1] != schema.MODALITIES[name.split("/")[1]]) \
+                or (embedding and not 1 <= d.shape[1] <= schema.MAX_EMBEDDING):
             raise _fail(path, f"/{name} has shape {d.shape}, not the schema's")
         if _declared_bytes(d) > budget:
             raise _fail(path, f"/{name} declares {d.shape[0]:,} rows ({_declared_bytes(d):,} bytes), more than a file "

@@ -19,6 +19,7 @@ import fcntl
 import os
 import shutil
 
+import numpy as np
 import zarr
 
 from cache import schema
@@ -58,7 +59,7 @@ def lock_predictions(store: Store):
 
 
 def begin_predictions(store: Store, run: str, modality: str, git_commit: str | None,
-                      overwrite: bool = False) -> dict[str, zarr.Array]:
+                      overwrite: bool = False, embedding_dim: int | None = None) -> dict[str, zarr.Array]:
     previous = predictions_run(store)
     if previous and previous.get("complete") and previous.get("run") != run and not overwrite:
         raise StoreError(f"{store.url} holds the predictions of another run ({previous.get('run')}); "
@@ -73,6 +74,11 @@ def begin_predictions(store: Store, run: str, modality: str, git_commit: str | N
         arrays[name] = store.group.create_array(f"{group}/{name}", shape=(n,), dtype=dtype,
                                                 chunks=(max(1, min(n, schema.TABLE_CHUNK)),), fill_value=fill,
                                                 overwrite=True)
+    if embedding_dim:
+        m = store.n_influencers
+        arrays[schema.EMBEDDING] = store.group.create_array(
+            f"{group}/{schema.EMBEDDING}", shape=(m, int(embedding_dim)), dtype="float16",
+            chunks=(max(1, min(m, 4096)), int(embedding_dim)), fill_value=np.nan, overwrite=True)
     store.group[group].attrs.update(run=run, modality=modality, git_commit=git_commit, complete=False)
     return arrays
 

@@ -39,7 +39,7 @@ POST_INT = ["timestamp", "likes", "comments"]
 INFLUENCER_INT = ["followers", "followees", "posts_total"]
 # posts/ columns `extract index` writes since they were added (stores indexed before lack them; readers
 # take their absence as unknown): images in the post, and the encoded image's size and mtime (ns)
-POST_EXTRA = ["media_count", "image_bytes", "image_mtime"]
+POST_EXTRA = ["media_count", "image_bytes", "image_mtime", "sponsored"]
 
 # predictions/ (written by `heads predict` through cache.outputs): name -> (table it follows, dtype, fill)
 PREDICTIONS = {
@@ -49,6 +49,11 @@ PREDICTIONS = {
     "post_prob": ("posts", "float16", float("nan")),
     "attention": ("posts", "float16", float("nan")),
 }
+
+# predictions/influencer_embedding (M, D) float16: h, the attention-pooled representation of every influencer
+# (D: the run's hidden width, at most MAX_EMBEDDING; NaN where the influencer has no usable post)
+EMBEDDING = "influencer_embedding"
+MAX_EMBEDDING = 4096
 
 # Where `heads predict` builds the next predictions in a local store before they replace predictions/
 # (cache/outputs.py); never exported, never part of a finished store.
@@ -64,6 +69,7 @@ ARRAYS = {
                                "(0 unknown; stores indexed before it was stored lack the array)"),
     "posts/image_bytes": ("N", "extract index: the image file's size (-1 none), for `extract index --update`"),
     "posts/image_mtime": ("N", "extract index: the image file's modification time in ns (-1 none)"),
+    "posts/sponsored": ("N", "extract index: paid content 1, not 0, unknown -1 (extract.reading.sponsored_flag)"),
     **{f"influencers/{n}": ("M", "extract index") for n in ["username"] + INFLUENCER_INT},
     "influencers/offsets": ("M+1", "extract index"),
     "influencers/release_category": ("M", "extract index: influencers.txt's category, an index into the root "
@@ -76,6 +82,7 @@ ARRAYS = {
     **{f"problems/{k}": ("problems", "extract index, shard jobs") for k in ("kind", "where", "detail")},
     **{f"predictions/{n}": ("M" if t == "influencers" else "N", "heads predict") for n, (t, _, _) in
        PREDICTIONS.items()},
+    f"predictions/{EMBEDDING}": ("M", "heads predict: (M, D) h of every influencer, for `heads similar`"),
 }
 
 # The dtype of every array ("str": a UTF-8 string table). `cache import` checks a foreign file against it.
@@ -83,6 +90,7 @@ DTYPES = {
     **{f"posts/{n}": "str" for n in POST_STR}, "posts/influencer": "int32",
     **{f"posts/{n}": "int64" for n in POST_INT}, "posts/label": "int8", "posts/split": "int8",
     "posts/media_count": "int32", "posts/image_bytes": "int64", "posts/image_mtime": "int64",
+    "posts/sponsored": "int8",
     "influencers/username": "str", **{f"influencers/{n}": "int64" for n in INFLUENCER_INT},
     "influencers/offsets": "int64", "influencers/release_category": "int8", "influencers/label": "int8",
     "influencers/split": "int8", "influencers/label_source": "int8",
@@ -90,6 +98,7 @@ DTYPES = {
     **{f"features/{m}_done": "bool" for m in MODALITIES},
     **{f"problems/{k}": "str" for k in ("kind", "where", "detail")},
     **{f"predictions/{n}": dtype for n, (_, dtype, _) in PREDICTIONS.items()},
+    f"predictions/{EMBEDDING}": "float16",
 }
 # Arrays every finished store holds (the rest come with labels, features or predictions).
 REQUIRED = [f"posts/{n}" for n in POST_STR + ["influencer"] + POST_INT] + \

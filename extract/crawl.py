@@ -25,7 +25,8 @@ from calendar import timegm
 from time import strptime
 
 from extract.reading import (MAX_INFO_BYTES, InfluencerRow, Problem, clean_text, dig, inside, json_count, json_id,
-                             load_json_object, read_or_report, read_regular, report_bad_fields, safe_name)
+                             load_json_object, read_or_report, read_regular, report_bad_fields, safe_name,
+                             sponsored_flag)
 from runtime.errors import UserError
 
 BASE = r"(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})_UTC"
@@ -124,6 +125,7 @@ def post_fields(node: dict) -> dict:
         children = node.get("carousel_media")
     media_count = len(children) if isinstance(children, list) and children else 1
     return {"id": post_id, "caption": text, "caption_missing": not isinstance(caption, str),
+            "sponsored": sponsored_flag(node),
             "timestamp": timestamp, "likes": likes, "comments": comments, "media_count": media_count,
             "bad_fields": bad, "missing": missing}
 

@@ -33,6 +33,17 @@ def _count(obj: dict, key: str, where: str, problems: list) -> int:
     return value
 
 
+def _flag(obj: dict, key: str, where: str, problems: list) -> int:
+    """A boolean field: 1 true, 0 false, -1 missing (or not a boolean: recorded)."""
+    if key not in obj or obj[key] is None:
+        return -1
+    if not isinstance(obj[key], bool):
+        problems.append(("info_field_invalid", where, f"{key} {str(obj[key])[:30]} is not true/false; stored as "
+                                                      f"unknown"))
+        return -1
+    return int(obj[key])
+
+
 def read_influencer_lines(root: str) -> tuple[list[InfluencerRow], list[Problem]]:
     rows, problems, seen = [], [], set()
     path = os.path.join(root, INFLUENCERS_FILE)
@@ -102,7 +113,7 @@ def parse_post_line(line: str, where: str) -> tuple[dict | None, list[Problem]]:
     post = {"influencer": user, "id": post_id, "caption": text, "caption_missing": caption is None,
             "timestamp": timestamp,          # -1: unknown (sorted oldest for --max-posts)
             "likes": _count(obj, "likes", where, problems), "comments": _count(obj, "comments", where, problems),
-            "images": images}
+            "images": images, "sponsored": _flag(obj, "sponsored", where, problems)}
     return post, problems
 
 

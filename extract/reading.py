@@ -143,6 +143,24 @@ def json_id(value) -> str:
 
 
 
+def sponsored_flag(node: dict) -> int:
+    """Whether a media node is paid content: 1 yes, 0 no, -1 unknown (none of the keys present).
+    Found on the release's `.info` files and the classic GraphQL nodes: `edge_media_to_sponsor_user.edges`
+    (a non-empty list: the brand tagged as sponsor). Read where present, from instaloader's other node
+    shapes (not seen on the sample): `is_paid_partnership`, `is_ad` (true), `sponsor_tags` (non-empty)."""
+    known, paid = False, False
+    edges = dig(node, "edge_media_to_sponsor_user", "edges")
+    if isinstance(edges, list):
+        known, paid = True, paid or bool(edges)
+    for key in ("is_paid_partnership", "is_ad"):
+        if isinstance(node.get(key), bool):
+            known, paid = True, paid or node[key]
+    tags = node.get("sponsor_tags")
+    if isinstance(tags, list):
+        known, paid = True, paid or bool(tags)
+    return 1 if paid else (0 if known else -1)
+
+
 def read_or_report(read, path: str, rel: str, problems: list, missing_detail: str):
     """`read(path)`, or None with the problem recorded: info_missing, info_unreadable, info_malformed."""
     try:

@@ -10,7 +10,7 @@ import os
 from cache.schema import RELEASE_CATEGORIES, RELEASE_CATEGORY_FIXES
 from extract.reading import (INT64_MAX, MAX_INFO_BYTES, MAX_LINE, InfluencerRow, Problem,  # noqa: F401
                              clean_text, dig, inside, json_count, json_id, load_json_object, read_lines,
-                             read_or_report, read_regular, report_bad_fields, safe_name)
+                             read_or_report, read_regular, report_bad_fields, safe_name, sponsored_flag)
 from runtime.errors import UserError
 
 INFLUENCERS_FILE = "influencers.txt"
@@ -181,6 +181,7 @@ def parse_info(data: bytes | str) -> dict:
     if replaced:
         bad.append("caption has lone surrogates (replaced)")
     return {
+        "sponsored": sponsored_flag(node),
         "id": json_id(node.get("id")),
         "caption": text,
         "caption_missing": not isinstance(caption, str),

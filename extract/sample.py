@@ -166,7 +166,7 @@ def _bad_image(kind: str, rng: np.random.Generator, size: int) -> bytes:
 
 
 def _media_node(post_id: str, user: str, owner_id: int, caption: str | None, ts: int, kind: str,
-                size: tuple[int, int], rng: np.random.Generator) -> dict:
+                size: tuple[int, int], rng: np.random.Generator, sponsor: bool = False) -> dict:
     likes = int(rng.lognormal(6, 1.5))
     comments = int(likes * rng.uniform(0.005, 0.05))
     return {
@@ -183,7 +183,7 @@ def _media_node(post_id: str, user: str, owner_id: int, caption: str | None, ts:
         "comments_disabled": False,
         "taken_at_timestamp": ts,
         "edge_media_preview_like": {"count": likes},
-        "edge_media_to_sponsor_user": {"edges": []},
+        "edge_media_to_sponsor_user": {"edges": [{"node": {"sponsor": {"username": "brand.co"}}}] if sponsor else []},
         "location": {"name": "Somewhere"} if rng.random() < 0.1 else None,
         "owner": {"id": str(owner_id), "username": user},
     }
@@ -216,7 +216,9 @@ class _Writer:
                 f.write(_jpeg(_pattern(POST_CATEGORIES.index(icat), rng, h, w)))
             self.n_images += 1
         self.first_image[post_id] = os.path.join(out, release.IMAGE_DIR, f"{user}-{ids[0]}.jpg")
-        node = _media_node(post_id, user, owner, _caption(cat, rng), ts, kind, (h, w), rng)
+        # two in three `product` posts are paid partnerships (decided by the id: the rng's draws stay as they were)
+        node = _media_node(post_id, user, owner, _caption(cat, rng), ts, kind, (h, w), rng,
+                           sponsor=cat == "product" and int(post_id) % 3 != 0)
         with open(os.path.join(out, release.INFO_DIR, f"{user}-{post_id}.info"), "w", encoding="utf-8") as f:
             json.dump(node, f, ensure_ascii=False)
         if list_in_mapping:

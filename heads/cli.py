@@ -1,4 +1,4 @@
-"""`heads`: fit, eval, predict, ablate, report. Parses arguments and calls the library; nothing else."""
+"""`heads`: fit, eval, predict, similar, search, ablate, report. Parses arguments and calls the library; nothing else."""
 from __future__ import annotations
 
 import typer
@@ -119,6 +119,57 @@ def predict(run: str = typer.Argument(..., help="a `heads fit` run folder"),
     say(agreement_line(r["release_agreement"]))
     if not r["post_head_trained"]:
         say("post categories left empty: the run's post head was not trained (no labelled posts)")
+
+
+@app.command()
+@clean_errors
+def similar(run: str = typer.Argument(..., help="the run whose `heads predict` labelled STORE"),
+            store: str = typer.Argument(..., help="a predicted store"),
+            username: str = typer.Argument(..., help="the influencer to find lookalikes of"),
+            k: int = typer.Option(20, "--k", help="lookalikes listed"),
+            category: str = typer.Option(None, help="only influencers predicted in this category"),
+            tier: str = typer.Option(None, help="only these follower tiers, comma-separated: nano,micro,macro,mega"),
+            min_engagement: float = typer.Option(None, help="only an engagement rate (likes + comments per post "
+                                                 "over followers) of at least this"),
+            min_followers: int = typer.Option(None, help="only at least this many followers"),
+            include_self: bool = typer.Option(False, "--include-self", help="list USERNAME itself too (first)"),
+            out: str = typer.Option(None, help="also write the list as a CSV file")):
+    """The influencers nearest USERNAME by cosine on the influencer embeddings h (attention-pooled, 256-d)."""
+    from cache.store import open_store
+    from heads.discover import Directory, Filters, parse_tiers, similar as find_similar, table, write_csv
+    f = Filters(category=category, tiers=parse_tiers(tier), min_engagement=min_engagement,
+                min_followers=min_followers)
+    rows = find_similar(Directory(open_store(store), run, need_embeddings=True), username, k, f, include_self)
+    typer.echo(table(rows))
+    if out:
+        write_csv(rows, out)
+        say(f"wrote {len(rows)} rows to {out}")
+
+
+@app.command()
+@clean_errors
+def search(run: str = typer.Argument(..., help="the run whose `heads predict` labelled STORE"),
+           store: str = typer.Argument(..., help="a predicted store"),
+           category: str = typer.Option(None, help="only influencers predicted in this category"),
+           min_probability: float = typer.Option(None, help="only a predicted probability of at least this"),
+           tier: str = typer.Option(None, help="only these follower tiers, comma-separated: nano,micro,macro,mega"),
+           min_engagement: float = typer.Option(None, help="only an engagement rate of at least this"),
+           min_followers: int = typer.Option(None, help="only at least this many followers"),
+           max_sponsored: float = typer.Option(None, help="only a sponsored share of posts of at most this (0-1; "
+                                               "influencers whose paid posts are unknown do not pass)"),
+           sort: str = typer.Option("probability", help="probability, engagement or followers"),
+           top: int = typer.Option(50, help="influencers listed"),
+           out: str = typer.Option(None, help="also write the list as a CSV file")):
+    """The ranked list a brief asks for: filtered by category, probability, tier, engagement, sponsored share."""
+    from cache.store import open_store
+    from heads.discover import Directory, Filters, parse_tiers, search as run_search, table, write_csv
+    f = Filters(category=category, tiers=parse_tiers(tier), min_engagement=min_engagement,
+                min_followers=min_followers, min_probability=min_probability, max_sponsored=max_sponsored)
+    rows = run_search(Directory(open_store(store), run), f, sort=sort, top=top)
+    typer.echo(table(rows))
+    if out:
+        write_csv(rows, out)
+        say(f"wrote {len(rows)} rows to {out}")
 
 
 @app.command()

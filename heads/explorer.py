@@ -23,21 +23,29 @@ def tier(followers: int) -> str:
 # ------------------------------------------------------------------ per-influencer columns
 
 def influencer_columns(store) -> dict:
-    """Followers, posts, engagement (mean likes + comments per post over followers) of every influencer,
-    from a chunked pass over the posts tables."""
+    """Followers, posts, engagement (mean likes + comments per post over followers) and sponsored share
+    (paid posts over posts whose paid status is known; NaN when none is) of every influencer, from a
+    chunked pass over the posts tables."""
     m, n = store.n_influencers, store.n_posts
     inter = np.zeros(m, np.float64)
+    paid, known = np.zeros(m, np.float64), np.zeros(m, np.float64)
     owner_arr, likes, comments = store["posts/influencer"], store["posts/likes"], store["posts/comments"]
+    sponsored = store["posts/sponsored"] if "posts/sponsored" in store else None     # older stores: unknown
     for start in range(0, n, CHUNK):
         stop = min(start + CHUNK, n)
         owner = owner_arr[start:stop].astype(np.int64)
         both = np.maximum(likes[start:stop], 0) + np.maximum(comments[start:stop], 0)
         inter += np.bincount(owner, weights=both.astype(np.float64), minlength=m)
+        if sponsored is not None:
+            s = sponsored[start:stop]
+            paid += np.bincount(owner, weights=(s == 1).astype(np.float64), minlength=m)
+            known += np.bincount(owner, weights=(s >= 0).astype(np.float64), minlength=m)
     counts = np.diff(store.offsets())
     followers = store["influencers/followers"][:]
     with np.errstate(divide="ignore", invalid="ignore"):
         engagement = np.where((counts > 0) & (followers > 0), inter / np.maximum(counts, 1) / followers, np.nan)
-    return {"followers": followers, "posts": counts, "engagement": engagement}
+        share = np.where(known > 0, paid / np.maximum(known, 1), np.nan)
+    return {"followers": followers, "posts": counts, "engagement": engagement, "sponsored": share}
 
 
 def store_predictions(store, run: str) -> tuple[dict | None, str]:

@@ -122,7 +122,7 @@ class InfluencerProfiler(nn.Module):
         v = self.encode_posts(x, present)
         weights, h = self.pool(self.drop(v), mask)
         logits = self.infl_out(self.drop(F.relu(self.infl_hidden(h)))) / self.temperature[0]
-        out = {"logits": logits, "weights": weights}
+        out = {"logits": logits, "weights": weights, "h": h}
         if posts:
             out["post_logits"] = self.post_logits(v)
         return out

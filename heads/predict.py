@@ -28,7 +28,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from cache.labels import LabelError, release_categories
 from cache.outputs import begin_predictions, finish_predictions, lock_predictions
 from cache.readers import influencer_groups, post_features, require_features, require_same_encoders
-from cache.schema import SPLITS
+from cache.schema import EMBEDDING, SPLITS
 from cache.store import open_store
 from heads.infer import load_run, pad_batch
 from runtime.files import atomic_files, csv_rows, outside_inputs, write_json
@@ -68,6 +68,7 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
     attention = np.full(n_rows, np.nan, np.float32)
     infl_label = np.full(k_infl, -1, np.int8)
     infl_prob = np.full(k_infl, np.nan, np.float32)
+    embedding = np.full((k_infl, model.fuse.out_features), np.nan, np.float32)
     with torch.no_grad():
         for s in range(0, k_infl, batch_size):
             idx = [i for i in range(s, min(s + batch_size, k_infl)) if len(bags[i])]
@@ -78,6 +79,7 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
             pi = torch.softmax(o["logits"].float(), 1).cpu().numpy()
             pp = torch.softmax(o["post_logits"].float(), 2).cpu().numpy()
             w = o["weights"].float().cpu().numpy()
+            h = o["h"].float().cpu().numpy()
             for k, i in enumerate(idx):
                 a, cnt, usable = local[i], len(bags[i]), masks[i].any(1)
                 if post_head:
@@ -87,6 +89,7 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
                 if usable.any():
                     infl_label[i] = pi[k].argmax()
                     infl_prob[i] = pi[k].max()
+                    embedding[i] = h[k]
     ids = store["posts/id"][rows]
     caps = store["posts/caption"][rows]
     users = store["influencers/username"][j0:j0 + k_infl]
@@ -114,6 +117,7 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
                               "" if np.isnan(attention[t]) else f"{attention[t]:.4f}"])
     return {"j0": j0, "rows": rows, "post_label": post_label, "post_prob": post_prob.astype(np.float16),
             "attention": attention.astype(np.float16), "infl_label": infl_label, "infl_prob": infl_prob,
+            "embedding": embedding.astype(np.float16),
             "infl_rows": infl_rows, "post_rows": post_rows, "unusable": unusable}
 
 
@@ -150,7 +154,8 @@ def _predict_locked(run: str, out: str | None, config: dict, *, store, modality:
         os.makedirs(out, exist_ok=True)
         n, m = store.n_posts, store.n_influencers
         run_abs = os.path.abspath(run)
-        arrays = begin_predictions(store, run_abs, modality, config.get("git_commit"), overwrite)
+        arrays = begin_predictions(store, run_abs, modality, config.get("git_commit"), overwrite,
+                                   embedding_dim=int(config["model"]["hidden"]))
         offsets = store.offsets()
         stamp = os.stat(os.path.join(run_abs, "model.pt")).st_mtime_ns
         infl_label = np.full(m, -1, np.int8)
@@ -173,6 +178,7 @@ def _predict_locked(run: str, out: str | None, config: dict, *, store, modality:
                 k = len(r["infl_label"])
                 infl_label[r["j0"]:r["j0"] + k] = r["infl_label"]
                 infl_prob[r["j0"]:r["j0"] + k] = r["infl_prob"]
+                arrays[EMBEDDING][r["j0"]:r["j0"] + k] = r["embedding"]
                 unusable += r["unusable"]
                 progress.update(k)
             arrays["influencer_label"][:] = infl_label
