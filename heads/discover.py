@@ -162,6 +162,30 @@ def similar(d: Directory, username: str, k: int, f: Filters, include_self: bool 
     return d.rows(idx[order], sims[order])
 
 
+def lookalikes(embedding: np.ndarray, k: int = 10, chunk: int = 1024) -> list[list[int]]:
+    """Each influencer's k nearest others by cosine (row indices, nearest first; [] without an embedding),
+    exact, a chunk of rows at a time (memory: chunk x M similarities). For the report's explorer."""
+    e = np.asarray(embedding, dtype=np.float32)
+    norm = np.linalg.norm(e, axis=1, keepdims=True)
+    valid = (norm[:, 0] > 0) & ~np.isnan(e).any(axis=1)
+    e = np.where(valid[:, None], e / np.where(norm > 0, norm, 1), 0).astype(np.float32)
+    out: list[list[int]] = []
+    k_eff = min(k, max(int(valid.sum()) - 1, 0))
+    for a in range(0, len(e), chunk):
+        sims = e[a:a + chunk] @ e.T
+        sims[:, ~valid] = -np.inf
+        for r in range(len(sims)):
+            j = a + r
+            if not valid[j] or not k_eff:
+                out.append([])
+                continue
+            sims[r, j] = -np.inf
+            top = np.argpartition(-sims[r], k_eff - 1)[:k_eff]
+            top = top[np.lexsort((top, -sims[r, top]))]
+            out.append([int(t) for t in top])
+    return out
+
+
 def search(d: Directory, f: Filters, sort: str = "probability", top: int = 50) -> list[dict]:
     """The influencers the filters keep, best first by `sort` (ties: more followers, then name order)."""
     if sort not in SORTS:

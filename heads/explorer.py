@@ -58,11 +58,14 @@ def store_predictions(store, run: str) -> tuple[dict | None, str]:
     note = f"predictions of run {attrs.get('run')}"
     if os.path.abspath(run) != attrs.get("run"):
         note += f" (not of this report's run, {os.path.abspath(run)})"
-    return {"label": store["predictions/influencer_label"][:], "prob": store["predictions/influencer_prob"][:]}, note
+    emb = f"predictions/{schema.EMBEDDING}"
+    return {"label": store["predictions/influencer_label"][:], "prob": store["predictions/influencer_prob"][:],
+            "embedding": store[emb][:] if emb in store else None}, note
 
 
-def explorer_rows(store, pred: dict | None, cols: dict) -> dict:
-    """The explorer's data, column-wise (compact): one entry per influencer of the store."""
+def explorer_rows(store, pred: dict | None, cols: dict, similar: list[list[int]] | None = None) -> dict:
+    """The explorer's data, column-wise (compact): one entry per influencer of the store; `similar`: each
+    one's lookalikes (row indices, heads.discover.lookalikes), precomputed so the page stays offline."""
     icats = store.influencer_categories
     m = store.n_influencers
     rel = (store["influencers/release_category"][:] if "influencers/release_category" in store
@@ -82,6 +85,8 @@ def explorer_rows(store, pred: dict | None, cols: dict) -> dict:
         "tier": [tier(int(f)) for f in cols["followers"].tolist()],
         "posts": cols["posts"].tolist(),
         "engagement": [None if math.isnan(e) else round(float(e), 5) for e in cols["engagement"].tolist()],
+        "sponsored": [None if math.isnan(e) else round(float(e), 3) for e in cols["sponsored"].tolist()],
+        "similar": similar if similar is not None else [[] for _ in range(m)],
         "release": rel_name,
         "agree": agree,
         "split": [schema.SPLIT_NAMES.get(int(s), "") for s in split.tolist()],

@@ -38,6 +38,7 @@ from cache import schema
 from cache.runs import RunFolder, read_json_object
 from cache.store import open_store
 from heads.cards import influencer_cards, post_examples, thumbnail
+from heads.discover import lookalikes
 from heads.explorer import TIERS, explorer_rows, influencer_columns, store_predictions
 from heads.figures import INPUTS, confusion_figure, curves_figure, fig5a, fig5b, reliability_figure
 from runtime.console import say
@@ -258,13 +259,15 @@ def _agreement_section(c: _Ctx, predictions: str | None) -> dict:
 
 def _explorer_section(c: _Ctx, pred: dict | None, pred_note: str) -> tuple[dict, int]:
     cols = influencer_columns(c.store)
-    ex = explorer_rows(c.store, pred, cols)
+    similar = lookalikes(pred["embedding"], 10) if pred and pred.get("embedding") is not None else None
+    ex = explorer_rows(c.store, pred, cols, similar)
     # a script file (browsers refuse to fetch JSON from file:// pages); "</" escaped so no text ends a script
     write_text(inside(os.path.join(c.out, "assets", "explorer.js"), c.out),
                "window.EXPLORER=" + json.dumps(ex, separators=(",", ":")).replace("</", "<\\/") + ";\n")
     headers = [("username", "influencer"), ("category", "predicted"), ("probability", "probability"),
                ("followers", "followers"), ("tier", "tier"), ("posts", "posts"), ("engagement", "engagement"),
-               ("release", "release category"), ("agree", "agrees"), ("split", "split")]
+               ("sponsored", "sponsored"), ("release", "release category"), ("agree", "agrees"), ("split", "split"),
+               ("similar", "lookalikes")]
     return {"note": pred_note, "categories": c.icats, "tiers": [t for _, t in TIERS] + ["unknown"],
             "headers": headers}, len(ex["username"])
 
