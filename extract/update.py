@@ -259,14 +259,24 @@ def _write_kept(old, new, m: str, b: int, rows: slice, orow: np.ndarray, keep: n
     src = orow[at]
     order = np.argsort(src, kind="stable")
     pick, inverse = np.unique(src[order], return_inverse=True)
-    got = old[f"features/{m}"].get_orthogonal_selection((pick, slice(None)))
+    got, stat = _old_rows(old, m, pick)
     feats[at[order]] = got[inverse]
-    stat = old[f"features/{m}_status"].get_orthogonal_selection((pick,))
     status[at[order]] = stat[inverse]
     new[f"features/{m}"][rows] = feats
     new[f"features/{m}_status"][rows] = status
     if keep.all():
         new[f"features/{m}_done"][b] = True
+
+
+def _old_rows(old, m: str, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Features and statuses of the old store's rows `pick` (sorted, unique). The rows of a new block
+    mostly come from one stretch of the old store (posts keep their order): read the stretch as a slice
+    (whole chunks, decoded once) when it is at most twice the rows wanted, else row by row."""
+    lo, hi = int(pick[0]), int(pick[-1]) + 1
+    if hi - lo <= 2 * len(pick):
+        return old[f"features/{m}"][lo:hi][pick - lo], old[f"features/{m}_status"][lo:hi][pick - lo]
+    return (old[f"features/{m}"].get_orthogonal_selection((pick, slice(None))),
+            old[f"features/{m}_status"].get_orthogonal_selection((pick,)))
 
 
 def _carry_labels(old, new, old_users, new_index: dict, post_label, post_split, report: UpdateReport) -> None:
