@@ -105,6 +105,8 @@ def test_instaloader_crawl_indexes_every_shape(crawl, tmp_path):
     assert posts["107"]["caption"] == "second thoughts"                  # the edited caption, not _old_01
     assert (crawl / "anna" / f"{b(T0 + 360)}_old_01.txt").exists()
     assert posts["201"]["user"] == "ben" and posts["201"]["image"].endswith(".png")
+    spons = dict(zip(s["posts/id"][:], s["posts/sponsored"][:]))
+    assert spons["101"] == -1 and spons["105"] == -1      # no sponsor key on these nodes: unknown
     # newest first within an influencer, as for the release
     anna = [pid for pid, p in posts.items() if p["user"] == "anna"]
     assert anna == ["107", "106", "105", "104", "103", "102", "101"]
@@ -204,7 +206,7 @@ def test_jsonl_dataset(tmp_path):
     lines = [
         {"influencer": "amy", "id": "1", "caption": "hello", "image": ["img/a1.jpg", "img/a2.jpg"],
          "timestamp": T0, "likes": 5, "comments": 1},
-        {"influencer": "amy", "id": 2, "image": "img/a2.jpg", "timestamp": T0 + 1},       # no caption
+        {"influencer": "amy", "id": 2, "image": "img/a2.jpg", "timestamp": T0 + 1, "sponsored": True},  # no caption
         {"influencer": "amy", "id": "3", "caption": "no image", "likes": "many"},          # bad likes
         {"influencer": "bob", "id": "4", "caption": "escape", "image": "../secret.jpg"},
         {"influencer": "bob", "id": "5", "caption": "gone", "image": "img/nothere.jpg"},
@@ -229,6 +231,8 @@ def test_jsonl_dataset(tmp_path):
     assert posts["1"]["image"] == "img/a1.jpg" and posts["1"]["media_count"] == 2 and posts["1"]["caption"] == "hello"
     assert posts["2"]["caption"] == "" and posts["3"]["likes"] == -1 and posts["3"]["timestamp"] == -1
     assert posts["4"]["image"] == "" and posts["5"]["image"] == ""
+    spons = dict(zip(s["posts/id"][:], s["posts/sponsored"][:]))
+    assert spons["2"] == 1 and spons["1"] == -1
     found = {(k, w) for k, w, _ in _problems(out)}
     for expected in [("path_outside_dataset", "../secret.jpg"), ("image_missing", "img/nothere.jpg"),
                      ("post_row_malformed", "posts.jsonl:7"), ("post_row_malformed", "posts.jsonl:8"),

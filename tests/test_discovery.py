@@ -157,3 +157,23 @@ def test_bad_briefs_are_one_error_line(predicted, tmp_path):
     # predictions of another run
     r = _heads("search", str(tmp_path / "other-run"), store)
     assert r.exit_code == 2 and "not of" in r.output, r.output
+
+
+def test_sponsored_is_recorded_per_post_from_what_the_formats_carry(sample, tmp_path):
+    from extract.index import run_index
+    from extract.reading import sponsored_flag
+    run_index(sample, str(tmp_path / "s.zarr"), block=512, workers=1, quiet=True)
+    s = open_store(str(tmp_path / "s.zarr"))
+    flags = s["posts/sponsored"][:]
+    # the sample's .info files all carry edge_media_to_sponsor_user: known everywhere, some paid
+    assert set(np.unique(flags)) == {0, 1} and 0 < (flags == 1).mean() < 0.5
+    assert sponsored_flag({"edge_media_to_sponsor_user": {"edges": [{"node": {}}]}}) == 1
+    assert sponsored_flag({"edge_media_to_sponsor_user": {"edges": []}}) == 0
+    assert sponsored_flag({"is_paid_partnership": True}) == 1 and sponsored_flag({"is_ad": False}) == 0
+    assert sponsored_flag({"sponsor_tags": [{"sponsor": {}}]}) == 1 and sponsored_flag({"caption": "x"}) == -1
+    assert sponsored_flag({"is_paid_partnership": "yes"}) == -1
+    # a store indexed before posts/sponsored: every share unknown, nothing breaks
+    from heads.explorer import influencer_columns
+    import shutil
+    shutil.rmtree(tmp_path / "s.zarr" / "posts" / "sponsored")
+    assert np.isnan(influencer_columns(open_store(str(tmp_path / "s.zarr")))["sponsored"]).all()
