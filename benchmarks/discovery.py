@@ -73,7 +73,7 @@ def main() -> None:
             t = time.perf_counter()
             similar(d, u, 20, Filters(tiers=("micro", "macro"), min_engagement=0.0))
             filtered.append(time.perf_counter() - t)
-        valid = ~np.isnan(d.embedding).any(axis=1)
+        valid = d.valid
         nn = NearestNeighbors(n_neighbors=21, metric="cosine", algorithm="brute").fit(d.embedding[valid])
         ref_times, same = [], 0
         index = np.flatnonzero(valid)
@@ -86,7 +86,7 @@ def main() -> None:
             mine = [r["username"] for r in similar(d, u, 20, Filters())]
             same += len(set(ref) & set(mine)) >= 19          # ties at the 20th place may differ
         t = time.perf_counter()
-        rows = search(d, Filters(category="fitness", tiers=("micro",), max_sponsored=1.0), sort="engagement")
+        rows = search(d, Filters(category="fitness", tiers=("micro",), min_engagement=0.0), sort="engagement")
         search_s = time.perf_counter() - t
         print(f"\n{len(d):,} influencers: loading {load_s * 1000:.0f} ms (once per command)")
         print(f"  similar: median {np.median(times) * 1000:.1f} ms per query (floor 50 ms), with filters "
@@ -97,11 +97,11 @@ def main() -> None:
         big = args.influencers * args.scale
         e = np.random.default_rng(1).standard_normal((big, d.embedding.shape[1])).astype(np.float32)
         e /= np.linalg.norm(e, axis=1, keepdims=True)
-        d.embedding, d.label = e, np.zeros(big, np.int64)
-        for name in ("prob", "followers", "engagement", "sponsored"):
+        d.embedding, d.label, d.valid = e, np.zeros(big, np.int64), np.ones(big, bool)
+        for name in ("prob", "followers", "engagement", "sponsored", "posts"):
             setattr(d, name, np.resize(getattr(d, name), big))
         d.username = np.resize(d.username, big)
-        d.tier = np.resize(d.tier, big)
+        d.tier, d._tier_code = np.resize(d.tier, big), np.resize(d._tier_code, big)
         d.offsets = np.zeros(big + 1, np.int64)
         times = []
         for q in range(10):
@@ -119,7 +119,7 @@ def main() -> None:
             write_report(run, path, out, cards=2)
             report_s = time.perf_counter() - t
             size = _folder_bytes(out)
-            print(f"\nreport with lookalikes of {len(open_store(path)['influencers/username']):,} influencers: written in "
+            print(f"\nreport with lookalikes of {open_store(path).n_influencers:,} influencers: written in "
                   f"{report_s:.0f}s, {size / 2**20:.1f} MiB (floor 10 MB), explorer.js "
                   f"{os.path.getsize(os.path.join(out, 'assets', 'explorer.js')) / 2**20:.1f} MiB")
             chromium = shutil.which("chromium") or shutil.which("chromium-browser")

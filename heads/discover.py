@@ -79,13 +79,15 @@ class Directory:
         self.followers, self.posts, self.engagement = cols["followers"], cols["posts"], cols["engagement"]
         self.sponsored = cols["sponsored"]
         self.tier = np.array([tier(int(f)) for f in self.followers], dtype=object)
+        self._tier_code = np.array([(TIER_NAMES + ["unknown"]).index(t) for t in self.tier], dtype=np.int8)
         self.offsets = store.offsets()
-        self.embedding = None
+        self.attention = store["predictions/attention"][:]       # 2 bytes a post: 20 MB at the release's 10.2 M
+        self.embedding = self.valid = None
         if need_embeddings:
             e = store[f"predictions/{schema.EMBEDDING}"][:].astype(np.float32)
             norm = np.linalg.norm(e, axis=1, keepdims=True)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                self.embedding = np.where(norm > 0, e / norm, np.nan)
+            self.valid = (norm[:, 0] > 0) & ~np.isnan(e).any(axis=1)
+            self.embedding = np.where(self.valid[:, None], e / np.where(norm > 0, norm, 1), 0).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.username)
@@ -96,7 +98,7 @@ class Directory:
         if f.category is not None:
             keep &= self.label == self.categories.index(f.category)
         if f.tiers:
-            keep &= np.isin(self.tier, list(f.tiers))
+            keep &= np.isin(self._tier_code, [TIER_NAMES.index(t) for t in f.tiers])
         if f.min_engagement is not None:
             keep &= np.nan_to_num(self.engagement, nan=-1.0) >= f.min_engagement
         if f.min_followers is not None:
@@ -115,24 +117,27 @@ class Directory:
                             + (f"; closest names: {', '.join(close)}" if close else ""))
         return int(hits[0])
 
-    def top_posts(self, j: int) -> list[str]:
-        """The ids of the posts influencer j attended to most."""
-        a, b = int(self.offsets[j]), int(self.offsets[j + 1])
-        if b == a:
-            return []
-        w = self.store["predictions/attention"][a:b].astype(np.float32)
-        order = np.argsort(-np.nan_to_num(w, nan=-1.0), kind="stable")[:TOP_POSTS]
-        ids = self.store["posts/id"][a:b]
-        return [str(ids[t]) for t in order if not np.isnan(w[t])]
+    def top_posts(self, influencers) -> list[list[str]]:
+        """The ids of the posts each influencer attended to most (one read of their ids, in row order)."""
+        picks = []
+        for j in influencers:
+            a, b = int(self.offsets[j]), int(self.offsets[j + 1])
+            w = self.attention[a:b].astype(np.float32) if b > a else np.zeros(0, np.float32)
+            order = np.argsort(-np.nan_to_num(w, nan=-1.0), kind="stable")[:TOP_POSTS]
+            picks.append([a + int(t) for t in order if not np.isnan(w[t])])
+        rows = np.array(sorted({r for p in picks for r in p}), dtype=np.int64)
+        ids = dict(zip(rows.tolist(), self.store["posts/id"].get_orthogonal_selection((rows,)))) if len(rows) else {}
+        return [[str(ids[r]) for r in p] for p in picks]
 
     def rows(self, idx, score: np.ndarray | None = None, score_name: str = "similarity") -> list[dict]:
         out = []
+        tops = self.top_posts(idx)
         for r, j in enumerate(idx):
             row = {"username": self.username[j], "category": self.categories[self.label[j]] if self.label[j] >= 0
                    else "", "probability": _num(self.prob[j], 4), "tier": self.tier[j],
                    "followers": int(self.followers[j]), "engagement": _num(self.engagement[j], 5),
                    "sponsored": _num(self.sponsored[j], 3), "posts": int(self.posts[j]),
-                   "top_posts": " ".join(self.top_posts(int(j)))}
+                   "top_posts": " ".join(tops[r])}
             if score is not None:
                 row = {score_name: _num(score[r], 4), **row}
             out.append(row)
@@ -150,16 +155,21 @@ def similar(d: Directory, username: str, k: int, f: Filters, include_self: bool 
         raise UserError(f"--k must be at least 1, got {k}")
     f.check(d.categories)
     j = d.find(username)
-    q = d.embedding[j]
-    if np.isnan(q).any():
+    if not d.valid[j]:
         raise UserError(f"{username!r} has no usable posts (no embedding): nothing to compare with")
-    keep = d.mask(f) & ~np.isnan(d.embedding).any(axis=1)
+    keep = d.mask(f) & d.valid
     if not include_self:
         keep[j] = False
+    sims = d.embedding @ d.embedding[j]
     idx = np.flatnonzero(keep)
-    sims = d.embedding[idx] @ q
-    order = np.lexsort((idx, -sims))[:k]
-    return d.rows(idx[order], sims[order])
+    s = sims[idx]
+    if len(idx) > k:                      # the k best, then only those sorted (ties: store order)
+        part = np.argpartition(-s, k - 1)[:k]
+        cut = s[part].min()
+        part = np.flatnonzero(s >= cut)   # every row tied with the k-th stays a candidate
+        idx, s = idx[part], s[part]
+    order = np.lexsort((idx, -s))[:k]
+    return d.rows(idx[order], s[order])
 
 
 def lookalikes(embedding: np.ndarray, k: int = 10, chunk: int = 1024) -> list[list[int]]:
