@@ -56,6 +56,10 @@ for _n in (10, 25, 50, 200):
     for _fam, _kw in (("mid", MID), ("hard", HARD)):
         STORES[f"rel{_n}-{_fam}"] = (dict(_kw, influencers=16 * _n, label_posts=0.0, release_per_category=_n),
                                      f"release labels, {_n} per category, no post labels, {_fam} features")
+# the case issue 33 reported: 15 release-labelled influencers per category (96/24/40), the easy planted features
+STORES["rel15-easy"] = (dict(influencers=240, posts=30, on_topic=0.3, noise=1.0, label_posts=0.0,
+                             release_per_category=15),
+                        "release labels, 15 per category (96/24/40), no post labels, easy features")
 for _n in (40, 200):
     for _posts in (0.0, 0.05):
         STORES[f"hand{_n}{'-posts' if _posts else ''}"] = (
