@@ -61,7 +61,9 @@ def carried_rows(store: Store, modality: str, rows: slice) -> np.ndarray:
     """Rows of a block not yet done whose statuses are already final: features carried over by
     `extract index --update` (posts whose inputs did not change), or rows of a commit that stopped
     before its done flag (features are written before statuses). Shard jobs keep them as they are and
-    encode only the rest."""
+    encode only the rest. A done block has none: a job run on it again (a benchmark) recomputes it."""
+    if store[f"features/{modality}_done"][rows.start // store.block]:
+        return np.zeros(rows.stop - rows.start, dtype=bool)
     return store[f"features/{modality}_status"][rows] != schema.Status.PENDING
 
 
