@@ -34,7 +34,7 @@ browser:
 
 # the hostile-input fuzz suite with many random examples (make test runs a few, derandomized)
 fuzz: $(STAMP)
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_RANDOM=1 $(BIN)/python -m pytest -q tests/test_fuzz.py
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-500} FUZZ_RANDOM=1 $(BIN)/python -m pytest -q tests/test_fuzz.py tests/test_fuzz_crawl.py
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh $(DEMO)
