@@ -64,12 +64,7 @@ def prepare_target(root: str, url: str, overwrite: bool):
             raise StoreError(f"{url}: {'the store already holds ' + held if held else 'a store already exists here'}; "
                              f"pass --overwrite to index it again and discard its features, labels and predictions")
     os.makedirs(path, exist_ok=True)
-    fd = os.open(os.path.join(path, LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StoreError(f"{url}: another `extract index` is writing this store now; wait for it to finish") from None
+    fd = lock_store(path, url)
     for entry in os.listdir(path):        # checked above: a store of ours, replaced with --overwrite
         if entry != LOCK_NAME:
             full = os.path.join(path, entry)
@@ -77,6 +72,18 @@ def prepare_target(root: str, url: str, overwrite: bool):
                 shutil.rmtree(full)
             else:
                 os.remove(full)
+    return fd
+
+
+def lock_store(path: str, url: str) -> int:
+    """Hold STORE's index lock (released when the descriptor is closed or the process ends); one line
+    when another `extract index` (or `--update`) holds it."""
+    fd = os.open(os.path.join(path, LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"{url}: another `extract index` is writing this store now; wait for it to finish") from None
     return fd
 
 

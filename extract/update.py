@@ -29,7 +29,7 @@ from cache import schema
 from cache.labels import carry_labels
 from cache.store import StoreError, open_store
 from extract.index import run_index
-from extract.target import is_our_store
+from extract.target import is_our_store, lock_store
 from runtime.errors import UserError
 from runtime.progress import Progress
 
@@ -91,7 +91,6 @@ def run_update(dataset: str, url: str, *, max_posts: int | None = None, workers:
         raise UserError(f"{url}: --update works on a local store (an object store has no atomic rename to swap "
                         f"the new store in); update a local copy, then upload it")
     path = os.path.abspath(url.rstrip("/"))
-    beside, replaced = path + UPDATING, path + REPLACED
     report = UpdateReport()
     if finish_swap(path):
         report.notes.append(f"finished the swap an earlier update was stopped in ({url} is the updated store)")
@@ -99,6 +98,15 @@ def run_update(dataset: str, url: str, *, max_posts: int | None = None, workers:
         raise StoreError(f"{url}: no store here to update; run `extract index DATASET {url}` (without --update)")
     if not is_our_store(path):
         raise StoreError(f"{url}: not an Influencer Profiler store; nothing was changed")
+    lock = lock_store(path, url)            # a second update or index of STORE waits for this one
+    try:
+        return _update(dataset, url, path, report, max_posts, workers, format, quiet, start)
+    finally:
+        os.close(lock)
+
+
+def _update(dataset, url, path, report, max_posts, workers, format, quiet, start) -> UpdateReport:
+    beside, replaced = path + UPDATING, path + REPLACED
     old = open_store(path, "r")
     _check_keepable(old)
     for leftover in (beside, replaced):

@@ -163,6 +163,14 @@ def test_update_refusals_are_one_line(grown, tmp_path):
         r = CliRunner().invoke(extract_app, args)
         assert r.exit_code == 2 and expected in r.output and r.output.count("\n") == 1, (args, r.output)
     assert (tmp_path / "foreign" / "notes.txt").read_text() == "x"
+    # a second update (or index) while one runs waits for it: refused at once
+    from extract.target import lock_store
+    fd = lock_store(store, store)
+    try:
+        r = CliRunner().invoke(extract_app, ["index", root, store, "--update"])
+        assert r.exit_code == 2 and "another `extract index` is writing" in r.output, r.output
+    finally:
+        os.close(fd)
 
 
 def test_cache_info_says_predictions_were_dropped(grown):
