@@ -52,7 +52,10 @@ def index(dataset: str = typer.Argument(..., help="dataset root: the release, an
           format: DatasetFormat = typer.Option(None, "--format", help="release, instaloader or jsonl (default: "
                                                "the one format found in DATASET)"),
           update: bool = typer.Option(False, "--update", help="re-read a grown crawl into an existing STORE, keeping "
-                                      "the features, labels and statuses of every unchanged post")):
+                                      "the features, labels and statuses of every unchanged post"),
+          images_by_path: bool = typer.Option(False, "--images-by-path", help="--update of a store indexed before "
+                                              "image sizes and times were kept: an unchanged path is an unchanged "
+                                              "image")):
     """Index a dataset into a new store (tables, full-size NaN feature arrays, done flags), or with --update
     refresh an existing store from a grown dataset."""
     fmt = format.value if format else None
@@ -60,7 +63,8 @@ def index(dataset: str = typer.Argument(..., help="dataset root: the release, an
         if overwrite:
             raise UserError("--update keeps the store's features; --overwrite discards them: pass one")
         from extract.update import run_update
-        say(run_update(dataset, store, max_posts=max_posts, workers=workers, format=fmt).summary())
+        say(run_update(dataset, store, max_posts=max_posts, workers=workers, format=fmt,
+                       images_by_path=images_by_path).summary())
         return
     from extract.index import run_index
     report = run_index(dataset, store, max_posts=300 if max_posts is None else max_posts, block=block, workers=workers, overwrite=overwrite,

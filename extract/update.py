@@ -85,7 +85,9 @@ def finish_swap(path: str) -> bool:
 
 
 def run_update(dataset: str, url: str, *, max_posts: int | None = None, workers: int | None = None,
-               format: str | None = None, quiet: bool = False) -> UpdateReport:
+               format: str | None = None, quiet: bool = False, images_by_path: bool = False) -> UpdateReport:
+    """`images_by_path`: for a store indexed before image signatures were kept, take an image whose path
+    is unchanged as unchanged (the user vouches that no image file was replaced in place)."""
     start = time.perf_counter()
     if "://" in url:
         raise UserError(f"{url}: --update works on a local store (an object store has no atomic rename to swap "
@@ -100,12 +102,12 @@ def run_update(dataset: str, url: str, *, max_posts: int | None = None, workers:
         raise StoreError(f"{url}: not an Influencer Profiler store; nothing was changed")
     lock = lock_store(path, url)            # a second update or index of STORE waits for this one
     try:
-        return _update(dataset, url, path, report, max_posts, workers, format, quiet, start)
+        return _update(dataset, url, path, report, max_posts, workers, format, quiet, start, images_by_path)
     finally:
         os.close(lock)
 
 
-def _update(dataset, url, path, report, max_posts, workers, format, quiet, start) -> UpdateReport:
+def _update(dataset, url, path, report, max_posts, workers, format, quiet, start, images_by_path) -> UpdateReport:
     beside, replaced = path + UPDATING, path + REPLACED
     old = open_store(path, "r")
     _check_keepable(old)
@@ -120,7 +122,7 @@ def _update(dataset, url, path, report, max_posts, workers, format, quiet, start
     report.index_summary = idx.summary()
     new = open_store(beside, "r+")
     new.group.attrs["update"] = {"from": path, "finished": False}
-    _carry(old, new, report, quiet)
+    _carry(old, new, report, quiet, images_by_path)
     report.seconds = time.perf_counter() - start
     new.group.attrs.update(
         update={"from": path, "finished": True, "new_posts": report.new_posts, "vanished_posts": report.vanished_posts,
@@ -189,7 +191,7 @@ def _lookup(db: sqlite3.Connection, ids) -> list[tuple]:
     return found
 
 
-def _carry(old, new, report: UpdateReport, quiet: bool) -> None:
+def _carry(old, new, report: UpdateReport, quiet: bool, images_by_path: bool = False) -> None:
     tmp = tempfile.mkdtemp(prefix="influencer-update-")
     try:
         db = sqlite3.connect(os.path.join(tmp, "old.sqlite"))
@@ -204,9 +206,12 @@ def _carry(old, new, report: UpdateReport, quiet: bool) -> None:
             if fp is not None:
                 new[f"features/{m}"].attrs["encoder"] = fp
             report.kept[m] = report.pending[m] = 0
-        if not ("posts/image_bytes" in old):
-            report.notes.append("the store was indexed before image signatures were kept: every image is taken as "
-                                "changed and encoded once more (later updates keep them)")
+        by_path = images_by_path and "posts/image_bytes" not in old
+        if "posts/image_bytes" not in old:
+            report.notes.append("the store was indexed before image signatures were kept: " + (
+                "images with an unchanged path are kept (--images-by-path)" if by_path else
+                "every image is taken as changed and encoded once more (later updates keep them; "
+                "--images-by-path keeps those whose path is unchanged)"))
         seen_old = np.zeros(old.n_posts, dtype=bool)
         post_label = np.full(new.n_posts, -1, np.int8)
         post_split = np.zeros(new.n_posts, np.int8)
@@ -225,9 +230,8 @@ def _carry(old, new, report: UpdateReport, quiet: bool) -> None:
             size, mtime = new["posts/image_bytes"][rows], new["posts/image_mtime"][rows]
             same = {
                 "text": np.array([f is not None and f[1] == _digest(str(c)) for f, c in zip(found, caps)]),
-                "image": np.array([f is not None and f[2] == str(p) and (str(p) == "" or (f[3] >= 0 and f[3] == s
-                                                                                          and f[4] == t))
-                                   for f, p, s, t in zip(found, imgs, size, mtime)]),
+                "image": np.array([f is not None and f[2] == str(p) and (str(p) == "" or by_path or (
+                                   f[3] >= 0 and f[3] == s and f[4] == t)) for f, p, s, t in zip(found, imgs, size, mtime)]),
             }
             for m in modalities:
                 keep = same[m] & known

@@ -173,6 +173,26 @@ def test_update_refusals_are_one_line(grown, tmp_path):
         os.close(fd)
 
 
+def test_a_store_without_image_signatures_reencodes_images_unless_told_paths_suffice(grown):
+    """A store indexed before posts/image_bytes existed: its images cannot be told unchanged, so they are
+    pending again; with --images-by-path an unchanged path keeps its features."""
+    import shutil as sh
+    from extract.update import run_update
+    store = grown["store"]
+    backup = store + ".bak"
+    sh.copytree(store, backup)
+    for name in ("image_bytes", "image_mtime"):
+        sh.rmtree(os.path.join(store, "posts", name))
+    rep = run_update(str(grown["root"]), store, workers=1, quiet=True)
+    assert rep.kept["image"] == 0 and rep.kept["text"] == 4 * 12 - 13 - 1 and "signatures" in " ".join(rep.notes)
+    sh.rmtree(store)
+    sh.copytree(backup, store)
+    for name in ("image_bytes", "image_mtime"):
+        sh.rmtree(os.path.join(store, "posts", name))
+    rep = run_update(str(grown["root"]), store, workers=1, quiet=True, images_by_path=True)
+    assert rep.kept["image"] == 4 * 12 - 13       # the replaced image's path is the same: kept as told
+
+
 def test_cache_info_says_predictions_were_dropped(grown):
     import zarr
     store = grown["store"]
