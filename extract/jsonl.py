@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 
-from cache.schema import RELEASE_CATEGORIES, RELEASE_CATEGORY_FIXES, valid_image_path
+from cache.schema import valid_image_path
 from extract.reading import (InfluencerRow, Problem, clean_text, inside, json_count, json_id,
                              load_json_object, read_lines, safe_name)
+from extract.release import influencer_name, release_category
 from runtime.errors import UserError
 
 POSTS_FILE = "posts.jsonl"
@@ -62,21 +63,9 @@ def read_influencer_lines(root: str) -> tuple[list[InfluencerRow], list[Problem]
             problems.append(("influencer_row_malformed", where, str(e)))
             continue
         user = obj.get("username")
-        if not isinstance(user, str) or not safe_name(user):
-            problems.append(("influencer_row_malformed", where, f"unusable username {str(user)[:80]!r}"))
+        if not influencer_name(user, where, seen, problems):
             continue
-        if user in seen:
-            problems.append(("influencer_duplicate", where, user))
-            continue
-        seen.add(user)
-        category = obj.get("category")
-        category = category.strip().lower() if isinstance(category, str) else ""
-        if category in RELEASE_CATEGORY_FIXES:
-            problems.append(("category_misspelt", where, f"{category} -> {RELEASE_CATEGORY_FIXES[category]}"))
-            category = RELEASE_CATEGORY_FIXES[category]
-        elif category and category not in RELEASE_CATEGORIES:
-            problems.append(("category_unknown", where, category[:80]))
-            category = ""
+        category = release_category(obj.get("category"), where, problems, empty_is_unknown=False)
         counts = [_count(obj, k, where, problems) for k in ("followers", "followees", "posts")]
         rows.append(InfluencerRow(user, category, *counts))
     return rows, problems

@@ -27,6 +27,31 @@ def _count(text: str) -> int:
     return value if value <= INT64_MAX else -1
 
 
+def influencer_name(user, where: str, seen: set, problems: list) -> bool:
+    """Whether a row's username is usable (one plain name) and new; records why not. Shared by the
+    influencer lists of every format."""
+    if not isinstance(user, str) or not safe_name(user):
+        problems.append(("influencer_row_malformed", where, f"unusable username {str(user)[:80]!r}"))
+        return False
+    if user in seen:
+        problems.append(("influencer_duplicate", where, user))
+        return False
+    seen.add(user)
+    return True
+
+
+def release_category(raw, where: str, problems: list, empty_is_unknown: bool) -> str:
+    """A list's category as one of RELEASE_CATEGORIES (known typos fixed, recorded), '' when unknown."""
+    category = raw.strip().lower() if isinstance(raw, str) else ""
+    if category in RELEASE_CATEGORY_FIXES:
+        problems.append(("category_misspelt", where, f"{category} -> {RELEASE_CATEGORY_FIXES[category]}"))
+        return RELEASE_CATEGORY_FIXES[category]
+    if category not in RELEASE_CATEGORIES and (category or empty_is_unknown):
+        problems.append(("category_unknown", where, category[:80] or "(empty)"))
+        return ""
+    return category
+
+
 def read_influencers(root: str) -> tuple[list[InfluencerRow], list[Problem]]:
     """influencers.txt: a header line, a line of '=', then one tab-separated row per influencer."""
     path = os.path.join(root, INFLUENCERS_FILE)
@@ -46,20 +71,9 @@ def read_influencers(root: str) -> tuple[list[InfluencerRow], list[Problem]]:
             continue
         cols = line.split("\t")
         username = cols[0].strip()
-        if not safe_name(username):
-            problems.append(("influencer_row_malformed", where, f"unusable username {username[:80]!r}"))
+        if not influencer_name(username, where, seen, problems):
             continue
-        if username in seen:
-            problems.append(("influencer_duplicate", where, username))
-            continue
-        seen.add(username)
-        category = cols[1].strip().lower() if len(cols) > 1 else ""
-        if category in RELEASE_CATEGORY_FIXES:
-            problems.append(("category_misspelt", where, f"{category} -> {RELEASE_CATEGORY_FIXES[category]}"))
-            category = RELEASE_CATEGORY_FIXES[category]
-        elif category not in RELEASE_CATEGORIES:
-            problems.append(("category_unknown", where, category or "(empty)"))
-            category = ""
+        category = release_category(cols[1] if len(cols) > 1 else "", where, problems, empty_is_unknown=True)
         counts = [_count(cols[i]) if len(cols) > i else -1 for i in (2, 3, 4)]
         if -1 in counts:
             missing = [n for n, c in zip(("#Followers", "#Followees", "#Posts"), counts) if c == -1]

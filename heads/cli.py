@@ -136,14 +136,10 @@ def similar(run: str = typer.Argument(..., help="the run whose `heads predict` l
             out: str = typer.Option(None, help="also write the list as a CSV file")):
     """The influencers nearest USERNAME by cosine on the influencer embeddings h (attention-pooled, 256-d)."""
     from cache.store import open_store
-    from heads.discover import Directory, Filters, parse_tiers, similar as find_similar, table, write_csv
+    from heads.discover import Directory, Filters, parse_tiers, similar as find_similar
     f = Filters(category=category, tiers=parse_tiers(tier), min_engagement=min_engagement,
                 min_followers=min_followers)
-    rows = find_similar(Directory(open_store(store), run, need_embeddings=True), username, k, f, include_self)
-    typer.echo(table(rows))
-    if out:
-        write_csv(rows, out)
-        say(f"wrote {len(rows)} rows to {out}")
+    _show(find_similar(Directory(open_store(store), run, need_embeddings=True), username, k, f, include_self), out)
 
 
 @app.command()
@@ -162,10 +158,15 @@ def search(run: str = typer.Argument(..., help="the run whose `heads predict` la
            out: str = typer.Option(None, help="also write the list as a CSV file")):
     """The ranked list a brief asks for: filtered by category, probability, tier, engagement, sponsored share."""
     from cache.store import open_store
-    from heads.discover import Directory, Filters, parse_tiers, search as run_search, table, write_csv
+    from heads.discover import Directory, Filters, parse_tiers, search as run_search
     f = Filters(category=category, tiers=parse_tiers(tier), min_engagement=min_engagement,
                 min_followers=min_followers, min_probability=min_probability, max_sponsored=max_sponsored)
-    rows = run_search(Directory(open_store(store), run), f, sort=sort, top=top)
+    _show(run_search(Directory(open_store(store), run), f, sort=sort, top=top), out)
+
+
+def _show(rows: list[dict], out: str | None) -> None:
+    """A query's rows as a table on the terminal, and as a CSV file when asked."""
+    from heads.discover import table, write_csv
     typer.echo(table(rows))
     if out:
         write_csv(rows, out)

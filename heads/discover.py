@@ -8,6 +8,7 @@ it and how it grows); an approximate index is only needed far beyond that.
 """
 from __future__ import annotations
 
+import csv
 import difflib
 import math
 import os
@@ -19,6 +20,7 @@ from cache import schema
 from cache.outputs import predictions_run
 from heads.explorer import TIERS, influencer_columns, tier
 from runtime.errors import UserError
+from runtime.files import atomic_files, csv_rows
 
 TIER_NAMES = [name for _, name in TIERS]
 SORTS = ("probability", "engagement", "followers")
@@ -222,8 +224,7 @@ def table(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path: str) -> None:
-    from runtime.files import atomic_files, csv_rows
-    import csv
+    """The rows as a CSV file, whole or absent (runtime.files), formula cells neutralised."""
     with atomic_files([path], newline="") as (f,):
         w = csv.writer(f)
         cols = list(rows[0]) if rows else ["username"]
