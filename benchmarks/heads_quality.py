@@ -56,6 +56,14 @@ for _n in (10, 25, 50, 200):
     for _fam, _kw in (("mid", MID), ("hard", HARD)):
         STORES[f"rel{_n}-{_fam}"] = (dict(_kw, influencers=16 * _n, label_posts=0.0, release_per_category=_n),
                                      f"release labels, {_n} per category, no post labels, {_fam} features")
+# the real-looking family issue 33 reported: a weak signal, loud distractors with 6x the noise, 35-75 % of each
+# influencer's posts on topic, a large common offset, missing halves, a third of influencers with 3-8 posts
+LOOK = dict(posts=30, on_topic=(0.35, 0.75), noise=2.0, loud=6.0, offset=5.0, scale=0.3, missing=(0.2, 0.1),
+            short_share=1 / 3)
+STORES["look"] = (dict(LOOK, influencers=280, label_posts=0.05),
+                  "160/40/80, real-looking: signal x0.3, loud posts 6x noise, 35-75 % on topic, offset 5, missing, ragged")
+STORES["rel50-look"] = (dict(LOOK, influencers=800, label_posts=0.0, release_per_category=50),
+                        "release labels, 50 per category, no post labels, real-looking features")
 # the case issue 33 reported: 15 release-labelled influencers per category (96/24/40), the easy planted features
 STORES["rel15-easy"] = (dict(influencers=240, posts=30, on_topic=0.3, noise=1.0, label_posts=0.0,
                              release_per_category=15),

@@ -19,7 +19,8 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
                   on_topic: float = 0.3, noise: float = 1.0, label_posts: float = 0.2,
                   labelled_influencers: int | None = None, post_counts: np.ndarray | None = None,
                   write_features: bool = True, spread_labels: bool = False, fast_noise: bool = False,
-                  offset: float = 0.0, scale: float = 1.0, missing: tuple[float, float] = (0.0, 0.0)) -> dict:
+                  offset: float = 0.0, scale: float = 1.0, missing: tuple[float, float] = (0.0, 0.0),
+                  loud: float = 4.0) -> dict:
     """Create the store; returns the ground truth (post categories, dominant categories).
 
     `spread_labels`: the labelled influencers are spread evenly over the store (as in the
@@ -31,7 +32,9 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
     BERT's [CLS] and an Inception ReLU layer's features do: |N(0, offset)| per image feature,
     N(0, offset) per text feature), `scale` shrinks the informative part (prototype + noise),
     and `missing` = (image, text) is the share of posts whose image or caption is missing
-    (status `no input`, as the release's videos and empty captions are).
+    (status `no input`, as the release's videos and empty captions are). `on_topic` is one share
+    for every influencer, or (low, high): each influencer's share drawn uniformly between them.
+    `loud`: the distractors' noise as a multiple of `noise`.
     """
     rng = np.random.default_rng(seed)
     counts = post_counts if post_counts is not None else np.full(influencers, posts, dtype=np.int64)
@@ -41,11 +44,11 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
     _write_tables(store, rng, post_cat, counts, offsets, dominant)
     _plant_labels(store, rng, post_cat, dominant, labelled_influencers, spread_labels, label_posts, seed)
     if write_features:
-        _plant_features(store, rng, post_cat, seed, noise, fast_noise, offset, scale, missing)
+        _plant_features(store, rng, post_cat, seed, noise, fast_noise, offset, scale, missing, loud)
     return {"post_category": post_cat, "dominant": dominant, "offsets": offsets}
 
 
-def _categories(rng, counts: np.ndarray, on_topic: float) -> tuple[np.ndarray, np.ndarray]:
+def _categories(rng, counts: np.ndarray, on_topic) -> tuple[np.ndarray, np.ndarray]:
     """Each influencer's dominant category, and each post's category: on topic, off topic, or a distractor."""
     influencers, n = len(counts), int(counts.sum())
     dominant = rng.permutation(np.arange(influencers) % len(schema.INFLUENCER_CATEGORIES))
@@ -53,6 +56,8 @@ def _categories(rng, counts: np.ndarray, on_topic: float) -> tuple[np.ndarray, n
     post_cat = np.empty(n, dtype=np.int64)
     owner = np.repeat(np.arange(influencers), counts)
     r = rng.random(n)
+    if not np.isscalar(on_topic):       # (low, high): a share per influencer
+        on_topic = rng.uniform(on_topic[0], on_topic[1], influencers)[owner]
     on = r < on_topic
     sec = (r >= on_topic) & (r < on_topic + 0.1)
     post_cat[on] = infl_to_post[dominant[owner[on]]]
@@ -107,7 +112,7 @@ def _plant_labels(store, rng, post_cat, dominant, labelled_influencers, spread_l
                              labels={"planted": {"seed": seed}})
 
 
-def _plant_features(store, rng, post_cat, seed, noise, fast_noise, offset, scale, missing) -> None:
+def _plant_features(store, rng, post_cat, seed, noise, fast_noise, offset, scale, missing, loud) -> None:
     """Both modalities' features, block by block through the commit protocol (module docstring)."""
     n, n_cat, block = len(post_cat), len(schema.POST_CATEGORIES), store.block
     distractors = [schema.POST_CATEGORIES.index("other"), schema.POST_CATEGORIES.index("product")]
@@ -125,7 +130,7 @@ def _plant_features(store, rng, post_cat, seed, noise, fast_noise, offset, scale
             # `other` and `product` posts are the most varied on Instagram: their noise is
             # larger, so averaging them in drowns the on-topic signal; attention can learn to
             # look past them.
-            noise_scale = np.where(np.isin(cats, distractors), 4 * noise, noise).astype(np.float32)[:, None]
+            noise_scale = np.where(np.isin(cats, distractors), loud * noise, noise).astype(np.float32)[:, None]
             if pools is not None:
                 start = int(rng.integers(0, 4093))
                 noise_rows = pools[m][start:start + len(cats)]
