@@ -18,11 +18,10 @@ left the GPU idle. A job that fails or is interrupted still finishes the commit 
 """
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -32,10 +31,10 @@ from cache.store import Store
 from runtime.console import say
 from runtime.progress import Progress
 
-# Crash drills (tests): seconds to wait after each committed block, so that a job can be killed
-# mid-run. An environment variable, not an option: it reaches a job started in a subprocess, and
-# users never see it.
-BLOCK_DELAY_ENV = "PROFILER_BLOCK_DELAY"
+# Called with the block's number after each committed block, where set. Nothing in the package sets
+# it: crash drills inject one (tests/delayed.py) to wait after each block, so that a job can be
+# killed mid-run; production code reads no test switch.
+after_block: Callable[[int], None] | None = None
 MAX_FAILURE_LINES = 100        # per block; the rest are counted in one line
 
 
@@ -110,7 +109,6 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
         job.plan(pending)
         rows = [store.block_rows(b) for b in pending]
         progress = Progress(sum(r.stop - r.start for r in rows), job.unit, f"{job.modality} {shard}", quiet=quiet)
-        delay = float(os.environ.get(BLOCK_DELAY_ENV) or 0)
         start = time.perf_counter()
         counts = np.zeros(4, dtype=np.int64)
         carried = [0]               # rows kept from before in the pending blocks
@@ -131,8 +129,8 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
             counts[:] += np.bincount(status, minlength=4)[:4]
             progress.update(r.stop - r.start, failures=int((status == Status.UNREADABLE).sum()),
                             extra=f"blocks {len(mine) - len(pending) + i + 1}/{len(mine)}")
-            if delay:
-                time.sleep(delay)
+            if after_block is not None:
+                after_block(pending[i])
 
         with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="writer") as writer:

@@ -148,14 +148,17 @@ def extracted(sample, quick_encoder, tmp_path_factory):
 
 
 @pytest.fixture
-def block_delay(monkeypatch):
-    """Crash drills: shard jobs started from here (subprocesses included) wait this long after each
-    committed block, so that they can be killed mid-run (extract.jobs.BLOCK_DELAY_ENV)."""
-    from extract.jobs import BLOCK_DELAY_ENV
+def block_delay():
+    """Crash drills: `block_delay(seconds, command)` is the shard-job command run so that it waits this
+    long after each committed block (tests/delayed.py injects extract.jobs.after_block), so that it
+    can be killed mid-run. COMMAND is `python -m MODULE ...` or a console script (`.../extract ...`)."""
+    launcher = os.path.join(os.path.dirname(__file__), "delayed.py")
+    scripts = {"extract": "extract.cli_main"}
 
-    def set_delay(seconds: float) -> None:
-        monkeypatch.setenv(BLOCK_DELAY_ENV, str(seconds))
-    return set_delay
+    def delayed(seconds: float, cmd: list[str]) -> list[str]:
+        module, rest = (cmd[2], cmd[3:]) if cmd[1:2] == ["-m"] else (scripts[os.path.basename(cmd[0])], cmd[1:])
+        return [sys.executable, launcher, str(seconds), module, *rest]
+    return delayed
 
 
 def build_demo_run(d) -> dict:

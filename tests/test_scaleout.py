@@ -206,10 +206,8 @@ def test_whole_pipeline_on_s3_equals_a_local_store(sample, s3, tiny_bert, quick_
     _extract(local, tiny_bert, quick_encoder[0])
     # on S3: a text job killed after its first block, then the same command completes it
     extract = os.path.join(BIN, "extract")
-    block_delay(2)
-    kill_after_blocks([extract, "text", url, "--shard", "0/1", "--model", tiny_bert, "--precision", "fp32"],
-                      url, "text", blocks=1)
-    block_delay(0)
+    kill_after_blocks(block_delay(2, [extract, "text", url, "--shard", "0/1", "--model", tiny_bert, "--precision",
+                                      "fp32"]), url, "text", blocks=1)
     done = open_store(url)["features/text_done"][:]
     assert 1 <= done.sum() < len(done), done
     _extract(url, tiny_bert, quick_encoder[0], text_shards=("0/1",))

@@ -46,9 +46,7 @@ def _same_as_reference(path: str, modality: str, ref: str) -> None:
 def test_sigkill_then_rerun_redoes_only_unfinished_blocks(job, sample, block_delay, tmp_path):
     modality, cmd, ref = job
     path = build_store(sample, str(tmp_path / "s.zarr"), block=64)
-    block_delay(0.5)
-    kill_after_blocks(cmd(path, "0/1"), path, modality)
-    block_delay(0)
+    kill_after_blocks(block_delay(0.5, cmd(path, "0/1")), path, modality)
     done_before = open_store(path)[f"features/{modality}_done"][:]
     assert 2 <= done_before.sum() < len(done_before), "killed mid-run"
     assert verify(open_store(path)) == []
