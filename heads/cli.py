@@ -30,6 +30,8 @@ def fit(ctx: typer.Context,
         attention: Attention = typer.Option("paper", help="paper (⟨tanh(F_a v), r_c⟩), or gated (Ilse et al. 2018; "
                                       "an extension)"),
         aux_weight: float = typer.Option(1.0, help="λ of the auxiliary post loss (0 turns it off)"),
+        instance_weight: float = typer.Option(0.0, help="weight of a loss on single training posts labelled with "
+                                              "their influencer's category (0 turns it off)"),
         epochs: int = typer.Option(None, help="train exactly this many epochs (no early stopping); default: "
                                    "the step budget with early stopping on validation"),
         max_steps: int = typer.Option(2000, help="step budget (independent of the number of labels)"),
@@ -49,7 +51,7 @@ def fit(ctx: typer.Context,
     """Train on the train split, select on validation, score on test; write the run folder."""
     from heads.train import fit as run_fit
     given = dict(modality=modality.value, pooling=pooling.value, attention=attention.value, aux_weight=aux_weight,
-                 epochs=epochs, max_steps=max_steps, patience=patience, batch_size=batch_size, lr=lr,
+                 instance_weight=instance_weight, epochs=epochs, max_steps=max_steps, patience=patience, batch_size=batch_size, lr=lr,
                  attention_warmup=attention_warmup, seed=seed, device=device,
                  normalize="feature" if standardize else normalize.value, restarts=restarts, precision=precision.value)
     m = run_fit(store, out, _fit_config(ctx, given, config), log=say, overwrite=overwrite)

@@ -66,13 +66,14 @@ class InfluencerProfilerClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, pooling="attention", attention="paper", aux_weight=1.0, epochs=None, max_steps=2000,
                  min_steps=300, patience=400, eval_steps=25, batch_size=32, aux_batch=256, lr=1e-3, warmup_steps=50,
                  weight_decay=0.0, attention_lr=0.1, attention_warmup=300, dropout=0.5, normalize="auto", restarts=2,
-                 precision="fp32", seed=0, device="auto", validation_fraction=0.2, hidden=256):
+                 precision="fp32", seed=0, device="auto", validation_fraction=0.2, hidden=256, instance_weight=0.0):
         self.pooling, self.attention, self.aux_weight, self.epochs = pooling, attention, aux_weight, epochs
         self.max_steps, self.min_steps, self.patience, self.eval_steps = max_steps, min_steps, patience, eval_steps
         self.batch_size, self.aux_batch, self.lr, self.warmup_steps = batch_size, aux_batch, lr, warmup_steps
         self.weight_decay, self.attention_lr, self.attention_warmup = weight_decay, attention_lr, attention_warmup
         self.dropout, self.normalize, self.restarts, self.precision = dropout, normalize, restarts, precision
         self.seed, self.device, self.validation_fraction, self.hidden = seed, device, validation_fraction, hidden
+        self.instance_weight = instance_weight
 
     def _config(self) -> FitConfig:
         return FitConfig(**{k: getattr(self, k) for k in OPTIONS})

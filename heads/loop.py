@@ -66,6 +66,9 @@ def train_once(model, data: dict, cfg, device, use_bf16: bool, seed: int, on_rou
         total, round_epochs, patience = cfg.epochs * per_epoch, 1, None
     else:
         total, round_epochs, patience = cfg.max_steps, max(1, math.ceil(cfg.eval_steps / per_epoch)), cfg.patience
+    # single posts of the training bags, each labelled with its influencer's category (instance_weight)
+    inst = [(b, p) for b, m in enumerate(train["masks"]) for p in np.flatnonzero(m.reshape(len(m), -1).any(1))]
+    inst = np.array(inst, dtype=np.int64).reshape(-1, 2)
     step = epoch = rnd = 0
     best, best_key, best_step = None, None, 0
     while step < total:
@@ -92,8 +95,18 @@ def train_once(model, data: dict, cfg, device, use_bf16: bool, seed: int, on_rou
                         pp = torch.from_numpy(ptrain["present"][pick]).to(device)
                         post_logits = model.post_logits(model.encode_posts(px, pp))
                         post_y = torch.from_numpy(ptrain["y"][pick]).to(device)
+                    inst_logits = inst_y = None
+                    if cfg.instance_weight > 0 and len(inst):
+                        pick = inst[rng.integers(0, len(inst), size=min(cfg.aux_batch, len(inst)))]
+                        ix = torch.from_numpy(np.stack([train["bags"][b][q] for b, q in pick]).astype(np.float32))
+                        im = np.stack([train["masks"][b][q] for b, q in pick])
+                        present = torch.from_numpy(im).to(device) if im.ndim == 2 else None
+                        inst_logits = model.influencer_logits(model.drop(model.encode_posts(ix.to(device), present)))
+                        inst_y = torch.from_numpy(train["y"][pick[:, 0]]).to(device)
                 loss, parts = multitask_loss(out, torch.from_numpy(train["y"][idx]).to(device), post_logits, post_y,
                                              cfg.aux_weight)
+                if inst_logits is not None:
+                    loss = loss + cfg.instance_weight * torch.nn.functional.cross_entropy(inst_logits.float(), inst_y)
                 opt.zero_grad()
                 loss.backward()
                 if step < cfg.attention_warmup:

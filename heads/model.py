@@ -94,6 +94,10 @@ class InfluencerProfiler(nn.Module):
     def post_logits(self, v: torch.Tensor) -> torch.Tensor:
         return self.post_out(self.drop(F.relu(self.post_hidden(self.drop(v))))) / self.temperature[1]
 
+    def influencer_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """F_I(ReLU(F_h(h))): an influencer's pooled representation h (or one post's v) to category logits."""
+        return self.infl_out(self.drop(F.relu(self.infl_hidden(h)))) / self.temperature[0]
+
     def pool(self, v: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights (B, P) summing to one over each bag's real posts, zero on padding; h (B, hidden).
 
@@ -121,7 +125,7 @@ class InfluencerProfiler(nn.Module):
             mask = present.any(dim=-1)
         v = self.encode_posts(x, present)
         weights, h = self.pool(self.drop(v), mask)
-        logits = self.infl_out(self.drop(F.relu(self.infl_hidden(h)))) / self.temperature[0]
+        logits = self.influencer_logits(h)
         out = {"logits": logits, "weights": weights, "h": h}
         if posts:
             out["post_logits"] = self.post_logits(v)

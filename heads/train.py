@@ -37,6 +37,8 @@ class FitConfig:
     pooling: str = "attention"
     attention: str = "paper"      # or "gated" (Ilse et al. 2018; an extension, not the paper's)
     aux_weight: float = 1.0
+    instance_weight: float = 0.0  # weight of a loss on single training posts labelled with their influencer's
+                                  # category (weak labels: off-topic posts carry their owner's label too)
     epochs: int | None = None     # a fixed number of epochs, no early stopping; None: the step budget below
     max_steps: int = 2000         # budget in optimiser steps, independent of the number of labels
     min_steps: int = 300          # never stop before this many steps
@@ -67,7 +69,7 @@ class FitConfig:
 
 
 # The bounds of every numeric option: (lowest, highest, whether the lowest itself is allowed).
-BOUNDS = {"aux_weight": (0.0, 1e6, True), "epochs": (1, 10**6, True), "max_steps": (1, 10**8, True),
+BOUNDS = {"aux_weight": (0.0, 1e6, True), "instance_weight": (0.0, 1e6, True), "epochs": (1, 10**6, True), "max_steps": (1, 10**8, True),
           "min_steps": (0, 10**8, True), "patience": (1, 10**8, True), "eval_steps": (1, 10**6, True),
           "batch_size": (1, 1 << 16, True), "aux_batch": (1, 1 << 20, True), "lr": (0.0, 10.0, False),
           "warmup_steps": (0, 10**8, True), "weight_decay": (0.0, 10.0, True), "attention_lr": (0.0, 1e3, False),

@@ -431,3 +431,20 @@ def test_quality_benchmark_few_label_stores_are_what_they_say(tmp_path):
     split = s["influencers/split"][:]
     assert np.bincount(label[(label >= 0) & (split != 3)]).tolist() == [10] * 8 and ((label >= 0) & (split == 3)).sum() == 40
     assert (s["posts/label"][:] < 0).all()
+
+
+def test_instance_loss_is_added_only_when_asked(tmp_path):
+    """--instance-weight: single training posts labelled with their influencer's category add a term to the
+    training loss (history.csv: loss = main + aux + that term); 0 (the default) adds nothing."""
+    path = str(tmp_path / "s.zarr")
+    planted_store(path, influencers=48, posts=10, seed=2, noise=1.0, label_posts=0.2)
+    extra = {}
+    for w in (0.0, 2.0):
+        run = str(tmp_path / f"run{w}")
+        fit(path, run, FitConfig(max_steps=40, min_steps=10, patience=20, eval_steps=10, attention_warmup=10,
+                                 normalize="feature", restarts=1, instance_weight=w), log=lambda *_: None)
+        rows = list(csv.DictReader(open(os.path.join(run, "history.csv"))))
+        extra[w] = [float(r["loss"]) - float(r["main"]) - float(r["aux"]) for r in rows]
+        assert json.load(open(os.path.join(run, "config.json")))["fit"]["instance_weight"] == w
+    assert max(abs(e) for e in extra[0.0]) < 1e-5
+    assert min(extra[2.0]) > 1e-3
