@@ -74,7 +74,8 @@ def show(path: str) -> None:
         rr = [x for x in rows if x["restart"] == r]
         per[r] = {"val accuracy": max(rr, key=key), "val log-loss": min(rr, key=lambda x: x["val_loss"]),
                   "last round": rr[-1], "best on test": max(rr, key=lambda x: _acc(x["_pt"], yt))}
-    print(f"{path}: LR reference test {d['ref']['test_acc']:.3f} (val {d['ref']['val_acc']:.3f}); overrides {d['over']}")
+    ref = d["ref"]
+    print(f"{path}: LR reference test {ref['test_acc']:.3f} (val {ref['val_acc']:.3f}); overrides {d['over']}")
     for rule in per[restarts[0]]:
         tests = [_acc(per[r][rule]["_pt"], yt) for r in restarts]
         pick = (min(restarts, key=lambda r: per[r][rule]["val_loss"]) if rule == "val log-loss" else

@@ -51,7 +51,8 @@ def fit(ctx: typer.Context,
     """Train on the train split, select on validation, score on test; write the run folder."""
     from heads.train import fit as run_fit
     given = dict(modality=modality.value, pooling=pooling.value, attention=attention.value, aux_weight=aux_weight,
-                 instance_weight=instance_weight, epochs=epochs, max_steps=max_steps, patience=patience, batch_size=batch_size, lr=lr,
+                 instance_weight=instance_weight, epochs=epochs, max_steps=max_steps, patience=patience,
+                 batch_size=batch_size, lr=lr,
                  attention_warmup=attention_warmup, seed=seed, device=device,
                  normalize="feature" if standardize else normalize.value, restarts=restarts, precision=precision.value)
     m = run_fit(store, out, _fit_config(ctx, given, config), log=say, overwrite=overwrite)

@@ -52,6 +52,14 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
 
 
+def _instances(masks: list[np.ndarray]) -> np.ndarray:
+    """(bag, post) of every usable post of the training bags: single posts labelled with their
+    influencer's category for `instance_weight`'s loss."""
+    usable = [np.flatnonzero(m.reshape(len(m), -1).any(1)) for m in masks]
+    return np.stack([np.repeat(np.arange(len(masks)), [len(u) for u in usable]),
+                     np.concatenate(usable or [np.zeros(0, np.int64)])], 1).astype(np.int64)
+
+
 def train_once(model, data: dict, cfg, device, use_bf16: bool, seed: int, on_round, restart: int = 0) -> dict:
     """Train `model` in place; returns {"state", "row"} of the best round."""
     rng = np.random.default_rng(seed)
@@ -66,9 +74,7 @@ def train_once(model, data: dict, cfg, device, use_bf16: bool, seed: int, on_rou
         total, round_epochs, patience = cfg.epochs * per_epoch, 1, None
     else:
         total, round_epochs, patience = cfg.max_steps, max(1, math.ceil(cfg.eval_steps / per_epoch)), cfg.patience
-    # single posts of the training bags, each labelled with its influencer's category (instance_weight)
-    inst = [(b, p) for b, m in enumerate(train["masks"]) for p in np.flatnonzero(m.reshape(len(m), -1).any(1))]
-    inst = np.array(inst, dtype=np.int64).reshape(-1, 2)
+    inst = _instances(train["masks"]) if cfg.instance_weight > 0 else np.zeros((0, 2), np.int64)
     step = epoch = rnd = 0
     best, best_key, best_step = None, None, 0
     while step < total:
@@ -96,7 +102,7 @@ def train_once(model, data: dict, cfg, device, use_bf16: bool, seed: int, on_rou
                         post_logits = model.post_logits(model.encode_posts(px, pp))
                         post_y = torch.from_numpy(ptrain["y"][pick]).to(device)
                     inst_logits = inst_y = None
-                    if cfg.instance_weight > 0 and len(inst):
+                    if len(inst):
                         pick = inst[rng.integers(0, len(inst), size=min(cfg.aux_batch, len(inst)))]
                         ix = torch.from_numpy(np.stack([train["bags"][b][q] for b, q in pick]).astype(np.float32))
                         im = np.stack([train["masks"][b][q] for b, q in pick])

@@ -69,7 +69,8 @@ class FitConfig:
 
 
 # The bounds of every numeric option: (lowest, highest, whether the lowest itself is allowed).
-BOUNDS = {"aux_weight": (0.0, 1e6, True), "instance_weight": (0.0, 1e6, True), "epochs": (1, 10**6, True), "max_steps": (1, 10**8, True),
+BOUNDS = {"aux_weight": (0.0, 1e6, True), "instance_weight": (0.0, 1e6, True), "epochs": (1, 10**6, True),
+          "max_steps": (1, 10**8, True),
           "min_steps": (0, 10**8, True), "patience": (1, 10**8, True), "eval_steps": (1, 10**6, True),
           "batch_size": (1, 1 << 16, True), "aux_batch": (1, 1 << 20, True), "lr": (0.0, 10.0, False),
           "warmup_steps": (0, 10**8, True), "weight_decay": (0.0, 10.0, True), "attention_lr": (0.0, 1e3, False),
