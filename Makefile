@@ -40,7 +40,7 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh $(DEMO)
 
 bench: $(STAMP)
-	for b in benchmarks/*.py; do case $$b in *heads_quality.py|*precision.py|*gpu.py|*_util.py|*__init__.py) continue;; esac; \
+	for b in benchmarks/*.py; do case $$b in *heads_quality.py|*precision.py|*_util.py|*__init__.py) continue;; esac; \
 		m=$$(basename $$b .py); echo "== benchmarks.$$m"; $(BIN)/python -m benchmarks.$$m || exit 1; done
 
 # learning quality of `heads fit` on planted stores, several seeds and precisions (about an hour on 2 cores)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import typer
 
 from cache import schema
-from runtime.choices import DatasetFormat, Decoder, Precision, WeakLabels
+from extract.config import FinetuneConfig
+from runtime.choices import DatasetFormat, Decoder, Precision
 from runtime.console import clean_errors, say, setup_logging
 from runtime.errors import UserError
+from runtime.options import options_from
 
 app = typer.Typer(help="Stage one: read the release format and extract features into the store.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -94,35 +96,14 @@ def text(store: str = typer.Argument(..., help="store path or URL"),
 
 @app.command("finetune-images")
 @clean_errors
+@options_from(FinetuneConfig)
 def finetune_images(store: str = typer.Argument(..., help="store path or URL (labelled, see `cache labels`)"),
                     out: str = typer.Option(..., help="encoder file to write"),
-                    weights: str = typer.Option("imagenet", help="imagenet (torchvision's), PATH to torchvision's "
-                                                "inception_v3 .pth or to an encoder file, or 'random'"),
-                    trainable_blocks: int = typer.Option(2, help="top inception blocks trained (0: only the new "
-                                                         "layers, the paper's no-fine-tuning ablation)"),
-                    epochs: int = typer.Option(10),
-                    batch_size: int = typer.Option(32),
-                    lr: float = typer.Option(1e-3, help="Adam learning rate (the paper's 1e-3)"),
-                    dropout: float = typer.Option(0.5),
-                    image_size: int = typer.Option(299, help="network input side; smaller is faster, for smoke runs"),
-                    augment: bool = typer.Option(True, help="rotation, shift, flip, zoom, channel shift"),
-                    workers: int = typer.Option(None, help="decoding processes (default: cores, at most 8)"),
-                    device: str = typer.Option("auto", help="auto, cpu or cuda"),
-                    precision: Precision = typer.Option("auto", help="auto: bf16 where the hardware has it"),
-                    seed: int = typer.Option(0),
-                    dataset: str = typer.Option(None, help="dataset root, if it moved since `extract index`"),
-                    labels: WeakLabels = typer.Option("posts", help="posts: hand-labelled posts; influencers: weak labels, "
-                                               "posts of labelled influencers labelled with their owner's category"),
-                    posts_per_influencer: int = typer.Option(20, help="--labels influencers: posts sampled per "
-                                                             "influencer (then class-balanced)")):
+                    options: dict = None):
     """Train the image encoder on labelled posts (or weakly, on influencers' labels); keep the best epoch on
-    validation; write one file."""
-    from extract.finetune import FinetuneConfig, finetune
-    cfg = FinetuneConfig(weights=weights, trainable_blocks=trainable_blocks, epochs=epochs, batch_size=batch_size,
-                         lr=lr, dropout=dropout, image_size=image_size, augment=augment, workers=workers,
-                         device=device, precision=precision.value, seed=seed, dataset=dataset, labels=labels.value,
-                         posts_per_influencer=posts_per_influencer)
-    finetune(store, out, cfg, log=say)
+    validation; write one file. Every other option is a field of extract.config.FinetuneConfig."""
+    from extract.finetune import finetune
+    finetune(store, out, FinetuneConfig(**options), log=say)
 
 
 @app.command()

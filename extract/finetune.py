@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch import nn
 from cache.schema import SPLITS, Status
 from cache.store import open_store
 from extract.encoder_file import default_preprocessing, save_encoder
+from extract.config import FinetuneConfig
 from extract.imaging import ImageError, decode, normalize
 from extract.inception import ImageEncoder, load_imagenet_backbone
 from runtime.console import say, warn
@@ -34,26 +35,8 @@ from runtime.device import OUT_OF_MEMORY, autocast, pick_device, pick_precision
 from runtime.cpus import usable_cpus
 from runtime.errors import UserError
 from runtime.files import atomic_write, dataset_file
+from runtime.options import check_options
 from runtime.progress import Progress
-
-
-@dataclass
-class FinetuneConfig:
-    weights: str = "imagenet"          # imagenet | PATH (torchvision .pth or an encoder file) | random
-    trainable_blocks: int = 2
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    dropout: float = 0.5
-    image_size: int = 299
-    augment: bool = True
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    dataset: str | None = None
-    labels: str = "posts"              # posts (hand-labelled posts) | influencers (weak: owner's category)
-    posts_per_influencer: int = 20     # --labels influencers: posts sampled per influencer
 
 
 class Augment:
@@ -299,10 +282,7 @@ def _train_epoch(encoder, loader, optimizer, device, pre, prec: str, progress: P
 def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = False) -> dict:
     device = pick_device(cfg.device, slow_on_cpu=True)
     prec = pick_precision(cfg.precision, device)
-    if cfg.epochs < 1 or cfg.batch_size < 1 or not 0 < cfg.lr < 10:
-        raise UserError("--epochs and --batch-size must be >= 1 and --lr a number in (0, 10)")
-    if not 0 <= cfg.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    check_options(cfg)       # again: fields may have been changed since the config was made
     pre = default_preprocessing(cfg.image_size)
     store = open_store(url, "r")
     root = cfg.dataset or store.attrs.get("dataset_root") or ""
@@ -310,9 +290,6 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = Fal
         raise UserError(f"dataset root {root!r} (recorded in {url}) is not a folder; pass --dataset PATH")
     if "posts/label" not in store:
         raise UserError(f"{url} has no labels: run `cache labels` first")
-    if cfg.labels not in ("posts", "influencers") or cfg.posts_per_influencer < 1:
-        raise UserError(f"--labels must be posts or influencers and --posts-per-influencer >= 1, got "
-                        f"{cfg.labels!r}, {cfg.posts_per_influencer}")
     categories = store.post_categories
     train_paths, train_y, val_paths, val_y, what, label_info = _labelled_sets(store, url, cfg)
     workers = min(usable_cpus(), 8) if cfg.workers is None else cfg.workers

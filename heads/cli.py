@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import typer
 
-from runtime.choices import Attention, HeadPrecision, Modality, Normalize, Pooling
+from heads.config import FitConfig
 from runtime.console import SCHEDULER_HELP, clean_errors, say, setup_logging
 from runtime.errors import UserError
+from runtime.options import options_from
 
 app = typer.Typer(help="Stage two: the Influencer Profiler trained from the cache.", no_args_is_help=True,
                   pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -18,6 +19,7 @@ def main():
 
 @app.command()
 @clean_errors
+@options_from(FitConfig)
 def fit(ctx: typer.Context,
         store: str = typer.Argument(..., help="store path or URL"),
         out: str = typer.Option(..., help="run folder to write (whole or absent: built in OUT.partial, swapped in at "
@@ -25,37 +27,14 @@ def fit(ctx: typer.Context,
         overwrite: bool = typer.Option(False, help="replace the finished run already in --out"),
         config: str = typer.Option(None, help="replay a run: every option of RUN/config.json (options given here "
                                    "override it)"),
-        modality: Modality = typer.Option("both", help="which features the head reads"),
-        pooling: Pooling = typer.Option("attention", help="mean is the no-attention ablation"),
-        attention: Attention = typer.Option("paper", help="paper (⟨tanh(F_a v), r_c⟩), or gated (Ilse et al. 2018; "
-                                      "an extension)"),
-        aux_weight: float = typer.Option(1.0, help="λ of the auxiliary post loss (0 turns it off)"),
-        instance_weight: float = typer.Option(0.0, help="weight of a loss on single training posts labelled with "
-                                              "their influencer's category (0 turns it off)"),
-        epochs: int = typer.Option(None, help="train exactly this many epochs (no early stopping); default: "
-                                   "the step budget with early stopping on validation"),
-        max_steps: int = typer.Option(2000, help="step budget (independent of the number of labels)"),
-        patience: int = typer.Option(400, help="stop after this many steps without a better validation score"),
-        batch_size: int = typer.Option(32, help="bags per step"),
-        lr: float = typer.Option(1e-3),
-        attention_warmup: int = typer.Option(300, help="steps with the attention held uniform (mean pooling) "
-                                             "before it learns"),
-        normalize: Normalize = typer.Option("auto", help="input scaling fitted on the train posts: feature (each feature's "
-                                      "mean and std), none, or auto (both, the better on validation)"),
         standardize: bool = typer.Option(False, help="the same as --normalize feature (kept for old scripts)"),
-        restarts: int = typer.Option(2, help="independent initialisations; the best on validation is kept"),
-        seed: int = typer.Option(0),
-        device: str = typer.Option("auto"),
-        precision: HeadPrecision = typer.Option("fp32", help="fp32 (the default: bf16 is not yet shown to keep accuracy on "
-                                      "every store), bf16, or auto (bf16 autocast where the hardware has it)")):
-    """Train on the train split, select on validation, score on test; write the run folder."""
+        options: dict = None):
+    """Train on the train split, select on validation, score on test; write the run folder.
+    Every other option is a field of heads.config.FitConfig (its default, help and bounds)."""
     from heads.train import fit as run_fit
-    given = dict(modality=modality.value, pooling=pooling.value, attention=attention.value, aux_weight=aux_weight,
-                 instance_weight=instance_weight, epochs=epochs, max_steps=max_steps, patience=patience,
-                 batch_size=batch_size, lr=lr,
-                 attention_warmup=attention_warmup, seed=seed, device=device,
-                 normalize="feature" if standardize else normalize.value, restarts=restarts, precision=precision.value)
-    m = run_fit(store, out, _fit_config(ctx, given, config), log=say, overwrite=overwrite)
+    if standardize:
+        options["normalize"] = "feature"
+    m = run_fit(store, out, _fit_config(ctx, options, config), log=say, overwrite=overwrite)
     ref = m["reference"]
     say(f"test: influencer accuracy {100 * m['influencer']['accuracy']:.2f}% (macro F1 "
         f"{m['influencer']['macro_f1']:.3f}, n={m['influencer']['n']}); post accuracy "
@@ -71,7 +50,6 @@ def _fit_config(ctx: typer.Context, given: dict, config: str | None):
     import os
 
     from cache.runs import RunFolder
-    from heads.train import FitConfig
     if not config:
         return FitConfig(**given)
     folder = os.path.dirname(config) if os.path.basename(config) == "config.json" else config

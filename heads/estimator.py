@@ -14,6 +14,9 @@ store's val split: same data, options and seed give the same model). Learned att
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -30,6 +33,9 @@ from heads.train import FitConfig, train_restarts
 from runtime.device import pick_device, pick_precision
 
 OPTIONS = [f for f in FitConfig.__dataclass_fields__ if f != "modality"]
+# the estimator's own parameters beside FitConfig's: the held-out share when no val_* arrays are given,
+# and the width of the fused post features (HeadConfig.hidden)
+EXTRA = {"validation_fraction": 0.2, "hidden": 256}
 
 
 def _is_bag_list(X) -> bool:
@@ -62,18 +68,22 @@ def _bags(X, masks=None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return bags, [m.reshape(len(m), 1) if m.ndim == 1 else m for m in given]
 
 
+def _signature() -> inspect.Signature:
+    """`__init__`'s: FitConfig's fields (its defaults: one source) and the estimator's own EXTRA."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature([inspect.Parameter("self", kind)]
+                             + [inspect.Parameter(f.name, kind, default=f.default) for f in dataclasses.fields(FitConfig)
+                                if f.name in OPTIONS]
+                             + [inspect.Parameter(k, kind, default=v) for k, v in EXTRA.items()])
+
+
 class InfluencerProfilerClassifier(ClassifierMixin, BaseEstimator):
-    def __init__(self, pooling="attention", attention="paper", aux_weight=1.0, epochs=None, max_steps=2000,
-                 min_steps=300, patience=400, eval_steps=25, batch_size=32, aux_batch=256, lr=1e-3, warmup_steps=50,
-                 weight_decay=0.0, attention_lr=0.1, attention_warmup=300, dropout=0.5, normalize="auto", restarts=2,
-                 precision="fp32", seed=0, device="auto", validation_fraction=0.2, hidden=256, instance_weight=0.0):
-        self.pooling, self.attention, self.aux_weight, self.epochs = pooling, attention, aux_weight, epochs
-        self.max_steps, self.min_steps, self.patience, self.eval_steps = max_steps, min_steps, patience, eval_steps
-        self.batch_size, self.aux_batch, self.lr, self.warmup_steps = batch_size, aux_batch, lr, warmup_steps
-        self.weight_decay, self.attention_lr, self.attention_warmup = weight_decay, attention_lr, attention_warmup
-        self.dropout, self.normalize, self.restarts, self.precision = dropout, normalize, restarts, precision
-        self.seed, self.device, self.validation_fraction, self.hidden = seed, device, validation_fraction, hidden
-        self.instance_weight = instance_weight
+    def __init__(self, *args, **params):
+        bound = type(self).__init__.__signature__.bind(self, *args, **params)
+        bound.apply_defaults()
+        for name, value in list(bound.arguments.items())[1:]:
+            setattr(self, name, value)
+    __init__.__signature__ = _signature()     # what get_params, clone and help() read
 
     def _config(self) -> FitConfig:
         return FitConfig(**{k: getattr(self, k) for k in OPTIONS})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
@@ -18,6 +18,7 @@ from cache import schema
 from cache.readers import MODALITY_SETS, feature_dim, require_features
 from cache.store import open_store
 from heads.calibrate import calibrate
+from heads.config import FitConfig
 from heads.data import input_scaling, load_labelled
 from heads.infer import predict_bags, predict_posts
 from heads.loop import criterion, train_once
@@ -27,73 +28,8 @@ from heads.reference import logistic_reference
 from heads.rundir import RunWriter, git_commit, store_fingerprint
 from runtime.console import say
 from runtime.device import pick_device, pick_precision
-from runtime.errors import UserError
 from runtime.files import outside_inputs
-
-
-@dataclass
-class FitConfig:
-    modality: str = "both"
-    pooling: str = "attention"
-    attention: str = "paper"      # or "gated" (Ilse et al. 2018; an extension, not the paper's)
-    aux_weight: float = 1.0
-    instance_weight: float = 0.0  # weight of a loss on single training posts labelled with their influencer's
-                                  # category (weak labels: off-topic posts carry their owner's label too)
-    epochs: int | None = None     # a fixed number of epochs, no early stopping; None: the step budget below
-    max_steps: int = 2000         # budget in optimiser steps, independent of the number of labels
-    min_steps: int = 300          # never stop before this many steps
-    patience: int = 400           # stop after this many steps without a better validation criterion
-    eval_steps: int = 25          # validate at least this many steps apart (whole epochs)
-    batch_size: int = 32
-    aux_batch: int = 256
-    lr: float = 1e-3              # paper §5.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.0
-    attention_lr: float = 0.1     # learning rate of the attention's parameters, relative to lr
-    attention_warmup: int = 300   # steps with the attention held at its (nearly uniform) start: mean pooling
-    dropout: float = 0.5          # paper §5.1
-    normalize: str = "auto"       # input scaling fitted on train posts, missing halves kept out: "feature"
-                                  # (each feature's mean and std) or "none" (raw); "auto" trains with both
-                                  # and keeps the better on validation (README: why)
-    restarts: int = 2             # independent initialisations per normalisation; the best on validation is
-                                  # kept (two never lost to one on the benchmark stores and won on two: README)
-    # fp32 by default: bf16 is a speed trick, and a default only once shown to keep accuracy on every
-    # store (benchmarks/heads_quality.py --precisions fp32,bf16); the head is small, so fp32 costs little.
-    # "auto": bf16 autocast on GPUs, fp32 on CPUs.
-    precision: str = "fp32"
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self):
-        _check(self)
-
-
-# The bounds of every numeric option: (lowest, highest, whether the lowest itself is allowed).
-BOUNDS = {"aux_weight": (0.0, 1e6, True), "instance_weight": (0.0, 1e6, True), "epochs": (1, 10**6, True),
-          "max_steps": (1, 10**8, True),
-          "min_steps": (0, 10**8, True), "patience": (1, 10**8, True), "eval_steps": (1, 10**6, True),
-          "batch_size": (1, 1 << 16, True), "aux_batch": (1, 1 << 20, True), "lr": (0.0, 10.0, False),
-          "warmup_steps": (0, 10**8, True), "weight_decay": (0.0, 10.0, True), "attention_lr": (0.0, 1e3, False),
-          "attention_warmup": (0, 10**8, True), "dropout": (0.0, 0.999, True), "restarts": (1, 100, True)}
-
-
-def _check(cfg: FitConfig) -> None:
-    """Refuse bad options before anything is read or written."""
-    choices = {"modality": ("both", "image", "text"), "pooling": ("attention", "mean"),
-               "attention": ("paper", "gated"), "precision": ("auto", "fp32", "bf16"),
-               "normalize": ("auto", "feature", "none")}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise UserError(f"--{name.replace('_', '-')} must be {', '.join(allowed)}; got {getattr(cfg, name)!r}")
-    for name, (lo, hi, closed) in BOUNDS.items():
-        v = getattr(cfg, name)
-        if v is None and name == "epochs":
-            continue
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v <= hi and (
-            v >= lo if closed else v > lo)
-        if not ok:
-            raise UserError(f"--{name.replace('_', '-')} must be a number {'>=' if closed else '>'} {lo} and <= {hi}, "
-                            f"got {v!r}")
+from runtime.options import check_options
 
 
 # Validation accuracy cannot tell a head from the reference when the split is small or both are at its
@@ -137,7 +73,7 @@ def reference_verdict(head_val: float, ref_val: float, n_val: int, head_loss: fl
 def fit(url: str, out: str, cfg: FitConfig, log=say, overwrite: bool = False) -> dict:
     """Train and write the run folder OUT, whole or absent (heads.rundir): built in OUT.partial/ and
     swapped in at the end; a finished run in OUT is replaced only with `overwrite`."""
-    _check(cfg)          # again: fields may have been changed since the config was made
+    check_options(cfg)   # again: fields may have been changed since the config was made
     outside_inputs(out, {"store": url})
     device = pick_device(cfg.device)
     store = open_store(url)

@@ -164,7 +164,7 @@ def maybe_compile(fn, enabled: bool):
     """torch.compile(fn) when asked (shapes that vary become dynamic after the first recompile), else fn.
 
     Off by default: on an H200 the text model gained nothing and Inception alone 2.1x, and the image
-    job with its padded batches has not yet been measured there (benchmarks/gpu.py; README)."""
+    job with its padded batches has not yet been measured there (benchmarks/gpu; README)."""
     return torch.compile(fn) if enabled else fn
 
 

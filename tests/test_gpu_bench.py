@@ -58,7 +58,7 @@ def test_gpu_bench_dry_run(tmp_path):
 
 
 def test_the_jobs_store_is_the_sample_repeated(tmp_path):
-    """benchmarks/gpu.py's `repeated`: every post and influencer `times` over, ids and usernames unique,
+    """benchmarks/gpu/'s `repeated`: every post and influencer `times` over, ids and usernames unique,
     bags where they belong, no labels yet, features empty, a store `cache verify` accepts."""
     import numpy as np
 
