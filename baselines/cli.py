@@ -18,7 +18,7 @@ def main():
 @app.command()
 @clean_errors
 def run(store: str = typer.Argument(..., help="store path or URL"),
-        out: str = typer.Option(..., help="folder for results.json, results.md, predictions.csv"),
+        *, out: str = typer.Option(..., help="folder for results.json, results.md, predictions.csv"),
         models: str = typer.Option("gnb,knn,svc,rf", help="comma-separated: gnb, knn, svc, rf"),
         inputs: str = typer.Option("text,image,both", help="comma-separated: text, image, both"),
         feature_baselines: bool = typer.Option(True, help="also the Tag, Text&Social and Image baselines"),

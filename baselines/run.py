@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,21 +35,38 @@ def _split_rows(split: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.flatnonzero((split == SPLITS[name]) & keep) for name in ("train", "val", "test")}
 
 
+@dataclass
+class Task:
+    """One classification task of the baselines: the features `x` and labels `y` of every candidate row,
+    the indices into them of each split (`rows["train"]`, …), the store rows they are, the category names."""
+    name: str                       # influencer | post
+    x: np.ndarray
+    y: np.ndarray
+    rows: dict[str, np.ndarray]
+    store_rows: np.ndarray
+    cats: list[str]
+
+    @property
+    def test(self) -> np.ndarray:
+        return self.rows["test"]
+
+
 class _Recorder:
-    """Scores each baseline on its test rows, keeps its predictions, says one line per baseline."""
+    """Scores each baseline on its task's test rows, keeps its predictions, says one line per baseline."""
 
     def __init__(self, results: dict, total: int, log):
         self.results, self.total, self.log = results, total, log
         self.pred_rows: list[list] = []
         self.done = 0
 
-    def __call__(self, task, model, inp, y_true, y_pred, rows, extra, cats):
+    def __call__(self, task: Task, model: str, inp: str, y_pred: np.ndarray, extra: dict) -> None:
         self.done += 1
+        y_true, cats = task.y[task.test], task.cats
         metrics = classification_metrics(y_true, y_pred, cats)
-        self.results[task].append({"model": model, "input": inp, **extra, "metrics": metrics})
-        for r, t, p in zip(rows, y_true, y_pred):
-            self.pred_rows.append([task, model, inp, int(r), cats[t], cats[p]])
-        self.log(f"[{self.done}/{self.total}] {model} on {inp} ({task}s): test accuracy "
+        self.results[task.name].append({"model": model, "input": inp, **extra, "metrics": metrics})
+        for r, t, p in zip(task.store_rows[task.test], y_true, y_pred):
+            self.pred_rows.append([task.name, model, inp, int(r), cats[t], cats[p]])
+        self.log(f"[{self.done}/{self.total}] {model} on {inp} ({task.name}s): test accuracy "
                  f"{100 * metrics['accuracy']:.2f}% (n={metrics['n']}) {extra.get('seconds', 0):.1f}s")
 
 
@@ -101,89 +119,86 @@ def run_baselines(url: str, out: str, *, models=("gnb", "knn", "svc", "rf"), inp
                      "test_influencers": [int(labelled[i]) for i in rows_inf["test"]]}
     jobs = [(m, i) for m in models for i in inputs]
     record = _Recorder(results, len(jobs) * 2 + (3 if feature_baselines else 0), log)
-    tasks = (("influencer", means, y_inf, rows_inf, labelled, icats), ("post", px, y_post, rows_post, prow, pcats))
+    inf = Task("influencer", means, y_inf, rows_inf, labelled, icats)
+    post = Task("post", px, y_post, rows_post, prow, pcats)
     for model, inp in jobs:
-        for task, x_all, y, rows, base_rows, cats in tasks:
-            _model_baseline(model, inp, agg, task, x_all, y, rows, base_rows, cats, seed, record, log)
+        for task in (inf, post):
+            _model_baseline(model, inp, agg, task, seed, record, log)
     if feature_baselines:
-        _feature_baselines(store, labelled, y_inf, rows_inf, px, agg, y_post, rows_post, icats, pcats, seed, record)
+        _feature_baselines(store, inf, post, agg, seed, record)
     for run in compare or []:
         _add_compare(results, run, store)
-    _write_outputs(out, url, results, record.pred_rows, rows_inf, rows_post, icats, pcats)
+    _write_outputs(out, url, results, record.pred_rows, inf, post)
     results["seconds"] = time.perf_counter() - t0
     return results
 
 
-def _model_baseline(model, inp, agg, task, x_all, y, rows, base_rows, cats, seed, record, log) -> None:
+def _model_baseline(model: str, inp: str, agg: str, task: Task, seed: int, record: _Recorder, log) -> None:
     """One model on one input for one task: searched on validation, refit on train, scored on test."""
     t = time.perf_counter()
-    cols = SLICES[inp] if agg == "both" or x_all.shape[1] == SLICES["both"].stop else slice(0, x_all.shape[1])
-    x = x_all[:, cols].astype(np.float32)
+    width = task.x.shape[1]
+    cols = SLICES[inp] if agg == "both" or width == SLICES["both"].stop else slice(0, width)
+    x, y, rows = task.x[:, cols].astype(np.float32), task.y, task.rows
     if not len(rows["train"]) or not len(rows["val"]):
-        log(f"skip {model} on {inp} ({task}s): no labelled train/val rows")
+        log(f"skip {model} on {inp} ({task.name}s): no labelled train/val rows")
         return
     clf, params, val_acc = select_and_fit(candidates(model, seed), x[rows["train"]], y[rows["train"]],
                                           x[rows["val"]], y[rows["val"]])
-    pred = clf.predict(x[rows["test"]]) if len(rows["test"]) else np.zeros(0, np.int64)
-    record(task, MODEL_NAMES[model], INPUT_NAMES[inp], y[rows["test"]], pred, base_rows[rows["test"]],
-           {"params": params, "val_accuracy": val_acc, "seconds": time.perf_counter() - t}, cats)
+    pred = clf.predict(x[task.test]) if len(task.test) else np.zeros(0, np.int64)
+    record(task, MODEL_NAMES[model], INPUT_NAMES[inp], pred,
+           {"params": params, "val_accuracy": val_acc, "seconds": time.perf_counter() - t})
 
 
-def _feature_baselines(store, labelled, y_inf, rows_inf, px, agg, y_post, rows_post, icats, pcats, seed,
-                       record) -> None:
+def _feature_baselines(store, inf: Task, post: Task, agg: str, seed: int, record: _Recorder) -> None:
     """Tag, Text&Social and Image (Table 1's feature rows); User is listed as not reproducible."""
     t = time.perf_counter()
-    tags, texts, social = fb.influencer_texts(store, labelled)
-    tr, te = rows_inf["train"], rows_inf["test"]
+    tags, texts, social = fb.influencer_texts(store, inf.store_rows)
+    tr, te = inf.rows["train"], inf.test
     pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
-    tag = fb.tag_model(seed).fit(pick(tags, tr), y_inf[tr])
-    record("influencer", "Tag", "Hashtags", y_inf[te], tag.predict(pick(tags, te)), labelled[te],
-           {"seconds": time.perf_counter() - t}, icats)
+    tag = fb.tag_model(seed).fit(pick(tags, tr), inf.y[tr])
+    record(inf, "Tag", "Hashtags", tag.predict(pick(tags, te)), {"seconds": time.perf_counter() - t})
     t = time.perf_counter()
-    ts = fb.text_social_model(seed).fit(fb.text_social_matrix(pick(texts, tr), social[tr]), y_inf[tr])
-    record("influencer", "Text&Social", "Captions & social", y_inf[te],
-           ts.predict(fb.text_social_matrix(pick(texts, te), social[te])),
-           labelled[te], {"seconds": time.perf_counter() - t}, icats)
+    ts = fb.text_social_model(seed).fit(fb.text_social_matrix(pick(texts, tr), social[tr]), inf.y[tr])
+    record(inf, "Text&Social", "Captions & social", ts.predict(fb.text_social_matrix(pick(texts, te), social[te])),
+           {"seconds": time.perf_counter() - t})
     t = time.perf_counter()
     if not (store.has_features("image") and store["features/image_done"][:].any()):
         record.results["influencer"].append({"model": "Image", "input": "Post image votes",
                                              "metrics": {"n": 0, "note": "n/a: no image features in the store"}})
     else:
-        _image_baseline(store, px, agg, y_inf, y_post, rows_inf, rows_post, labelled, icats, pcats, seed, record, t)
+        _image_baseline(store, inf, post, agg, seed, record, t)
     record.results["influencer"].append({"model": "User", "input": "Profile & like graph",
                                          "metrics": {"n": 0, "note": fb.USER_NOTE}})
 
 
-def _write_outputs(out, url, results, pred_rows, rows_inf, rows_post, icats, pcats) -> None:
+def _write_outputs(out: str, url: str, results: dict, pred_rows: list, inf: Task, post: Task) -> None:
     """predictions.csv, results.json and results.md (the paper's Table 1 and 2 layout)."""
     with atomic_write(os.path.join(out, "predictions.csv"), newline="") as f:
         w = csv.writer(f)
         w.writerow(["task", "model", "input", "row", "true", "predicted"])
         w.writerows(csv_rows(pred_rows))
     write_json(os.path.join(out, "results.json"), results)
-    md = ["# Baselines", "", f"store `{url}`; test split: {len(rows_inf['test'])} influencers, "
-          f"{len(rows_post['test'])} posts", "",
+    md = ["# Baselines", "", f"store `{url}`; test split: {len(inf.test)} influencers, {len(post.test)} posts", "",
           table("Table 1: influencer classification",
-                [(r["model"], r["input"], r["metrics"]) for r in results["influencer"]], icats), "",
+                [(r["model"], r["input"], r["metrics"]) for r in results["influencer"]], inf.cats), "",
           table("Table 2: post classification",
-                [(r["model"], r["input"], r["metrics"]) for r in results["post"]], pcats)]
+                [(r["model"], r["input"], r["metrics"]) for r in results["post"]], post.cats)]
     write_text(os.path.join(out, "results.md"), "\n".join(md))
 
 
-def _image_baseline(store, px, agg, y_inf, y_post, rows_inf, rows_post, labelled, icats, pcats, seed, record, t):
+def _image_baseline(store, inf: Task, post: Task, agg: str, seed: int, record: _Recorder, t: float) -> None:
     """Table 1's Image baseline: a per-post image classifier whose votes decide per influencer."""
-    te = rows_inf["test"]
-    ximg = px[:, SLICES["image"]].astype(np.float32) if agg == "both" else px.astype(np.float32)
-    post_clf = fb.image_post_classifier(seed).fit(ximg[rows_post["train"]], y_post[rows_post["train"]])
-    post_to_infl = np.array([icats.index(c) if c in icats else -1 for c in pcats])
+    ximg = post.x[:, SLICES["image"]].astype(np.float32) if agg == "both" else post.x.astype(np.float32)
+    post_clf = fb.image_post_classifier(seed).fit(ximg[post.rows["train"]], post.y[post.rows["train"]])
+    post_to_infl = np.array([inf.cats.index(c) if c in inf.cats else -1 for c in post.cats])
     offsets = store.offsets()
 
     def posts_of(j):
         x, present = post_features(store, slice(int(offsets[j]), int(offsets[j + 1])), "image")
         return x[present.any(1)].astype(np.float32)
-    record("influencer", "Image", "Post image votes", y_inf[te],
-           fb.image_votes(post_clf, store, labelled[te], posts_of, post_to_infl, len(icats)), labelled[te],
-           {"seconds": time.perf_counter() - t}, icats)
+    record(inf, "Image", "Post image votes",
+           fb.image_votes(post_clf, store, inf.store_rows[inf.test], posts_of, post_to_infl, len(inf.cats)),
+           {"seconds": time.perf_counter() - t})
 
 
 def _add_compare(results: dict, run: str, store) -> None:

@@ -118,11 +118,11 @@ def baselines_on_means(path: str) -> dict:
     store = open_store(path)
     data = load_labelled(store, "both")
     seg = tuple(schema.MODALITIES.values())
-    x = {s: bag_means(data[s]["bags"], seg, data[s]["masks"]) for s in ("train", "val", "test")}
+    x = {s: bag_means(getattr(data, s).bags, seg, getattr(data, s).masks) for s in ("train", "val", "test")}
     best = None
     for name in MODEL_NAMES:
-        clf, _, val = select_and_fit(candidates(name, 0), x["train"], data["train"]["y"], x["val"], data["val"]["y"])
-        test = float((clf.predict(x["test"]) == data["test"]["y"]).mean())
+        clf, _, val = select_and_fit(candidates(name, 0), x["train"], data.train.y, x["val"], data.val.y)
+        test = float((clf.predict(x["test"]) == data.test.y).mean())
         if best is None or val > best[1]:
             best = (MODEL_NAMES[name], val, test)
     return {"best_baseline": best[0], "baseline_test": best[2]}

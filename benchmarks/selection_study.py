@@ -45,14 +45,14 @@ def run(name: str, seed: int, out: str, over: dict, skw: dict) -> None:
 
     def evaluate(model, d, device):
         row = plain(model, d, device)
-        row["_pv"] = predict_bags(model, d["val"]["bags"], d["val"]["masks"], device)[0]
-        row["_pt"] = predict_bags(model, d["test"]["bags"], d["test"]["masks"], device)[0]
+        row["_pv"] = predict_bags(model, d.val.bags, d.val.masks, device)[0]
+        row["_pt"] = predict_bags(model, d.test.bags, d.test.masks, device)[0]
         return row
     loop.evaluate = evaluate
     rows = []
-    train_restarts(cfg, head, data, seg, torch.device("cpu"), False, lambda *a: None, record=rows.append)
+    train_restarts(cfg, head, data, seg, torch.device("cpu"), False, log=lambda *a: None, record=rows.append)
     with open(out, "wb") as f:
-        pickle.dump({"rows": rows, "yv": data["val"]["y"], "yt": data["test"]["y"], "over": over,
+        pickle.dump({"rows": rows, "yv": data.val.y, "yt": data.test.y, "over": over,
                      "ref": {k: v for k, v in ref.items() if k != "test_pred"}}, f)
     show(out)
 

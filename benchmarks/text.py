@@ -18,7 +18,6 @@ import time
 import numpy as np
 import torch
 
-from cache.labels import apply_labels  # noqa: F401
 from cache.store import open_store
 from extract.index import run_index
 from extract.sample import make_sample

@@ -23,7 +23,7 @@ def main():
 @app.command()
 @clean_errors
 def labels(store: str = typer.Argument(..., help="store path or URL"),
-           influencers: str = typer.Option(None, help="influencers.csv: username,category[,split]"),
+           *, influencers: str = typer.Option(None, help="influencers.csv: username,category[,split]"),
            posts: str = typer.Option(None, help="posts.csv: post_id,category[,split]"),
            from_release: bool = typer.Option(False, "--from-release",
                                              help="draw influencer labels from influencers.txt's categories (the "

@@ -159,7 +159,7 @@ def export_store(url: str, out: str, labelled_only: bool = False, compress_image
             d.attrs["zarr_attrs"] = json.dumps(dict(arr.attrs))
             d.attrs["zarr_layout"] = json.dumps(lay)
             if shape[0]:
-                written += _export_array(store, path, arr, d, lay, sel, n_new, progress, out)
+                written += _export_array(store, path, arr, d, lay, sel, n_new=n_new, progress=progress, out_path=out)
     return {"out": out, "posts": int(n_new), "influencers": int(m_new), "partial_bags": partial,
             "bytes": os.path.getsize(out), "array_bytes": written, "seconds": time.perf_counter() - t0}
 
@@ -180,7 +180,7 @@ def _export_shape(store, path: str, arr, sel, n_new: int, m_new: int) -> tuple:
     return arr.shape
 
 
-def _export_array(store, path: str, arr, d, lay: dict, sel, n_new: int, progress, out_path: str) -> int:
+def _export_array(store, path: str, arr, d, lay: dict, sel, *, n_new: int, progress, out_path: str) -> int:
     """Copy one array into its dataset a block at a time (the next block read while this one is
     written); returns the bytes of numbers written."""
     written = 0

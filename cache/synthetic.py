@@ -42,9 +42,11 @@ def planted_store(url: str, influencers: int = 64, posts: int = 40, *, seed: int
     dominant, post_cat = _categories(rng, counts, on_topic)
     store = create_store(url, "(planted)", block)
     _write_tables(store, rng, post_cat, counts, offsets, dominant)
-    _plant_labels(store, rng, post_cat, dominant, labelled_influencers, spread_labels, label_posts, seed)
+    _plant_labels(store, rng, post_cat, dominant, labelled_influencers=labelled_influencers,
+                  spread_labels=spread_labels, label_posts=label_posts, seed=seed)
     if write_features:
-        _plant_features(store, rng, post_cat, seed, noise, fast_noise, offset, scale, missing, loud)
+        _plant_features(store, rng, post_cat, seed, noise=noise, fast_noise=fast_noise, offset=offset, scale=scale,
+                        missing=missing, loud=loud)
     return {"post_category": post_cat, "dominant": dominant, "offsets": offsets}
 
 
@@ -89,7 +91,8 @@ def _write_tables(store, rng, post_cat, counts, offsets, dominant) -> None:
     create_features(store)
 
 
-def _plant_labels(store, rng, post_cat, dominant, labelled_influencers, spread_labels, label_posts, seed) -> None:
+def _plant_labels(store, rng, post_cat, dominant, *, labelled_influencers, spread_labels, label_posts,
+                  seed) -> None:
     """Influencer labels (their dominant category) and post labels (their category), split as `cache labels` does."""
     n, influencers = len(post_cat), len(dominant)
     n_lab = influencers if labelled_influencers is None else labelled_influencers
@@ -112,7 +115,7 @@ def _plant_labels(store, rng, post_cat, dominant, labelled_influencers, spread_l
                              labels={"planted": {"seed": seed}})
 
 
-def _plant_features(store, rng, post_cat, seed, noise, fast_noise, offset, scale, missing, loud) -> None:
+def _plant_features(store, rng, post_cat, seed, *, noise, fast_noise, offset, scale, missing, loud) -> None:
     """Both modalities' features, block by block through the commit protocol (module docstring)."""
     n, n_cat, block = len(post_cat), len(schema.POST_CATEGORIES), store.block
     distractors = [schema.POST_CATEGORIES.index("other"), schema.POST_CATEGORIES.index("product")]

@@ -46,7 +46,7 @@ def sample_data(out: str = typer.Argument(..., help="folder to write the dataset
 def index(dataset: str = typer.Argument(..., help="dataset root: the release, an instaloader crawl or a posts.jsonl "
                                                "folder (docs/dataset.md)"),
           store: str = typer.Argument(..., help="store path or URL to create"),
-          max_posts: int = typer.Option(None, help="newest posts kept per influencer (default 300; with --update "
+          *, max_posts: int = typer.Option(None, help="newest posts kept per influencer (default 300; with --update "
                                         "the store's own)"),
           block: int = typer.Option(schema.DEFAULT_BLOCK, help="rows per block (Zarr shard)"),
           workers: int = typer.Option(None, help="JSON parsing processes (default: all cores)"),
@@ -69,7 +69,8 @@ def index(dataset: str = typer.Argument(..., help="dataset root: the release, an
                        images_by_path=images_by_path).summary())
         return
     from extract.index import run_index
-    report = run_index(dataset, store, max_posts=300 if max_posts is None else max_posts, block=block, workers=workers, overwrite=overwrite,
+    report = run_index(dataset, store, max_posts=300 if max_posts is None else max_posts, block=block, workers=workers,
+                       overwrite=overwrite,
                        format=fmt)
     say(report.summary())
 
@@ -77,7 +78,7 @@ def index(dataset: str = typer.Argument(..., help="dataset root: the release, an
 @app.command()
 @clean_errors
 def text(store: str = typer.Argument(..., help="store path or URL"),
-         shard: str = typer.Option(..., help="i/N: this job's share of the blocks"),
+         *, shard: str = typer.Option(..., help="i/N: this job's share of the blocks"),
          model: str = typer.Option("bert-base-uncased", help="hub name, local folder, or 'random'"),
          max_length: int = typer.Option(128, help="tokens per caption, [CLS] and [SEP] included"),
          batch_tokens: int = typer.Option(None, help="token budget per batch (default 4096 CPU, 65536 GPU)"),
@@ -109,7 +110,7 @@ def finetune_images(store: str = typer.Argument(..., help="store path or URL (la
 @app.command()
 @clean_errors
 def images(store: str = typer.Argument(..., help="store path or URL"),
-           shard: str = typer.Option(..., help="i/N: this job's share of the blocks"),
+           *, shard: str = typer.Option(..., help="i/N: this job's share of the blocks"),
            encoder: str = typer.Option(..., help="encoder file from `extract finetune-images`"),
            batch_size: int = typer.Option(None, help="images per model call (default 32 CPU, 256 GPU)"),
            workers: int = typer.Option(None, help="decoding processes (default: cores, at most 16; 0 decodes "
@@ -133,7 +134,7 @@ def images(store: str = typer.Argument(..., help="store path or URL"),
 @app.command()
 @clean_errors
 def plan(store: str = typer.Argument(..., help="store path or URL, as the jobs will see it"),
-         shards: int = typer.Option(..., help="number of shard jobs (one per GPU)"),
+         *, shards: int = typer.Option(..., help="number of shard jobs (one per GPU)"),
          out: str = typer.Option("launch", help="folder for the launcher files"),
          stages: str = typer.Option("images,text", help="images and/or text"),
          encoder: str = typer.Option("encoder.pt", help="the image encoder file, as the jobs will see it"),

@@ -341,16 +341,17 @@ def finetune(url: str, out: str, cfg: FinetuneConfig, log=say, quiet: bool = Fal
                         "optimizer": optimizer.state_dict(), "history": history, "best": best}, f)
 
     encoder.load_state_dict(best["state"], strict=False)
-    metrics = _write_encoder_file(out, encoder, cfg, val_loader, val_y, device, pre, categories, best,
-                                  {"source": source, "labels": label_info, "settings": settings, "history": history,
-                                   "train_posts": len(train_ds), "val_posts": len(val_ds)})
+    run = {"source": source, "labels": label_info, "settings": settings, "history": history,
+           "train_posts": len(train_ds), "val_posts": len(val_ds)}
+    metrics = _write_encoder_file(out, encoder, cfg, val_loader, val_y, device=device, pre=pre, categories=categories,
+                                  best=best, run=run)
     os.remove(ckpt_path)
     log(f"wrote {out}: val post accuracy {metrics['val_accuracy']:.3f} (fp32, best epoch {best['epoch']}; "
         f"majority class {metrics['val_majority_baseline']:.3f})")
     return metrics
 
 
-def _write_encoder_file(out, encoder, cfg: FinetuneConfig, val_loader, val_y, device, pre, categories, best,
+def _write_encoder_file(out, encoder, cfg: FinetuneConfig, val_loader, val_y, *, device, pre, categories, best,
                         run: dict) -> dict:
     """Score the kept state on validation in fp32 and write the encoder file with its record; the metrics."""
     val_acc, y, p = evaluate(encoder, val_loader, device, pre, lambda: autocast(device, "fp32"))

@@ -87,7 +87,7 @@ class BatchDecoder(torch.utils.data.Dataset):
     image paths once; nothing big is pickled to it.
     """
 
-    def __init__(self, url: str, root: str, batches: list[Batch], block: int, resize: int, crop: int,
+    def __init__(self, url: str, root: str, batches: list[Batch], block: int, *, resize: int, crop: int,
                  exact: bool, raw_jpeg: bool = False):
         self.url, self.root, self.batches, self.block = url, root, batches, block
         self.resize, self.crop, self.exact, self.raw_jpeg = resize, crop, exact, raw_jpeg
@@ -167,7 +167,7 @@ class ImageJob:
     `encode` takes a block's batches from the workers (nvJPEG-decoding raw JPEGs on the device)."""
     modality, unit = "image", "images"
 
-    def __init__(self, ef: EncoderFile, store, root: str, dev: torch.device, prec: str,
+    def __init__(self, ef: EncoderFile, store, root: str, dev: torch.device, prec: str, *,
                  batch_size: int, workers: int, exact: bool, decoder: str, compile: bool = False):
         self.pre, self.dev, self.prec = ef.preprocessing, dev, prec
         self.store, self.root = store, root
@@ -197,8 +197,8 @@ class ImageJob:
                         for s in range(rows.start, rows.stop, self.batch_size)]
         if not batches:
             return                              # no worker processes for a shard with nothing to do
-        ds = BatchDecoder(self.store.url, self.root, batches, self.store.block, self.pre["resize"], self.pre["crop"],
-                          self.exact, raw_jpeg=self.decoder == "nvjpeg")
+        ds = BatchDecoder(self.store.url, self.root, batches, self.store.block, resize=self.pre["resize"],
+                          crop=self.pre["crop"], exact=self.exact, raw_jpeg=self.decoder == "nvjpeg")
         crop = self.pre["crop"]
         self.prefetch = prefetch_for(self.workers, self.batch_size * crop * crop * 3, shared_memory_free())
         if self.prefetch < PREFETCH:
@@ -315,5 +315,6 @@ def run_images(url: str, shard: str, *, encoder_path: str, batch_size: int | Non
         workers = min(usable_cpus(), 16)
     if batch_size < 1 or workers < 0:
         raise UserError("--batch-size must be >= 1 and --workers >= 0")
-    job = ImageJob(load_encoder(encoder_path), store, root, dev, prec, batch_size, workers, exact, decoder, compile)
+    job = ImageJob(load_encoder(encoder_path), store, root, dev, prec, batch_size=batch_size, workers=workers,
+                   exact=exact, decoder=decoder, compile=compile)
     return run_shard(store, sh, job, quiet=quiet)

@@ -194,8 +194,8 @@ def run_index(dataset: str, url: str, *, max_posts: int = 300, block: int = sche
     rows, infl_problems = source.influencers()
     lock = prepare_target(root, url, overwrite)
     try:
-        return _index(source, url, rows, infl_problems, max_posts, block, workers, quiet, start,
-                      mode="w" if lock is None else "a")
+        return _index(source, url, rows, infl_problems, max_posts=max_posts, block=block, workers=workers, quiet=quiet,
+                      start=start, mode="w" if lock is None else "a")
     finally:
         if lock is not None:
             os.close(lock)      # releases the lock
@@ -227,7 +227,7 @@ class _PostBatch:
             v.clear()
 
 
-def _index(source, url, rows, infl_problems, max_posts, block, workers, quiet, start, mode) -> IndexReport:
+def _index(source, url, rows, infl_problems, *, max_posts, block, workers, quiet, start, mode) -> IndexReport:
     store = create_store(url, source.root, block, mode=mode)
     create_post_extras(store)
     problems = _ProblemLog(store)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -58,6 +58,17 @@ class BlockJob(Protocol):
     # seconds `encode` spent waiting for inputs made elsewhere (the image job's decoding workers);
     # counted as waiting for inputs, not encoding, in the job's report
     waited: float
+
+
+@dataclass
+class Timings:
+    """Where a shard job's loop spent its time, in seconds: waiting for the next block's inputs (the input
+    side is the bottleneck when this is large), encoding (the model, and for images the device-side
+    decode), waiting for the writer (all of the writing, without overlap), and the writer's own time."""
+    wait_s: float = 0.0
+    encode_s: float = 0.0
+    commit_s: float = 0.0
+    write_s: float = 0.0
 
 
 @dataclass
@@ -112,8 +123,8 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
         start = time.perf_counter()
         counts = np.zeros(4, dtype=np.int64)
         carried = [0]               # rows kept from before in the pending blocks
-        first = (0.0, 0)
-        spent = np.zeros(4)         # waiting for inputs, encoding, waiting for the writer, the writer's time
+        first = {"first_block_s": 0.0, "first_block_rows": 0}
+        spent = Timings()
 
         def write(b: int, r: slice, features: np.ndarray, status: np.ndarray, failures: list) -> tuple[float, float]:
             t = time.perf_counter()
@@ -124,7 +135,7 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
         def written(i: int, status: np.ndarray, future) -> None:
             """Block i's commit is done (its errors raised here): count it, show progress."""
             began, ended = future.result()
-            spent[3] += ended - began
+            spent.write_s += ended - began
             r = rows[i]
             counts[:] += np.bincount(status, minlength=4)[:4]
             progress.update(r.stop - r.start, failures=int((status == Status.UNREADABLE).sum()),
@@ -147,27 +158,31 @@ def run_shard(store: Store, shard: Shard, job: BlockJob, *, quiet: bool = False,
                                                            carried)
                 t2 = time.perf_counter()
                 if i == 0:
-                    first = (t2 - start, r.stop - r.start)
+                    first = {"first_block_s": t2 - start, "first_block_rows": r.stop - r.start}
                 if in_flight is not None:
                     written(*in_flight)
                 in_flight = (i, status, writer.submit(write, b, r, features, status, failures))
                 if not overlap_writes:
                     written(*in_flight)
                     in_flight = None
-                spent[:3] += (t1 - t0, t2 - t1, time.perf_counter() - t2)
+                spent.wait_s += t1 - t0
+                spent.encode_s += t2 - t1
+                spent.commit_s += time.perf_counter() - t2
             if in_flight is not None:
                 t = time.perf_counter()
                 written(*in_flight)
-                spent[2] += time.perf_counter() - t
+                spent.commit_s += time.perf_counter() - t
         progress.close()
-        spent += (job.waited, -job.waited, 0.0, 0.0)
+        spent.wait_s += job.waited          # the job's own waits for inputs made elsewhere
+        spent.encode_s -= job.waited
     finally:
         closing = time.perf_counter()
         job.close()
         closing = time.perf_counter() - closing
-    return JobReport(len(pending), len(mine) - len(pending), int(counts.sum()),
-                     int(counts[Status.NO_INPUT]), int(counts[Status.UNREADABLE]), time.perf_counter() - start, *first,
-                     *map(float, spent), close_s=closing, carried=carried[0])
+    return JobReport(blocks_done=len(pending), blocks_skipped=len(mine) - len(pending), rows=int(counts.sum()),
+                     no_input=int(counts[Status.NO_INPUT]), unreadable=int(counts[Status.UNREADABLE]),
+                     seconds=time.perf_counter() - start, **first, **asdict(spent), close_s=closing,
+                     carried=carried[0])
 
 
 def _keep_carried(store: Store, modality: str, rows: slice, features: np.ndarray, status: np.ndarray,

@@ -165,7 +165,7 @@ def _bad_image(kind: str, rng: np.random.Generator, size: int) -> bytes:
     return buf.getvalue()
 
 
-def _media_node(post_id: str, user: str, owner_id: int, caption: str | None, ts: int, kind: str,
+def _media_node(post_id: str, user: str, owner_id: int, caption: str | None, ts: int, kind: str, *,
                 size: tuple[int, int], rng: np.random.Generator, sponsor: bool = False) -> dict:
     likes = int(rng.lognormal(6, 1.5))
     comments = int(likes * rng.uniform(0.005, 0.05))
@@ -217,7 +217,7 @@ class _Writer:
             self.n_images += 1
         self.first_image[post_id] = os.path.join(out, release.IMAGE_DIR, f"{user}-{ids[0]}.jpg")
         # two in three `product` posts are paid partnerships (decided by the id: the rng's draws stay as they were)
-        node = _media_node(post_id, user, owner, _caption(cat, rng), ts, kind, (h, w), rng,
+        node = _media_node(post_id, user, owner, _caption(cat, rng), ts, kind, size=(h, w), rng=rng,
                            sponsor=cat == "product" and int(post_id) % 3 != 0)
         with open(os.path.join(out, release.INFO_DIR, f"{user}-{post_id}.info"), "w", encoding="utf-8") as f:
             json.dump(node, f, ensure_ascii=False)

@@ -78,7 +78,7 @@ def _pretrained(name: str):
 
 
 class TextEncoder:
-    def __init__(self, name: str, tokenizer, model, device: torch.device, precision: str,
+    def __init__(self, name: str, tokenizer, model, device: torch.device, precision: str, *,
                  max_length: int, batch_tokens: int, compile: bool = False):
         self.name, self.tokenizer, self.device, self.precision = name, tokenizer, device, precision
         self.max_length, self.batch_tokens, self.compiled = max_length, batch_tokens, compile
@@ -186,7 +186,8 @@ def load_text_encoder(name: str, store: Store | None = None, *, device: str = "a
                          f"features/text is 768-d (BERT-base)")
     if batch_tokens is None:
         batch_tokens = 65536 if dev.type == "cuda" else 4096
-    return TextEncoder(name, tokenizer, model, dev, prec, max_length, batch_tokens, compile)
+    return TextEncoder(name, tokenizer, model, dev, prec, max_length=max_length, batch_tokens=batch_tokens,
+                       compile=compile)
 
 
 class TextJob:

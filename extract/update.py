@@ -102,12 +102,13 @@ def run_update(dataset: str, url: str, *, max_posts: int | None = None, workers:
         raise StoreError(f"{url}: not an Influencer Profiler store; nothing was changed")
     lock = lock_store(path, url)            # a second update or index of STORE waits for this one
     try:
-        return _update(dataset, url, path, report, max_posts, workers, format, quiet, start, images_by_path)
+        return _update(dataset, url, path, report, max_posts=max_posts, workers=workers, format=format, quiet=quiet,
+                       start=start, images_by_path=images_by_path)
     finally:
         os.close(lock)
 
 
-def _update(dataset, url, path, report, max_posts, workers, format, quiet, start, images_by_path) -> UpdateReport:
+def _update(dataset, url, path, report, *, max_posts, workers, format, quiet, start, images_by_path) -> UpdateReport:
     beside, replaced = path + UPDATING, path + REPLACED
     old = open_store(path, "r")
     _check_keepable(old)

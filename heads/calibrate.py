@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from heads.data import Labelled
+
 BINS = 15
 T_RANGE = (0.05, 20.0)
 
@@ -110,7 +112,7 @@ def summary(t: float, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray
     return out
 
 
-def calibrate(model, data: dict, device) -> dict:
+def calibrate(model, data: Labelled, device) -> dict:
     """Fit both heads' temperatures on the validation split, set them in `model`, and return
     metrics.json's "calibration" record (the test split scored where `data` has one). The post head's
     temperature stays 1 without labelled validation posts."""
@@ -121,12 +123,12 @@ def calibrate(model, data: dict, device) -> dict:
     out = {}
     infl = {}
     for split in ("val", "test"):
-        d = data.get(split)
-        infl[split] = (predict_bags(model, d["bags"], d["masks"], device)[0], d["y"]) if d and len(d["y"]) else empty
+        d = getattr(data, split)
+        infl[split] = (predict_bags(model, d.bags, d.masks, device)[0], d.y) if d is not None and len(d.y) else empty
     posts = {}
     for split in ("val", "test"):
-        d = data.get(f"posts_{split}")
-        posts[split] = ((predict_posts(model, d["x"], device, present=d["present"]), d["y"]) if d and len(d["y"])
+        d = getattr(data, f"posts_{split}")
+        posts[split] = ((predict_posts(model, d.x, device, present=d.present), d.y) if d is not None and len(d.y)
                         else (np.zeros((0, model.cfg.n_post)), np.zeros(0, np.int64)))
     t_infl = fit_temperature(*infl["val"])
     out["influencer"] = summary(t_infl, infl["val"], infl["test"])

@@ -1,6 +1,8 @@
 """The labelled data of a fit: bags and labelled posts by split, the input normalisation, bag means."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from cache import schema
@@ -11,7 +13,48 @@ from cache.store import Store, StoreError
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def load_labelled(store: Store, modality: str) -> dict:
+@dataclass
+class Bags:
+    """One split's labelled influencers: a (posts, features) array per bag, its (posts, halves) presence
+    mask (which modality halves each post holds), the label codes, and the influencers' store rows."""
+    bags: list[np.ndarray]
+    masks: list[np.ndarray]
+    y: np.ndarray
+    rows: np.ndarray | None = None
+
+
+@dataclass
+class Posts:
+    """One split's labelled posts: (posts, features), (posts, halves) presence, label codes, store rows."""
+    x: np.ndarray
+    present: np.ndarray
+    y: np.ndarray
+    rows: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls, dim: int, halves: int = 1) -> "Posts":
+        return cls(np.zeros((0, dim), np.float32), np.zeros((0, halves), bool), np.zeros(0, np.int64),
+                   np.zeros(0, np.int64))
+
+
+@dataclass
+class Labelled:
+    """What a fit trains, selects and scores on: bags and labelled posts by split (`test` and `posts_test`
+    absent where nothing is scored, as in the estimator), and the labelled rows set aside as unusable."""
+    train: Bags
+    val: Bags
+    posts_train: Posts
+    posts_val: Posts
+    test: Bags | None = None
+    posts_test: Posts | None = None
+    unusable: list[int] = field(default_factory=list)
+
+    def count(self, posts: bool = False) -> int:
+        parts = (self.posts_train, self.posts_val, self.posts_test) if posts else (self.train, self.val, self.test)
+        return sum(len(p.y) for p in parts if p is not None)
+
+
+def load_labelled(store: Store, modality: str) -> Labelled:
     """Labelled influencers' bags and labelled posts, by split; unusable bags set aside."""
     require_sound_labels(store)
     label, split = store["influencers/label"][:], store["influencers/split"][:]
@@ -20,22 +63,21 @@ def load_labelled(store: Store, modality: str) -> dict:
         raise StoreError(f"{store.url}: no labelled influencers; run `cache labels` first")
     bags, masks = load_bags(store, chosen, modality)      # masks: (posts, modalities) presence per bag
     usable = np.array([m.any() for m in masks], dtype=bool)
-    data = {"unusable": [int(j) for j in chosen[~usable]]}
+    parts: dict = {}
     for name in SPLIT_NAMES:
         keep = (split[chosen] == schema.SPLITS[name]) & usable
-        data[name] = {"rows": chosen[keep], "y": label[chosen][keep].astype(np.int64),
-                      "bags": [bags[i] for i in np.flatnonzero(keep)], "masks": [masks[i] for i in np.flatnonzero(keep)]}
+        parts[name] = Bags([bags[i] for i in np.flatnonzero(keep)], [masks[i] for i in np.flatnonzero(keep)],
+                           label[chosen][keep].astype(np.int64), chosen[keep])
     plabel, psplit = store["posts/label"][:], store["posts/split"][:]
     for name in SPLIT_NAMES:
         rows = np.flatnonzero((plabel >= 0) & (psplit == schema.SPLITS[name]))
         x, present = post_features_at(store, rows, modality)
         ok = present.any(1)
-        data[f"posts_{name}"] = {"rows": rows[ok], "x": x[ok], "present": present[ok],
-                                 "y": plabel[rows][ok].astype(np.int64)}
+        parts[f"posts_{name}"] = Posts(x[ok], present[ok], plabel[rows][ok].astype(np.int64), rows[ok])
     for name in ("train", "val"):
-        if not len(data[name]["y"]):
+        if not len(parts[name].y):
             raise StoreError(f"{store.url}: no usable labelled influencers in the {name} split")
-    return data
+    return Labelled(**parts, unusable=[int(j) for j in chosen[~usable]])
 
 
 def _present(x: np.ndarray, segments: tuple, present: np.ndarray | None) -> list[np.ndarray]:

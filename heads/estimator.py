@@ -27,6 +27,7 @@ from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from heads.calibrate import calibrate
+from heads.data import Bags, Labelled, Posts
 from heads.infer import predict_bags
 from heads.model import HeadConfig
 from heads.train import FitConfig, train_restarts
@@ -127,14 +128,13 @@ class InfluencerProfilerClassifier(ClassifierMixin, BaseEstimator):
         vposts, _ = self._posts(val_post_features, val_post_labels, dim, self.post_classes_)
         seg = tuple(segments) if segments else (dim,)
         for p, given in ((posts, post_masks), (vposts, val_post_masks)):
-            p["present"] = (np.ones((len(p["y"]), len(seg)), bool) if given is None
-                            else np.asarray(given, bool).reshape(len(p["y"]), len(seg)))
+            p.present = (np.ones((len(p.y), len(seg)), bool) if given is None
+                         else np.asarray(given, bool).reshape(len(p.y), len(seg)))
         if segments:         # masks per modality half, as the store's readers give them
             bag_masks = [np.repeat(m, len(seg), axis=1) if m.shape[1] == 1 else m for m in bag_masks]
             val = (val[0], [np.repeat(m, len(seg), axis=1) if m.shape[1] == 1 else m for m in val[1]], val[2])
-        data = {"train": {"bags": bags, "masks": bag_masks, "y": codes.astype(np.int64)},
-                "val": {"bags": val[0], "masks": val[1], "y": val[2].astype(np.int64)},
-                "posts_train": posts, "posts_val": vposts}
+        data = Labelled(Bags(bags, bag_masks, codes.astype(np.int64)), Bags(val[0], val[1], val[2].astype(np.int64)),
+                        posts, vposts)
         head = HeadConfig(in_dim=dim, hidden=self.hidden, attention_dim=self.hidden, pooling=self.pooling,
                           attention=self.attention, dropout=self.dropout, n_influencer=len(self.classes_),
                           n_post=max(1, len(self.post_classes_)), segments=seg if segments else ())
@@ -157,10 +157,9 @@ class InfluencerProfilerClassifier(ClassifierMixin, BaseEstimator):
         return train_test_split(idx, test_size=n_val, stratify=codes, random_state=self.seed)
 
     @staticmethod
-    def _posts(x, labels, dim: int, classes=None) -> tuple[dict, np.ndarray]:
+    def _posts(x, labels, dim: int, classes=None) -> tuple[Posts, np.ndarray]:
         if x is None or labels is None:
-            return ({"x": np.zeros((0, dim), np.float32), "present": np.zeros((0, 1), bool),
-                     "y": np.zeros(0, np.int64)}, np.zeros(0) if classes is None else classes)
+            return Posts.empty(dim), np.zeros(0) if classes is None else classes
         x = np.asarray(x, np.float32)
         labels = np.asarray(labels)
         if x.ndim != 2 or x.shape[1] != dim or len(labels) != len(x):
@@ -168,7 +167,7 @@ class InfluencerProfilerClassifier(ClassifierMixin, BaseEstimator):
         classes = np.unique(labels) if classes is None else classes
         y = np.searchsorted(classes, labels)
         keep = (y < len(classes)) & (classes[np.minimum(y, len(classes) - 1)] == labels)
-        return {"x": x[keep], "present": np.ones((int(keep.sum()), 1), bool), "y": y[keep].astype(np.int64)}, classes
+        return Posts(x[keep], np.ones((int(keep.sum()), 1), bool), y[keep].astype(np.int64)), classes
 
     def _check(self, X, masks=None):
         check_is_fitted(self)

@@ -22,17 +22,18 @@ import time
 import numpy as np
 import torch
 
+from heads.data import Labelled
 from heads.infer import log_loss, pad_batch, predict_bags, predict_posts
 from heads.model import multitask_loss
 
 
-def evaluate(model, data: dict, device) -> dict:
-    val, pval = data["val"], data["posts_val"]
-    probs, _ = predict_bags(model, val["bags"], val["masks"], device)
-    row = {"val_acc": float((probs.argmax(1) == val["y"]).mean()), "val_loss": log_loss(probs, val["y"])}
-    if len(pval["y"]):
-        pp = predict_posts(model, pval["x"], device, present=pval["present"])
-        row.update(val_post_acc=float((pp.argmax(1) == pval["y"]).mean()), val_post_loss=log_loss(pp, pval["y"]))
+def evaluate(model, data: Labelled, device) -> dict:
+    val, pval = data.val, data.posts_val
+    probs, _ = predict_bags(model, val.bags, val.masks, device)
+    row = {"val_acc": float((probs.argmax(1) == val.y).mean()), "val_loss": log_loss(probs, val.y)}
+    if len(pval.y):
+        pp = predict_posts(model, pval.x, device, present=pval.present)
+        row.update(val_post_acc=float((pp.argmax(1) == pval.y).mean()), val_post_loss=log_loss(pp, pval.y))
     else:
         row.update(val_post_acc=float("nan"), val_post_loss=float("nan"))
     return row
@@ -60,21 +61,21 @@ def _instances(masks: list[np.ndarray]) -> np.ndarray:
                      np.concatenate(usable or [np.zeros(0, np.int64)])], 1).astype(np.int64)
 
 
-def train_once(model, data: dict, cfg, device, use_bf16: bool, seed: int, on_round, restart: int = 0) -> dict:
+def train_once(model, data: Labelled, cfg, device, *, use_bf16: bool, seed: int, on_round, restart: int = 0) -> dict:
     """Train `model` in place; returns {"state", "row"} of the best round."""
     rng = np.random.default_rng(seed)
-    train, ptrain = data["train"], data["posts_train"]
+    train, ptrain = data.train, data.posts_train
     att = {id(p) for p in model.attention_parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in att], "scale": 1.0},
               {"params": [p for p in model.parameters() if id(p) in att], "scale": cfg.attention_lr}]
     opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = len(train["y"])
+    n = len(train.y)
     per_epoch = max(1, math.ceil(n / cfg.batch_size))
     if cfg.epochs:
         total, round_epochs, patience = cfg.epochs * per_epoch, 1, None
     else:
         total, round_epochs, patience = cfg.max_steps, max(1, math.ceil(cfg.eval_steps / per_epoch)), cfg.patience
-    inst = _instances(train["masks"]) if cfg.instance_weight > 0 else np.zeros((0, 2), np.int64)
+    inst = _instances(train.masks) if cfg.instance_weight > 0 else np.zeros((0, 2), np.int64)
     step = epoch = rnd = 0
     best, best_key, best_step = None, None, 0
     while step < total:
@@ -91,25 +92,25 @@ def train_once(model, data: dict, cfg, device, use_bf16: bool, seed: int, on_rou
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, cfg) * group["scale"]
                 idx = order[s:s + cfg.batch_size]
-                x, m = pad_batch(train["bags"], train["masks"], idx, device)
+                x, m = pad_batch(train.bags, train.masks, idx, device)
                 post_logits = post_y = None
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     out = model(x, m, posts=False)   # the aux loss uses its own batch of labelled posts
-                    if cfg.aux_weight > 0 and len(ptrain["y"]):
-                        pick = rng.integers(0, len(ptrain["y"]), size=min(cfg.aux_batch, len(ptrain["y"])))
-                        px = torch.from_numpy(ptrain["x"][pick].astype(np.float32)).to(device)
-                        pp = torch.from_numpy(ptrain["present"][pick]).to(device)
+                    if cfg.aux_weight > 0 and len(ptrain.y):
+                        pick = rng.integers(0, len(ptrain.y), size=min(cfg.aux_batch, len(ptrain.y)))
+                        px = torch.from_numpy(ptrain.x[pick].astype(np.float32)).to(device)
+                        pp = torch.from_numpy(ptrain.present[pick]).to(device)
                         post_logits = model.post_logits(model.encode_posts(px, pp))
-                        post_y = torch.from_numpy(ptrain["y"][pick]).to(device)
+                        post_y = torch.from_numpy(ptrain.y[pick]).to(device)
                     inst_logits = inst_y = None
                     if len(inst):
                         pick = inst[rng.integers(0, len(inst), size=min(cfg.aux_batch, len(inst)))]
-                        ix = torch.from_numpy(np.stack([train["bags"][b][q] for b, q in pick]).astype(np.float32))
-                        im = np.stack([train["masks"][b][q] for b, q in pick])
+                        ix = torch.from_numpy(np.stack([train.bags[b][q] for b, q in pick]).astype(np.float32))
+                        im = np.stack([train.masks[b][q] for b, q in pick])
                         present = torch.from_numpy(im).to(device) if im.ndim == 2 else None
                         inst_logits = model.influencer_logits(model.drop(model.encode_posts(ix.to(device), present)))
-                        inst_y = torch.from_numpy(train["y"][pick[:, 0]]).to(device)
-                loss, parts = multitask_loss(out, torch.from_numpy(train["y"][idx]).to(device), post_logits, post_y,
+                        inst_y = torch.from_numpy(train.y[pick[:, 0]]).to(device)
+                loss, parts = multitask_loss(out, torch.from_numpy(train.y[idx]).to(device), post_logits, post_y,
                                              cfg.aux_weight)
                 if inst_logits is not None:
                     loss = loss + cfg.instance_weight * torch.nn.functional.cross_entropy(inst_logits.float(), inst_y)

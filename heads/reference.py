@@ -13,15 +13,16 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from heads.calibrate import nll
-from heads.data import bag_means
+from heads.data import Labelled, bag_means
 
 C_GRID = (0.001, 0.01, 0.1, 1.0)
 
 
-def logistic_reference(data: dict, segments: tuple, seed: int = 0) -> dict:
+def logistic_reference(data: Labelled, segments: tuple, seed: int = 0) -> dict:
     """Validation and test accuracy of the reference, its chosen C, and its test predictions."""
-    x = {s: bag_means(data[s]["bags"], segments, data[s]["masks"]) for s in ("train", "val", "test")}
-    y = {s: data[s]["y"] for s in ("train", "val", "test")}
+    parts = {"train": data.train, "val": data.val, "test": data.test}
+    x = {s: bag_means(p.bags, segments, p.masks) for s, p in parts.items()}
+    y = {s: p.y for s, p in parts.items()}
     fold = PredefinedSplit(np.r_[np.full(len(y["train"]), -1), np.zeros(len(y["val"]), int)])
     pipe = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(max_iter=2000, random_state=seed))])
     search = GridSearchCV(pipe, {"lr__C": list(C_GRID)}, cv=fold, refit=False)

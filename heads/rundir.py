@@ -19,6 +19,7 @@ import torch
 
 from cache import schema
 from cache.store import Store
+from heads.data import Bags, Posts
 from runtime.errors import UserError
 from runtime.files import atomic_write, csv_rows, write_json
 
@@ -102,14 +103,14 @@ class RunWriter:
         with atomic_write(self.file("model.pt"), "wb") as f:
             torch.save({"state_dict": model.state_dict()}, f)
 
-    def write_test_predictions(self, store: Store, test: dict, probs, ptest: dict, post_probs) -> None:
+    def write_test_predictions(self, store: Store, test: Bags, probs, ptest: Posts, post_probs) -> None:
         icats, pcats = store.influencer_categories, store.post_categories
         users = store["influencers/username"]
-        ids = store["posts/id"].oindex[ptest["rows"]] if len(ptest["rows"]) else []
+        ids = store["posts/id"].oindex[ptest.rows] if len(ptest.rows) else []
         rows = ([["influencer", int(r), str(users[int(r)]), icats[y], icats[int(p.argmax())], f"{p.max():.6f}"]
-                 for r, y, p in zip(test["rows"], test["y"], probs)]
+                 for r, y, p in zip(test.rows, test.y, probs)]
                 + [["post", int(r), str(pid), pcats[y], pcats[int(p.argmax())], f"{p.max():.6f}"]
-                   for r, pid, y, p in zip(ptest["rows"], ids, ptest["y"], post_probs)])
+                   for r, pid, y, p in zip(ptest.rows, ids, ptest.y, post_probs)])
         with atomic_write(self.file("test_predictions.csv"), newline="") as f:
             w = csv.writer(f)
             w.writerow(["task", "row", "name", "true", "predicted", "probability"])

@@ -19,7 +19,7 @@ from cache.readers import MODALITY_SETS, feature_dim, require_features
 from cache.store import open_store
 from heads.calibrate import calibrate
 from heads.config import FitConfig
-from heads.data import input_scaling, load_labelled
+from heads.data import Labelled, input_scaling, load_labelled
 from heads.infer import predict_bags, predict_posts
 from heads.loop import criterion, train_once
 from runtime.reporting import classification_metrics
@@ -82,10 +82,9 @@ def fit(url: str, out: str, cfg: FitConfig, log=say, overwrite: bool = False) ->
     log(f"building the run in {run.path} (history.csv there as it trains); it becomes {out} when it finishes")
     t0 = time.perf_counter()
     data = load_labelled(store, cfg.modality)
-    log(f"loaded {sum(len(data[s]['y']) for s in ('train', 'val', 'test'))} labelled influencers and "
-        f"{sum(len(data['posts_' + s]['y']) for s in ('train', 'val', 'test'))} labelled posts "
-        f"in {time.perf_counter() - t0:.1f}s" + (f"; {len(data['unusable'])} bags with no usable post set aside"
-                                                 if data["unusable"] else ""))
+    log(f"loaded {data.count()} labelled influencers and {data.count(posts=True)} labelled posts "
+        f"in {time.perf_counter() - t0:.1f}s" + (f"; {len(data.unusable)} bags with no usable post set aside"
+                                                 if data.unusable else ""))
     segments = tuple(schema.MODALITIES[m] for m in MODALITY_SETS[cfg.modality])
     head = HeadConfig(in_dim=feature_dim(cfg.modality), pooling=cfg.pooling, attention=cfg.attention,
                       dropout=cfg.dropout, n_influencer=len(store.influencer_categories),
@@ -100,14 +99,14 @@ def fit(url: str, out: str, cfg: FitConfig, log=say, overwrite: bool = False) ->
     reference = logistic_reference(data, segments, cfg.seed)
     log(f"reference: logistic regression on mean features, validation accuracy {100 * reference['val_acc']:.2f}% "
         f"(C={reference['C']})")
-    model, best = train_restarts(cfg, head, data, segments, device, use_bf16, log, record=run.append_history)
+    model, best = train_restarts(cfg, head, data, segments, device, use_bf16, log=log, record=run.append_history)
     calibration = calibrate(model, data, device)
     c = calibration["influencer"]
     log(f"calibration: temperature {c['temperature']:.3f} fitted on {c['val']['n']} validation influencers; "
         f"test ECE {c['test']['ece_before']:.3f} -> {c['test']['ece_after']:.3f}, "
         f"Brier {c['test']['brier_before']:.3f} -> {c['test']['brier_after']:.3f}")
     run.save_model(model)
-    metrics = _score(model, best["row"], data, reference, calibration, store, device, run, log)
+    metrics = _score(model, best["row"], data, reference, calibration, store=store, device=device, run=run, log=log)
     metrics["seconds"] = time.perf_counter() - t0
     run.write_json("metrics.json", metrics)
     from heads.report import write_report
@@ -116,7 +115,7 @@ def fit(url: str, out: str, cfg: FitConfig, log=say, overwrite: bool = False) ->
     return metrics
 
 
-def _run_config(cfg: FitConfig, head: HeadConfig, store, device, use_bf16: bool, data: dict) -> dict:
+def _run_config(cfg: FitConfig, head: HeadConfig, store, device, use_bf16: bool, data: Labelled) -> dict:
     """config.json: the options, the model, the store and its labels, the code and the machine."""
     return {"fit": asdict(cfg), "model": head.to_dict(), "store": store_fingerprint(store), "git_commit": git_commit(),
             "command": " ".join(sys.argv), "influencer_categories": store.influencer_categories,
@@ -124,18 +123,18 @@ def _run_config(cfg: FitConfig, head: HeadConfig, store, device, use_bf16: bool,
             "precision": "bf16" if use_bf16 else "fp32",
             # The post head learns only from labelled posts (the release's labels are per influencer):
             # without them its outputs mean nothing, and `heads predict` leaves post categories empty.
-            "post_head_trained": bool(len(data["posts_train"]["y"])),
+            "post_head_trained": bool(len(data.posts_train.y)),
             "labels": {t: {k: r.get(k) for k in ("source", "file", "labelled", "from_release") if k in r}
                        for t, r in (store.attrs.get("labels") or {}).items() if isinstance(r, dict)}}
 
 
-def train_restarts(cfg: FitConfig, head: HeadConfig, data: dict, segments: tuple, device, use_bf16: bool,
+def train_restarts(cfg: FitConfig, head: HeadConfig, data: Labelled, segments: tuple, device, use_bf16: bool, *,
                    log, record=lambda row: None) -> tuple[InfluencerProfiler, dict]:
     """Every (normalisation, restart) trained in turn; the best on the validation criterion is kept.
     `record` gets each validation round's row (heads fit: history.csv). Shared by `heads fit` and the
     scikit-learn estimator (heads/estimator.py), so both train the same way."""
     norms = ("feature", "none") if cfg.normalize == "auto" else (cfg.normalize,)
-    scalings = {n: input_scaling(data["train"]["bags"], segments, data["train"]["masks"]) for n in norms
+    scalings = {n: input_scaling(data.train.bags, segments, data.train.masks) for n in norms
                 if n != "none"}
 
     def on_round(row):
@@ -151,7 +150,7 @@ def train_restarts(cfg: FitConfig, head: HeadConfig, data: dict, segments: tuple
         model = InfluencerProfiler(head).to(device)
         if norm in scalings:
             model.set_input_scaling(*[torch.from_numpy(v).to(device) for v in scalings[norm]])
-        got = train_once(model, data, cfg, device, use_bf16, seed, on_round, restart=r)
+        got = train_once(model, data, cfg, device, use_bf16=use_bf16, seed=seed, on_round=on_round, restart=r)
         got["row"]["normalize"] = norm
         log(f"restart {r} (normalize {norm}, seed {seed}): best validation accuracy {got['row']['val_acc']:.4f}, "
             f"post {got['row']['val_post_acc']:.4f} at step {got['row']['step']}")
@@ -161,25 +160,25 @@ def train_restarts(cfg: FitConfig, head: HeadConfig, data: dict, segments: tuple
     return model, best
 
 
-def _score(model, row: dict, data: dict, reference: dict, calibration: dict, store, device, run: RunWriter,
+def _score(model, row: dict, data: Labelled, reference: dict, calibration: dict, *, store, device, run: RunWriter,
            log) -> dict:
     """Test scores of the kept state and of the reference, the reference's verdict, test_predictions.csv."""
-    test, ptest = data["test"], data["posts_test"]
-    probs, _ = predict_bags(model, test["bags"], test["masks"], device)
-    post_probs = predict_posts(model, ptest["x"], device, present=ptest["present"])
+    test, ptest = data.test, data.posts_test
+    probs, _ = predict_bags(model, test.bags, test.masks, device)
+    post_probs = predict_posts(model, ptest.x, device, present=ptest.present)
     metrics = {
         "best_epoch": row["epoch"], "best_step": row["step"], "best_restart": row["restart"],
         "normalize": row["normalize"],
         "val_acc": row["val_acc"], "val_post_acc": None if math.isnan(row["val_post_acc"]) else row["val_post_acc"],
-        "influencer": classification_metrics(test["y"], probs.argmax(1), store.influencer_categories),
-        "post": classification_metrics(ptest["y"], post_probs.argmax(1), store.post_categories),
+        "influencer": classification_metrics(test.y, probs.argmax(1), store.influencer_categories),
+        "post": classification_metrics(ptest.y, post_probs.argmax(1), store.post_categories),
         "reference": {k: v for k, v in reference.items() if k != "test_pred"},
-        "unusable_bags": data["unusable"],
+        "unusable_bags": data.unusable,
         "calibration": calibration,
     }
-    metrics["reference"]["influencer"] = classification_metrics(test["y"], reference["test_pred"],
+    metrics["reference"]["influencer"] = classification_metrics(test.y, reference["test_pred"],
                                                                 store.influencer_categories)
-    kind, text = reference_verdict(row["val_acc"], reference["val_acc"], len(data["val"]["y"]),
+    kind, text = reference_verdict(row["val_acc"], reference["val_acc"], len(data.val.y),
                                    head_loss=calibration["influencer"]["val"]["log_loss_after"],
                                    ref_loss=reference["val_log_loss"])
     if kind:

@@ -39,3 +39,17 @@ def test_no_module_over_400_lines():
     long = {os.path.relpath(p, ROOT): n for pkg in PROJECT | {"benchmarks", "scripts"} for p in _modules(pkg)
             if (n := sum(1 for _ in open(p, encoding="utf-8"))) > 400}
     assert not long
+
+
+def test_no_function_takes_more_than_7_positional_parameters():
+    """Typed plumbing (issue #29): past seven, parameters are keyword-only (or a dataclass)."""
+    many = {}
+    for pkg in PROJECT:
+        for p in _modules(pkg):
+            for node in ast.walk(ast.parse(open(p, encoding="utf-8").read(), p)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    names = [a.arg for a in node.args.posonlyargs + node.args.args]
+                    n = len(names) - (names[:1] in (["self"], ["cls"]))
+                    if n > 7:
+                        many[f"{os.path.relpath(p, ROOT)}:{node.name}"] = n
+    assert not many

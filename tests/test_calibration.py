@@ -101,15 +101,15 @@ def test_readers_get_calibrated_probabilities_and_old_runs_load_unscaled(calibra
     from heads.data import load_labelled
     from heads.infer import load_run, predict_bags
     path, run, m = calibrated_run
-    test = load_labelled(open_store(path), "both")["test"]
+    test = load_labelled(open_store(path), "both").test
     model, _ = load_run(run)
-    calibrated, _ = predict_bags(model, test["bags"], test["masks"], "cpu")
+    calibrated, _ = predict_bags(model, test.bags, test.masks, "cpu")
     old = str(tmp_path / "old")
     shutil.copytree(run, old)
     state = torch.load(os.path.join(old, "model.pt"), weights_only=True)["state_dict"]
     del state["temperature"]
     torch.save({"state_dict": state}, os.path.join(old, "model.pt"))
-    raw, _ = predict_bags(load_run(old)[0], test["bags"], test["masks"], "cpu")
+    raw, _ = predict_bags(load_run(old)[0], test.bags, test.masks, "cpu")
     t = m["calibration"]["influencer"]["temperature"]
     np.testing.assert_allclose(calibrated, scaled(raw, t), atol=2e-5)
     np.testing.assert_array_equal(calibrated.argmax(1), raw.argmax(1))

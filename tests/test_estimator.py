@@ -90,11 +90,11 @@ def test_the_same_model_as_heads_fit_on_a_planted_store(tmp_path):
     data = load_labelled(store, "both")
     pcats = np.array(store.post_categories)
     clf = InfluencerProfilerClassifier(**opts).fit(
-        data["train"]["bags"], data["train"]["y"], data["posts_train"]["x"], pcats[data["posts_train"]["y"]],
-        masks=data["train"]["masks"], val_X=data["val"]["bags"], val_y=data["val"]["y"],
-        val_masks=data["val"]["masks"], val_post_features=data["posts_val"]["x"],
-        val_post_labels=pcats[data["posts_val"]["y"]], segments=(1024, 768), post_classes=pcats,
-        post_masks=data["posts_train"]["present"], val_post_masks=data["posts_val"]["present"])
-    pred = clf.predict(data["test"]["bags"], masks=data["test"]["masks"])
-    assert (pred == data["test"]["y"]).mean() == pytest.approx(metrics["influencer"]["accuracy"])
+        data.train.bags, data.train.y, data.posts_train.x, pcats[data.posts_train.y],
+        masks=data.train.masks, val_X=data.val.bags, val_y=data.val.y,
+        val_masks=data.val.masks, val_post_features=data.posts_val.x,
+        val_post_labels=pcats[data.posts_val.y], segments=(1024, 768), post_classes=pcats,
+        post_masks=data.posts_train.present, val_post_masks=data.posts_val.present)
+    pred = clf.predict(data.test.bags, masks=data.test.masks)
+    assert (pred == data.test.y).mean() == pytest.approx(metrics["influencer"]["accuracy"])
     assert clf.best_["step"] == metrics["best_step"]

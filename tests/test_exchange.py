@@ -65,12 +65,12 @@ def test_labelled_only_keeps_every_labelled_bag_and_post(tmp_path):
     assert verify(b) == []
     da, db = load_labelled(a, "both"), load_labelled(b, "both")
     for split in ("train", "val", "test"):
-        assert _same(da[split]["y"], db[split]["y"])
-        assert len(da[split]["bags"]) == len(db[split]["bags"])
-        for x, y in zip(da[split]["bags"], db[split]["bags"]):
+        assert _same(getattr(da, split).y, getattr(db, split).y)
+        assert len(getattr(da, split).bags) == len(getattr(db, split).bags)
+        for x, y in zip(getattr(da, split).bags, getattr(db, split).bags):
             assert _same(x, y)
-        assert _same(da[f"posts_{split}"]["x"], db[f"posts_{split}"]["x"])
-        assert _same(da[f"posts_{split}"]["y"], db[f"posts_{split}"]["y"])
+        assert _same(getattr(da, f"posts_{split}").x, getattr(db, f"posts_{split}").x)
+        assert _same(getattr(da, f"posts_{split}").y, getattr(db, f"posts_{split}").y)
     # the post ids of the labelled posts survive, with their owners' names
     pa = np.flatnonzero(a["posts/label"][:] >= 0)
     pb = np.flatnonzero(b["posts/label"][:] >= 0)

@@ -345,8 +345,8 @@ def test_early_stopping_keeps_the_validation_best_state(tmp_path):
     from heads.infer import load_run, predict_bags
     model, _ = load_run(run)
     data = load_labelled(open_store(path), "both")
-    probs, _ = predict_bags(model, data["val"]["bags"], data["val"]["masks"], "cpu")
-    assert float((probs.argmax(1) == data["val"]["y"]).mean()) == pytest.approx(m["val_acc"])
+    probs, _ = predict_bags(model, data.val.bags, data.val.masks, "cpu")
+    assert float((probs.argmax(1) == data.val.y).mean()) == pytest.approx(m["val_acc"])
 
 
 @pytest.mark.slow
@@ -410,7 +410,7 @@ def test_quality_benchmark_quick_run_writes_its_table_and_json(tmp_path):
     tiny = json.load(open(out))["tiny"]
     runs = tiny["runs"]
     assert sorted((x["pooling"], x["seed"]) for x in runs) == [("attention", 0), ("attention", 1), ("mean", 0), ("mean", 1)]
-    assert all(0.0 <= x["test"] <= 1.0 and 0.0 <= x["reference"] <= 1.0 and x["normalize"] in ("feature", "none")
+    assert all(0.0 <= x.test <= 1.0 and 0.0 <= x["reference"] <= 1.0 and x["normalize"] in ("feature", "none")
                for x in runs)
     assert tiny["best_baseline"] and 0.0 <= tiny["baseline_test"] <= 1.0
     assert all(0.0 <= x["ece_after"] <= 1.0 and x["temperature"] > 0 for x in runs)

@@ -126,7 +126,7 @@ def test_images_outside_the_dataset_are_never_read(data, tmp_path):
     from extract.images import Batch, BatchDecoder
     (tmp_path / "secret.jpg").write_bytes(b"\xff\xd8secret\xff\xd9")
     for raw_jpeg in (False, True):
-        dec = BatchDecoder("(unused)", str(data), [Batch(0, 0, 2)], 256, 342, 299, False, raw_jpeg=raw_jpeg)
+        dec = BatchDecoder("(unused)", str(data), [Batch(0, 0, 2)], 256, resize=342, crop=299, exact=False, raw_jpeg=raw_jpeg)
         dec._paths = (0, np.array(["../secret.jpg", f"{release.IMAGE_DIR}/missing.jpg"], dtype=object))
         _, pixels, rows, status, raw, errors = dec[0]
         assert status[0] == Status.UNREADABLE and "outside the dataset" in errors[0][2] and not raw
@@ -144,7 +144,7 @@ def test_links_inside_image_to_files_outside_are_never_read_but_a_linked_image_f
     shutil.move(str(data / release.IMAGE_DIR), other_disk)
     os.symlink(other_disk, data / release.IMAGE_DIR)               # image/ kept on another disk
     Image.new("RGB", (40, 40), (10, 200, 10)).save(other_disk / "real.jpg")
-    dec = BatchDecoder("(unused)", str(data), [Batch(0, 0, 2)], 256, 80, 75, False, raw_jpeg=False)
+    dec = BatchDecoder("(unused)", str(data), [Batch(0, 0, 2)], 256, resize=80, crop=75, exact=False, raw_jpeg=False)
     dec._paths = (0, np.array([f"{release.IMAGE_DIR}/link.jpg", f"{release.IMAGE_DIR}/real.jpg"], dtype=object))
     _, pixels, rows, status, raw, errors = dec[0]
     assert status[0] == Status.UNREADABLE and "path_outside_dataset" in errors[0][2]

@@ -58,8 +58,9 @@ def host_syncs(url: str, data: str, encoder: str, device: str) -> dict:
     images.gpu_decode = marked_decode
     try:
         for decoder in ("pil", "nvjpeg"):
-            job = ImageJob(load_encoder(encoder), s, data, dev, enc.precision, 256 if dev.type == "cuda" else 8,
-                           min(4, os.cpu_count() or 1) if dev.type == "cuda" else 0, False, decoder)
+            job = ImageJob(load_encoder(encoder), s, data, dev, enc.precision, batch_size=256 if dev.type == "cuda" else 8,
+                           workers=min(4, os.cpu_count() or 1) if dev.type == "cuda" else 0, exact=False,
+                           decoder=decoder)
             try:
                 blocks = list(range(min(2, s.n_blocks)))
                 job.plan(blocks)
