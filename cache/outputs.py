@@ -24,6 +24,7 @@ import zarr
 
 from cache import schema
 from cache.store import Store, StoreError
+from runtime.files import swap_folder
 
 LOCK_NAME = ".predict.lock"
 
@@ -89,13 +90,4 @@ def finish_predictions(store: Store) -> None:
         return
     store.group[schema.PREDICTIONS_PARTIAL].attrs.update(complete=True, influencers=store.n_influencers,
                                                          posts=store.n_posts)
-    root = store.location
-    new, old, aside = (os.path.join(root, n) for n in (schema.PREDICTIONS_PARTIAL, "predictions", "predictions.replaced"))
-    if os.path.isdir(aside):
-        shutil.rmtree(aside)
-    had = os.path.isdir(old)
-    if had:
-        os.replace(old, aside)
-    os.replace(new, old)
-    if had:
-        shutil.rmtree(aside, ignore_errors=True)
+    swap_folder(os.path.join(store.location, schema.PREDICTIONS_PARTIAL), os.path.join(store.location, "predictions"))

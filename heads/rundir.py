@@ -21,7 +21,7 @@ from cache import schema
 from cache.store import Store
 from heads.data import Bags, Posts
 from runtime.errors import UserError
-from runtime.files import atomic_write, csv_rows, write_json
+from runtime.files import atomic_write, csv_rows, swap_folder, write_json
 
 
 def git_commit() -> str:
@@ -75,15 +75,7 @@ class RunWriter:
 
     def commit(self) -> None:
         """OUT becomes this run: the old run (if any) is moved aside, the new one renamed in, the old removed."""
-        old = f"{self.out}.replaced"
-        if os.path.isdir(old):
-            shutil.rmtree(old)
-        had = os.path.isdir(self.out)
-        if had:
-            os.replace(self.out, old)
-        os.replace(self.path, self.out)
-        if had:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_folder(self.path, self.out)
         self.path = self.out
         self._history = os.path.join(self.out, "history.csv")
 

@@ -105,6 +105,21 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
+def swap_folder(new: str, old: str) -> None:
+    """The whole-folder counterpart of atomic_write: `new` (complete) takes `old`'s name. An existing `old` is
+    moved aside to `old.replaced` first and removed after, so at every moment `old` is the previous folder
+    whole, the new one whole, or (killed between the two renames) absent with both kept on disk."""
+    aside = f"{old}.replaced"
+    if os.path.isdir(aside):
+        shutil.rmtree(aside)
+    had = os.path.isdir(old)
+    if had:
+        os.replace(old, aside)
+    os.replace(new, old)
+    if had:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def require_space(path: str, nbytes: int, margin: int = 16 << 20) -> None:
     """Refuse, as one line naming `path`, to write `nbytes` more where the disk has less free than that
     plus a margin. For writers that crash rather than fail on a full disk (HDF5 through h5py: its
