@@ -10,7 +10,8 @@ pooling has something to find. The stores vary what a user meets: few labelled i
 (40 to 1,600), bag size, on-topic share, a large common offset with a weak signal (as real
 encoders' features have), missing images and captions, influencers with only 3-8 posts.
 
-For every store the table gives mean and worst test influencer accuracy over the seeds,
+For every store the table gives mean and worst test influencer accuracy over the seeds (with
+`--set average_restarts=true` also `alone`: the best restart by itself, i.e. what the default keeps),
 per pooling and precision, beside the logistic-regression reference (on mean features,
 fitted by every `heads fit`) and the best model baseline (SVC, KNN, GaussianNB,
 RandomForest on mean features, chosen on validation as `baselines run` does). `--set`
@@ -140,8 +141,16 @@ def one_fit(job: tuple) -> dict:
     cfg = FitConfig(pooling=pooling, precision=precision, seed=seed, **{"device": "cpu", **overrides})
     t = time.perf_counter()
     m = fit(path, out, cfg, log=lambda *a: None)
+    alone = None
+    if cfg.members > 1:         # --average-restarts: the best restart alone is what the default fit keeps
+        from cache.store import open_store
+        from heads.data import load_labelled
+        from heads.infer import load_run, predict_bags
+        model, _ = load_run(out)
+        test = load_labelled(open_store(path), "both").test
+        alone = float((predict_bags(model.members[0], test.bags, test.masks, "cpu")[0].argmax(1) == test.y).mean())
     shutil.rmtree(out, ignore_errors=True)
-    return {"pooling": pooling, "precision": precision, "seed": seed, "test": m["influencer"]["accuracy"],
+    return {"alone": alone, "pooling": pooling, "precision": precision, "seed": seed, "test": m["influencer"]["accuracy"],
             "post": m["post"]["accuracy"], "reference": m["reference"]["test_acc"], "step": m["best_step"],
             "normalize": m["normalize"], "val": m["val_acc"], "reference_val": m["reference"]["val_acc"],
             "ece_before": m["calibration"]["influencer"]["test"]["ece_before"],
@@ -203,18 +212,22 @@ def main() -> None:
                 rows = list(pool.map(one_fit, jobs))
             results[name] = {"what": what, **base, "runs": rows}
             print(f"\n{name}: {what}", flush=True)
-            print(f"  {'pooling':<10} {'precision':<9} {'mean':>6} {'worst':>6} {'post':>6} {'LR ref':>7} "
+            print(f"  {'pooling':<10} {'precision':<9} {'mean':>6} {'worst':>6} {'alone':>6} {'post':>6} {'LR ref':>7} "
                   f"{base['best_baseline'][:12]:>12} {'warned':>6} {'ECE':>11} {'s/fit':>6}  per seed (normalisation kept)")
             for p in args.poolings.split(","):
                 for pr in args.precisions.split(","):
                     rs = [r for r in rows if r["pooling"] == p and r["precision"] == pr]
                     acc = np.array([r["test"] for r in rs])
+                    alone = [r["alone"] for r in rs if r["alone"] is not None]
                     print(f"  {p:<10} {pr:<9} {acc.mean():6.3f} {acc.min():6.3f} "
+                          f"{np.mean(alone) if alone else float('nan'):6.3f} "
                           f"{np.mean([r['post'] for r in rs]):6.3f} {rs[0]['reference']:7.3f} "
                           f"{base['baseline_test']:12.3f} {sum(r['warning'] for r in rs):>6} "
                           f"{np.mean([r['ece_before'] for r in rs]):5.3f}>{np.mean([r['ece_after'] for r in rs]):5.3f} "
                           f"{np.mean([r['seconds'] for r in rs]):6.1f}  " +
-                          " ".join(f"{r['test']:.3f}({r['normalize'][0]})" for r in rs), flush=True)
+                          " ".join(f"{r['test']:.3f}({r['normalize'][0]}"
+                                   + (f", alone {r['alone']:.3f})" if r["alone"] is not None else ")") for r in rs),
+                          flush=True)
             first = [r for r in rows if r["pooling"] == rows[0]["pooling"] and r["precision"] == rows[0]["precision"]]
             summary[name] = (float(np.mean([r["test"] for r in first])), min(r["test"] for r in first),
                              first[0]["reference"])

@@ -28,6 +28,7 @@ ATTENTIONS = ("paper", "gated")
 MAX_WIDTH = 1 << 16          # input, hidden and attention widths
 MAX_CATEGORIES = 1000
 MAX_PARAMETERS = 1 << 28     # 1 GiB of fp32 weights: far above any head, far below what a forged config may ask
+MAX_MEMBERS = 100            # states averaged by --average-restarts (FitConfig.restarts is at most 100)
 MAX_JSON = 64 << 20          # bytes of config.json / metrics.json read at most
 
 
@@ -91,8 +92,9 @@ def check_head(path: str, head) -> dict:
     if (not isinstance(segments, (list, tuple)) or not all(isinstance(s, int) and s > 0 for s in segments)
             or (segments and sum(segments) != dims["in_dim"])):
         raise UserError(f"{path}: model segments must be positive widths summing to in_dim {dims['in_dim']}")
+    members = _int(path, head, "members", 1, MAX_MEMBERS) if "members" in head else 1
     h, a = dims["hidden"], dims["attention_dim"]
-    params = dims["in_dim"] * h + 2 * h * a + 2 * h * h + h * (dims["n_influencer"] + dims["n_post"])
+    params = members * (dims["in_dim"] * h + 2 * h * a + 2 * h * h + h * (dims["n_influencer"] + dims["n_post"]))
     if params > MAX_PARAMETERS:
         raise UserError(f"{path}: the model declares {params:,} parameters; refusing to build it")
     return dict(head, segments=tuple(segments))

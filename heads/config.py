@@ -39,6 +39,8 @@ class FitConfig:
                                   "validation)")
     restarts: int = option(2, "independent initialisations per normalisation; the best on validation is kept",
                            low=1, high=100)
+    average_restarts: bool = option(False, "keep every restart of the chosen normalisation and average their "
+                                    "probabilities (an ensemble in one model.pt) instead of keeping the best one")
     # fp32 by default: bf16 is a speed trick, and a default only once shown to keep accuracy on every
     # store (benchmarks/heads_quality.py --precisions fp32,bf16); the head is small, so fp32 costs little.
     precision: HeadPrecision = option("fp32", "fp32 (the default: bf16 is not yet shown to keep accuracy on "
@@ -48,3 +50,8 @@ class FitConfig:
 
     def __post_init__(self):
         check_options(self)
+
+    @property
+    def members(self) -> int:
+        """How many trained states the kept model holds (HeadConfig.members)."""
+        return self.restarts if self.average_restarts and self.restarts > 1 else 1

@@ -137,7 +137,8 @@ class InfluencerProfilerClassifier(ClassifierMixin, BaseEstimator):
                         posts, vposts)
         head = HeadConfig(in_dim=dim, hidden=self.hidden, attention_dim=self.hidden, pooling=self.pooling,
                           attention=self.attention, dropout=self.dropout, n_influencer=len(self.classes_),
-                          n_post=max(1, len(self.post_classes_)), segments=seg if segments else ())
+                          n_post=max(1, len(self.post_classes_)), segments=seg if segments else (),
+                          members=cfg.members)
         device = pick_device(self.device)
         use_bf16 = pick_precision(self.precision, device) == "bf16"
         self.model_, best = train_restarts(cfg, head, data, seg, device, use_bf16, log=lambda *a: None)

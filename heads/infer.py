@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from cache.runs import RunFolder
+from heads.ensemble import build_model
 from heads.model import HeadConfig, InfluencerProfiler
 from runtime.errors import UserError
 
@@ -43,8 +44,8 @@ def predict_posts(model, x: np.ndarray, device, batch_size=4096, present: np.nda
     out = []
     for s in range(0, len(x), batch_size):
         p = torch.from_numpy(present[s:s + batch_size]).to(device) if present is not None else None
-        v = model.encode_posts(torch.from_numpy(x[s:s + batch_size].astype(np.float32)).to(device), p)
-        out.append(torch.softmax(model.post_logits(v).float(), 1).cpu().numpy())
+        logits = model.posts_logits(torch.from_numpy(x[s:s + batch_size].astype(np.float32)).to(device), p)
+        out.append(torch.softmax(logits.float(), 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.cfg.n_post))
 
 
@@ -62,11 +63,11 @@ def load_run(run: str | RunFolder, device: str = "cpu") -> tuple[InfluencerProfi
     folder = run if isinstance(run, RunFolder) else RunFolder.open(run)
     cfg = HeadConfig(**{k: folder.head[k] for k in HeadConfig.__dataclass_fields__ if k in folder.head})
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in InfluencerProfiler(cfg).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
     state = folder.state_dict(expected, device, optional={"temperature": torch.ones(2)})
     if not bool((state["temperature"] > 0).all()):
         raise UserError(f"{folder.file('model.pt')}: temperature must be positive, got {state['temperature'].tolist()}")
-    model = InfluencerProfiler(cfg).to(device)
+    model = build_model(cfg).to(device)
     model.load_state_dict(state)
     model.eval()
     return model, folder.config

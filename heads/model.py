@@ -25,6 +25,7 @@ class HeadConfig:
     attention: str = "paper"      # "paper": ⟨tanh(F_a v), r_c⟩; "gated": Ilse et al. 2018, ⟨tanh(F_a v) ⊙ σ(F_g v), r_c⟩
     dropout: float = 0.5          # paper §5.1
     segments: tuple = ()          # widths of the modality halves in x, e.g. (1024, 768); () = one segment
+    members: int = 1              # >1: a ProfilerEnsemble of that many (heads/ensemble.py, --average-restarts)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +91,10 @@ class InfluencerProfiler(nn.Module):
 
     def encode_posts(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         return F.relu(self.fuse(self.normalise(x, present)))
+
+    def posts_logits(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Post-head logits of single posts (no bag): F_P(ReLU(F_s(v))) of their features."""
+        return self.post_logits(self.encode_posts(x, present))
 
     def post_logits(self, v: torch.Tensor) -> torch.Tensor:
         return self.post_out(self.drop(F.relu(self.post_hidden(self.drop(v))))) / self.temperature[1]

@@ -68,7 +68,7 @@ def _predict_group(run: str, stamp: int, url: str, j0: int, offs: np.ndarray, ba
     attention = np.full(n_rows, np.nan, np.float32)
     infl_label = np.full(k_infl, -1, np.int8)
     infl_prob = np.full(k_infl, np.nan, np.float32)
-    embedding = np.full((k_infl, model.fuse.out_features), np.nan, np.float32)
+    embedding = np.full((k_infl, model.cfg.hidden), np.nan, np.float32)
     with torch.no_grad():
         for s in range(0, k_infl, batch_size):
             idx = [i for i in range(s, min(s + batch_size, k_infl)) if len(bags[i])]

@@ -7,6 +7,7 @@ regression fitted beside every run). This module resolves the options and runs t
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -21,7 +22,8 @@ from heads.calibrate import calibrate
 from heads.config import FitConfig
 from heads.data import Labelled, input_scaling, load_labelled
 from heads.infer import predict_bags, predict_posts
-from heads.loop import criterion, train_once
+from heads.ensemble import ProfilerEnsemble
+from heads.loop import criterion, evaluate, train_once
 from runtime.reporting import classification_metrics
 from heads.model import HeadConfig, InfluencerProfiler
 from heads.reference import logistic_reference
@@ -88,7 +90,7 @@ def fit(url: str, out: str, cfg: FitConfig, log=say, overwrite: bool = False) ->
     segments = tuple(schema.MODALITIES[m] for m in MODALITY_SETS[cfg.modality])
     head = HeadConfig(in_dim=feature_dim(cfg.modality), pooling=cfg.pooling, attention=cfg.attention,
                       dropout=cfg.dropout, n_influencer=len(store.influencer_categories),
-                      n_post=len(store.post_categories), segments=segments)
+                      n_post=len(store.post_categories), segments=segments, members=cfg.members)
     use_bf16 = pick_precision(cfg.precision, device) == "bf16"
     config = _run_config(cfg, head, store, device, use_bf16, data)
     run.write_json("config.json", config)
@@ -143,19 +145,34 @@ def train_restarts(cfg: FitConfig, head: HeadConfig, data: Labelled, segments: t
             f"loss {row['loss']:.4f} (main {row['main']:.4f} aux {row['aux']:.4f}) val acc {row['val_acc']:.4f} "
             f"loss {row['val_loss']:.4f} post acc {row['val_post_acc']:.4f} {row['seconds']:.1f}s")
 
-    best = None
+    single = dataclasses.replace(head, members=1)
+    best, trained = None, []
     for r, (norm, k) in enumerate([(n, k) for n in norms for k in range(cfg.restarts)]):
         seed = cfg.seed + 7919 * k
         torch.manual_seed(seed)
-        model = InfluencerProfiler(head).to(device)
+        model = InfluencerProfiler(single).to(device)
         if norm in scalings:
             model.set_input_scaling(*[torch.from_numpy(v).to(device) for v in scalings[norm]])
         got = train_once(model, data, cfg, device, use_bf16=use_bf16, seed=seed, on_round=on_round, restart=r)
         got["row"]["normalize"] = norm
         log(f"restart {r} (normalize {norm}, seed {seed}): best validation accuracy {got['row']['val_acc']:.4f}, "
             f"post {got['row']['val_post_acc']:.4f} at step {got['row']['step']}")
+        trained.append(got)
         if best is None or criterion(got["row"]) > criterion(best["row"]):
             best = got
+    if head.members > 1:        # --average-restarts: every restart of the kept normalisation, best first
+        chosen = sorted((g for g in trained if g["row"]["normalize"] == best["row"]["normalize"]),
+                        key=lambda g: criterion(g["row"]), reverse=True)
+        members = []
+        for g in chosen:
+            m = InfluencerProfiler(single).to(device)
+            m.load_state_dict(g["state"])
+            members.append(m)
+        ensemble = ProfilerEnsemble(head, members).to(device)
+        row = dict(best["row"], **evaluate(ensemble, data, device))
+        log(f"averaging {len(members)} restarts (normalize {row['normalize']}): validation accuracy "
+            f"{row['val_acc']:.4f} (the best one alone {best['row']['val_acc']:.4f})")
+        return ensemble, {"state": ensemble.state_dict(), "row": row}
     model.load_state_dict(best["state"])
     return model, best
 
