@@ -92,6 +92,7 @@ for _scale in (0.3, 1.0):
 GROUPS = {"default": "small,real,minority,bag10,n40,n1600",
           "few": ",".join(k for k in STORES if k.startswith(("rel", "hand"))),
           "families": ",".join(k for k in STORES if k.startswith("fam-"))}
+CRIPPLED = {"max_steps": 5, "min_steps": 0, "restarts": 1, "average_restarts": False}
 QUICK = {"tiny": (dict(influencers=48, posts=8, on_topic=0.6, noise=1.0, label_posts=0.2), "smoke test")}
 
 
@@ -207,10 +208,14 @@ def main() -> None:
             base = baselines_on_means(path)
             jobs = [(path, os.path.join(tmp, f"{name}-{p}-{pr}-{s}"), p, pr, s, overrides)
                     for p in args.poolings.split(",") for pr in args.precisions.split(",") for s in range(args.seeds)]
+            # the reference verdict's own check: a crippled head (5 steps) beside the same store must warn
+            jobs.append((path, os.path.join(tmp, f"{name}-crippled"), args.poolings.split(",")[0],
+                         args.precisions.split(",")[0], 0, {**overrides, **CRIPPLED}))
             import multiprocessing
             with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 rows = list(pool.map(one_fit, jobs))
-            results[name] = {"what": what, **base, "runs": rows}
+            crippled = rows.pop()
+            results[name] = {"what": what, **base, "runs": rows, "crippled": crippled}
             print(f"\n{name}: {what}", flush=True)
             print(f"  {'pooling':<10} {'precision':<9} {'mean':>6} {'worst':>6} {'alone':>6} {'post':>6} {'LR ref':>7} "
                   f"{base['best_baseline'][:12]:>12} {'warned':>6} {'ECE':>11} {'s/fit':>6}  per seed (normalisation kept)")
@@ -228,6 +233,9 @@ def main() -> None:
                           " ".join(f"{r['test']:.3f}({r['normalize'][0]}"
                                    + (f", alone {r['alone']:.3f})" if r["alone"] is not None else ")") for r in rs),
                           flush=True)
+            print(f"  crippled head (max_steps 5): test {crippled['test']:.3f}, "
+                  f"{'warned' if crippled['warning'] else 'NOT WARNED'}; sound runs (test >= reference) that warned: "
+                  f"{sum(r['warning'] for r in rows if r['test'] >= r['reference'])}", flush=True)
             first = [r for r in rows if r["pooling"] == rows[0]["pooling"] and r["precision"] == rows[0]["precision"]]
             summary[name] = (float(np.mean([r["test"] for r in first])), min(r["test"] for r in first),
                              first[0]["reference"])

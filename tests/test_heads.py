@@ -410,10 +410,12 @@ def test_quality_benchmark_quick_run_writes_its_table_and_json(tmp_path):
     tiny = json.load(open(out))["tiny"]
     runs = tiny["runs"]
     assert sorted((x["pooling"], x["seed"]) for x in runs) == [("attention", 0), ("attention", 1), ("mean", 0), ("mean", 1)]
-    assert all(0.0 <= x.test <= 1.0 and 0.0 <= x["reference"] <= 1.0 and x["normalize"] in ("feature", "none")
+    assert all(0.0 <= x["test"] <= 1.0 and 0.0 <= x["reference"] <= 1.0 and x["normalize"] in ("feature", "none")
                for x in runs)
     assert tiny["best_baseline"] and 0.0 <= tiny["baseline_test"] <= 1.0
     assert all(0.0 <= x["ece_after"] <= 1.0 and x["temperature"] > 0 for x in runs)
+    assert tiny["crippled"]["step"] <= 5 and isinstance(tiny["crippled"]["warning"], bool)
+    assert "crippled head (max_steps 5)" in r.stdout
 
 
 def test_quality_benchmark_few_label_stores_are_what_they_say(tmp_path):
