@@ -17,7 +17,7 @@ class FitConfig:
     attention: Attention = option("paper", "paper (<tanh(F_a v), r_c>), or gated (Ilse et al. 2018; an extension)")
     aux_weight: float = option(1.0, "λ of the auxiliary post loss (0 turns it off)", low=0.0, high=1e6)
     # off by default (issue 33): 3 lifted the hardest real-looking store from 0.69 to 0.82 but dropped the
-    # store where only 20 % of posts are on topic from 0.98 to 0.84 (every off-topic post carries a wrong
+    # store where only 20 % of posts are on topic from 1.00 to 0.84 (every off-topic post carries a wrong
     # label there); docs/benchmarks.md, "few labels"
     instance_weight: float = option(0.0, "weight of a loss on single training posts labelled with their "
                                     "influencer's category (weak labels; 0 turns it off)", low=0.0, high=1e6)
