@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from cache.runs import RunFolder
-from heads.ensemble import build_model
+from heads.ensemble import ProfilerEnsemble, build_model
 from heads.model import HeadConfig, InfluencerProfiler
 from runtime.errors import UserError
 
@@ -56,7 +56,7 @@ def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(probs[np.arange(len(y)), y] + 1e-12).mean())
 
 
-def load_run(run: str | RunFolder, device: str = "cpu") -> tuple[InfluencerProfiler, dict]:
+def load_run(run: str | RunFolder, device: str = "cpu") -> tuple[InfluencerProfiler | ProfilerEnsemble, dict]:
     """The run's model and config.json, through the one validated reader (cache.runs): config.json's
     dimensions are checked before anything is allocated, model.pt is read weights-only and each tensor's
     shape is checked against a model built on the meta device (no memory) before the real one is."""

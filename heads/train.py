@@ -131,8 +131,9 @@ def _run_config(cfg: FitConfig, head: HeadConfig, store, device, use_bf16: bool,
 
 
 def train_restarts(cfg: FitConfig, head: HeadConfig, data: Labelled, segments: tuple, device, use_bf16: bool, *,
-                   log, record=lambda row: None) -> tuple[InfluencerProfiler, dict]:
-    """Every (normalisation, restart) trained in turn; the best on the validation criterion is kept.
+                   log, record=lambda row: None) -> tuple[InfluencerProfiler | ProfilerEnsemble, dict]:
+    """Every (normalisation, restart) trained in turn; the best on the validation criterion is kept, or with
+    `head.members` > 1 (--average-restarts, the default) every restart of its normalisation, averaged.
     `record` gets each validation round's row (heads fit: history.csv). Shared by `heads fit` and the
     scikit-learn estimator (heads/estimator.py), so both train the same way."""
     norms = ("feature", "none") if cfg.normalize == "auto" else (cfg.normalize,)
