@@ -10,8 +10,9 @@ pooling has something to find. The stores vary what a user meets: few labelled i
 (40 to 1,600), bag size, on-topic share, a large common offset with a weak signal (as real
 encoders' features have), missing images and captions, influencers with only 3-8 posts.
 
-For every store the table gives mean and worst test influencer accuracy over the seeds (with
-`--set average_restarts=true` also `alone`: the best restart by itself, i.e. what the default keeps),
+For every store the table gives mean and worst test influencer accuracy over the seeds (and
+`alone`: the kept variant's best restart by itself, as `--no-average-restarts` keeps it; per seed the
+normalisation and weak-post-label weight kept, e.g. `f3` = feature scaling with `--instance-weight 3`),
 per pooling and precision, beside the logistic-regression reference (on mean features,
 fitted by every `heads fit`) and the best model baseline (SVC, KNN, GaussianNB,
 RandomForest on mean features, chosen on validation as `baselines run` does). `--set`
@@ -143,7 +144,7 @@ def one_fit(job: tuple) -> dict:
     t = time.perf_counter()
     m = fit(path, out, cfg, log=lambda *a: None)
     alone = None
-    if cfg.members > 1:         # --average-restarts: the best restart alone is what the default fit keeps
+    if cfg.members > 1:         # averaged: the kept variant's best restart alone is what --no-average-restarts keeps
         from cache.store import open_store
         from heads.data import load_labelled
         from heads.infer import load_run, predict_bags
@@ -153,7 +154,7 @@ def one_fit(job: tuple) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     return {"alone": alone, "pooling": pooling, "precision": precision, "seed": seed, "test": m["influencer"]["accuracy"],
             "post": m["post"]["accuracy"], "reference": m["reference"]["test_acc"], "step": m["best_step"],
-            "normalize": m["normalize"], "val": m["val_acc"], "reference_val": m["reference"]["val_acc"],
+            "normalize": m["normalize"], "instance_weight": m["instance_weight"], "val": m["val_acc"], "reference_val": m["reference"]["val_acc"],
             "ece_before": m["calibration"]["influencer"]["test"]["ece_before"],
             "ece_after": m["calibration"]["influencer"]["test"]["ece_after"],
             "temperature": m["calibration"]["influencer"]["temperature"],
@@ -218,7 +219,7 @@ def main() -> None:
             results[name] = {"what": what, **base, "runs": rows, "crippled": crippled}
             print(f"\n{name}: {what}", flush=True)
             print(f"  {'pooling':<10} {'precision':<9} {'mean':>6} {'worst':>6} {'alone':>6} {'post':>6} {'LR ref':>7} "
-                  f"{base['best_baseline'][:12]:>12} {'warned':>6} {'ECE':>11} {'s/fit':>6}  per seed (normalisation kept)")
+                  f"{base['best_baseline'][:12]:>12} {'warned':>6} {'ECE':>11} {'s/fit':>6}  per seed (variant kept)")
             for p in args.poolings.split(","):
                 for pr in args.precisions.split(","):
                     rs = [r for r in rows if r["pooling"] == p and r["precision"] == pr]
@@ -230,7 +231,7 @@ def main() -> None:
                           f"{base['baseline_test']:12.3f} {sum(r['warning'] for r in rs):>6} "
                           f"{np.mean([r['ece_before'] for r in rs]):5.3f}>{np.mean([r['ece_after'] for r in rs]):5.3f} "
                           f"{np.mean([r['seconds'] for r in rs]):6.1f}  " +
-                          " ".join(f"{r['test']:.3f}({r['normalize'][0]}"
+                          " ".join(f"{r['test']:.3f}({r['normalize'][0]}{r['instance_weight']:g}"
                                    + (f", alone {r['alone']:.3f})" if r["alone"] is not None else ")") for r in rs),
                           flush=True)
             print(f"  crippled head (max_steps 5): test {crippled['test']:.3f}, "

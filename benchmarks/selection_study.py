@@ -1,7 +1,7 @@
 """Why a fit ends where it does (issue 33): every validation round's validation and test probabilities,
 per restart, and the test accuracy each selection rule would have given.
 
-    python -m benchmarks.selection_study run STORE SEED OUT.pkl ['{"instance_weight": 3}'] ['{"noise": 8}']
+    python -m benchmarks.selection_study run STORE SEED OUT.pkl ['{"instance_loss": "on"}'] ['{"noise": 8}']
     python -m benchmarks.selection_study show OUT.pkl ...
 
 STORE names a benchmarks.heads_quality store (its keyword arguments overridden by the last JSON); the

@@ -55,6 +55,8 @@ def _fit_config(ctx: typer.Context, given: dict, config: str | None):
     folder = os.path.dirname(config) if os.path.basename(config) == "config.json" else config
     replayed = RunFolder.open(folder, finished=False).fit
     options = {k: v for k, v in replayed.items() if k in FitConfig.__dataclass_fields__}
+    if "instance_loss" not in replayed and replayed.get("instance_weight"):
+        options["instance_loss"] = "on"     # a run from before --instance-loss: a weight > 0 meant on
     for name, value in given.items():
         source = ctx.get_parameter_source("standardize" if name == "normalize" and given[name] == "feature"
                                           and ctx.params.get("standardize") else name)

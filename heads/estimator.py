@@ -145,7 +145,7 @@ class InfluencerProfilerClassifier(ClassifierMixin, BaseEstimator):
         # probabilities calibrated on the held-out bags (temperature scaling), as `heads fit` does; not
         # where too few bags left nothing to hold out and validation is the training set
         self.calibration_ = calibrate(self.model_, data, device) if held_out else None
-        self.best_ = {k: best["row"][k] for k in ("restart", "step", "epoch", "val_acc", "normalize")}
+        self.best_ = {k: best["row"][k] for k in ("restart", "step", "epoch", "val_acc", "normalize", "instance_weight")}
         self.device_ = device
         return self
 

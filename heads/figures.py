@@ -44,9 +44,12 @@ def curves_figure(run: str, out: str) -> str | None:
         return None
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
-    for key, group in _by(rows, lambda r: (r.get("restart", "0"), r.get("normalize", ""))).items():
+    for key, group in _by(rows, lambda r: (r.get("restart", "0"), r.get("normalize", ""),
+                                           r.get("instance_weight", ""))).items():
         step = [float(r["step"]) for r in group]
-        label = f"restart {key[0]}" + (f" ({key[1]})" if key[1] else "")
+        said = [key[1]] if key[1] else []
+        said += [f"weak labels x{key[2]}"] if key[2] not in ("", "0", "0.0") else []
+        label = f"restart {key[0]}" + (f" ({', '.join(said)})" if said else "")
         a.plot(step, [float(r["loss"]) for r in group], label=label)
         b.plot(step, [float(r["val_acc"]) for r in group], label=f"{label}: influencers")
         if any(r.get("val_post_acc") not in ("", "nan", None) for r in group):

@@ -8,6 +8,7 @@ regression fitted beside every run). This module resolves the options and runs t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -132,50 +133,71 @@ def _run_config(cfg: FitConfig, head: HeadConfig, store, device, use_bf16: bool,
 
 def train_restarts(cfg: FitConfig, head: HeadConfig, data: Labelled, segments: tuple, device, use_bf16: bool, *,
                    log, record=lambda row: None) -> tuple[InfluencerProfiler | ProfilerEnsemble, dict]:
-    """Every (normalisation, restart) trained in turn; the best on the validation criterion is kept, or with
-    `head.members` > 1 (--average-restarts, the default) every restart of its normalisation, averaged.
-    `record` gets each validation round's row (heads fit: history.csv). Shared by `heads fit` and the
-    scikit-learn estimator (heads/estimator.py), so both train the same way."""
+    """Every variant (normalisation × weak-post-label weight: `--normalize auto` and `--instance-loss auto` try
+    both) trained `cfg.restarts` times; each variant's model is its best restart, or with `head.members` > 1
+    (--average-restarts, the default) the average of all its restarts; the variant whose model is best on the
+    validation criterion is kept (the earlier one on a tie: no scaling and no weak labels come last and first,
+    as listed). `record` gets each validation round's row (heads fit: history.csv). Shared by `heads fit` and
+    the scikit-learn estimator (heads/estimator.py), so both train the same way."""
     norms = ("feature", "none") if cfg.normalize == "auto" else (cfg.normalize,)
     scalings = {n: input_scaling(data.train.bags, segments, data.train.masks) for n in norms
                 if n != "none"}
 
-    def on_round(row):
+    def on_round(row, norm, weight):
+        row.update(normalize=norm, instance_weight=weight)
         record(row)
         log(f"restart {row['restart']} round {row['round']:3d} (epoch {row['epoch']}, step {row['step']}) "
             f"loss {row['loss']:.4f} (main {row['main']:.4f} aux {row['aux']:.4f}) val acc {row['val_acc']:.4f} "
             f"loss {row['val_loss']:.4f} post acc {row['val_post_acc']:.4f} {row['seconds']:.1f}s")
 
     single = dataclasses.replace(head, members=1)
-    best, trained = None, []
-    for r, (norm, k) in enumerate([(n, k) for n in norms for k in range(cfg.restarts)]):
-        seed = cfg.seed + 7919 * k
-        torch.manual_seed(seed)
-        model = InfluencerProfiler(single).to(device)
-        if norm in scalings:
-            model.set_input_scaling(*[torch.from_numpy(v).to(device) for v in scalings[norm]])
-        got = train_once(model, data, cfg, device, use_bf16=use_bf16, seed=seed, on_round=on_round, restart=r)
-        got["row"]["normalize"] = norm
-        log(f"restart {r} (normalize {norm}, seed {seed}): best validation accuracy {got['row']['val_acc']:.4f}, "
-            f"post {got['row']['val_post_acc']:.4f} at step {got['row']['step']}")
-        trained.append(got)
-        if best is None or criterion(got["row"]) > criterion(best["row"]):
-            best = got
-    if head.members > 1:        # --average-restarts: every restart of the kept normalisation, best first
-        chosen = sorted((g for g in trained if g["row"]["normalize"] == best["row"]["normalize"]),
-                        key=lambda g: criterion(g["row"]), reverse=True)
-        members = []
-        for g in chosen:
-            m = InfluencerProfiler(single).to(device)
-            m.load_state_dict(g["state"])
-            members.append(m)
-        ensemble = ProfilerEnsemble(head, members).to(device)
-        row = dict(best["row"], **evaluate(ensemble, data, device))
-        log(f"averaging {len(members)} restarts (normalize {row['normalize']}): validation accuracy "
-            f"{row['val_acc']:.4f} (the best one alone {best['row']['val_acc']:.4f})")
-        return ensemble, {"state": ensemble.state_dict(), "row": row}
-    model.load_state_dict(best["state"])
-    return model, best
+    variants = [(w, n) for w in cfg.instance_weights for n in norms]
+    kept = None
+    for v, (weight, norm) in enumerate(variants):
+        trained = []
+        for k in range(cfg.restarts):
+            r = v * cfg.restarts + k
+            seed = cfg.seed + 7919 * k      # the same seeds in every variant: they differ only in the variant
+            torch.manual_seed(seed)
+            model = InfluencerProfiler(single).to(device)
+            if norm in scalings:
+                model.set_input_scaling(*[torch.from_numpy(x).to(device) for x in scalings[norm]])
+            got = train_once(model, data, dataclasses.replace(cfg, instance_weight=weight), device,
+                             use_bf16=use_bf16, seed=seed, on_round=functools.partial(on_round, norm=norm, weight=weight),
+                             restart=r)
+            log(f"restart {r} (normalize {norm}, instance weight {weight:g}, seed {seed}): best validation accuracy "
+                f"{got['row']['val_acc']:.4f}, post {got['row']['val_post_acc']:.4f} at step {got['row']['step']}")
+            trained.append(got)
+        trained.sort(key=lambda g: criterion(g["row"]), reverse=True)     # best first (stable: earlier on ties)
+        candidate = _variant_model(trained, head, single, data, device)
+        if len(variants) > 1:
+            log(f"variant normalize {norm}, instance weight {weight:g}: validation accuracy "
+                f"{candidate[1]['row']['val_acc']:.4f}, log-loss {candidate[1]['row']['val_loss']:.4f}")
+        if kept is None or criterion(candidate[1]["row"]) > criterion(kept[1]["row"]):
+            kept = candidate
+    row = kept[1]["row"]
+    if head.members > 1 or len(variants) > 1:
+        log(f"kept: normalize {row['normalize']}, instance weight {row['instance_weight']:g}"
+            + (f", averaging {head.members} restarts" if head.members > 1 else "")
+            + f": validation accuracy {row['val_acc']:.4f}")
+    return kept
+
+
+def _variant_model(trained: list[dict], head: HeadConfig, single: HeadConfig, data: Labelled,
+                   device) -> tuple[InfluencerProfiler | ProfilerEnsemble, dict]:
+    """One variant's model from its restarts (best first): the best alone, or with `head.members` > 1 all of
+    them averaged (heads/ensemble.py), with the validation row of what is kept."""
+    members = []
+    for g in trained if head.members > 1 else trained[:1]:
+        m = InfluencerProfiler(single).to(device)
+        m.load_state_dict(g["state"])
+        members.append(m)
+    best = trained[0]
+    if head.members == 1:
+        return members[0], best
+    ensemble = ProfilerEnsemble(head, members).to(device)
+    row = dict(best["row"], **evaluate(ensemble, data, device))
+    return ensemble, {"state": ensemble.state_dict(), "row": row}
 
 
 def _score(model, row: dict, data: Labelled, reference: dict, calibration: dict, *, store, device, run: RunWriter,
@@ -186,7 +208,7 @@ def _score(model, row: dict, data: Labelled, reference: dict, calibration: dict,
     post_probs = predict_posts(model, ptest.x, device, present=ptest.present)
     metrics = {
         "best_epoch": row["epoch"], "best_step": row["step"], "best_restart": row["restart"],
-        "normalize": row["normalize"],
+        "normalize": row["normalize"], "instance_weight": row["instance_weight"],
         "val_acc": row["val_acc"], "val_post_acc": None if math.isnan(row["val_post_acc"]) else row["val_post_acc"],
         "influencer": classification_metrics(test.y, probs.argmax(1), store.influencer_categories),
         "post": classification_metrics(ptest.y, post_probs.argmax(1), store.post_categories),

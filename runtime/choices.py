@@ -38,6 +38,13 @@ class WeakLabels(str, Enum):
     influencers = "influencers"
 
 
+class InstanceLoss(str, Enum):
+    """`heads fit --instance-loss`: weak post labels off, on, or auto (both trained, the better on validation)."""
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class Modality(str, Enum):
     both = "both"
     image = "image"

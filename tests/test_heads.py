@@ -436,17 +436,51 @@ def test_quality_benchmark_few_label_stores_are_what_they_say(tmp_path):
 
 
 def test_instance_loss_is_added_only_when_asked(tmp_path):
-    """--instance-weight: single training posts labelled with their influencer's category add a term to the
-    training loss (history.csv: loss = main + aux + that term); 0 (the default) adds nothing."""
+    """--instance-loss on: single training posts labelled with their influencer's category add a term to the
+    training loss (history.csv: loss = main + aux + that term); off adds nothing."""
     path = str(tmp_path / "s.zarr")
     planted_store(path, influencers=48, posts=10, seed=2, noise=1.0, label_posts=0.2)
     extra = {}
-    for w in (0.0, 2.0):
-        run = str(tmp_path / f"run{w}")
+    for mode in ("off", "on"):
+        run = str(tmp_path / f"run-{mode}")
         fit(path, run, FitConfig(max_steps=40, min_steps=10, patience=20, eval_steps=10, attention_warmup=10,
-                                 normalize="feature", restarts=1, instance_weight=w), log=lambda *_: None)
+                                 normalize="feature", restarts=1, instance_loss=mode, instance_weight=2.0),
+            log=lambda *_: None)
         rows = list(csv.DictReader(open(os.path.join(run, "history.csv"))))
-        extra[w] = [float(r["loss"]) - float(r["main"]) - float(r["aux"]) for r in rows]
-        assert json.load(open(os.path.join(run, "config.json")))["fit"]["instance_weight"] == w
-    assert max(abs(e) for e in extra[0.0]) < 1e-5
-    assert min(extra[2.0]) > 1e-3
+        extra[mode] = [float(r["loss"]) - float(r["main"]) - float(r["aux"]) for r in rows]
+        assert {r["instance_weight"] for r in rows} == {"0.0" if mode == "off" else "2.0"}
+        assert json.load(open(os.path.join(run, "config.json")))["fit"]["instance_loss"] == mode
+    assert max(abs(e) for e in extra["off"]) < 1e-5
+    assert min(extra["on"]) > 1e-3
+
+
+def test_instance_loss_auto_trains_both_and_keeps_the_better_on_validation(tmp_path, monkeypatch):
+    """--instance-loss auto (the default): every normalisation with and without weak post labels, each
+    variant's restarts averaged, the variant best on the validation criterion kept (off on a tie), and
+    metrics.json says which. The kept model's validation accuracy is the best of the variants'."""
+    from heads import train as train_mod
+    path = str(tmp_path / "s.zarr")
+    planted_store(path, influencers=48, posts=10, seed=2, noise=3.0, label_posts=0.0)
+    seen = []
+    plain = train_mod._variant_model
+
+    def spy(trained, *a):
+        got = plain(trained, *a)
+        seen.append((trained[0]["row"]["normalize"], trained[0]["row"]["instance_weight"], len(trained),
+                     train_mod.criterion(got[1]["row"])))
+        return got
+    monkeypatch.setattr(train_mod, "_variant_model", spy)
+    run = str(tmp_path / "run")
+    lines = []
+    m = fit(path, run, FitConfig(max_steps=30, min_steps=10, patience=20, eval_steps=10, attention_warmup=10),
+            log=lines.append)
+    assert [(n, w, k) for n, w, k, _ in seen] == [("feature", 0.0, 2), ("none", 0.0, 2), ("feature", 3.0, 2),
+                                                  ("none", 3.0, 2)]
+    best = max(range(4), key=lambda i: (seen[i][3], -i))      # the earliest of the best: ties keep off
+    assert (m["normalize"], m["instance_weight"]) == seen[best][:2]
+    assert any(line.startswith(f"kept: normalize {m['normalize']}, instance weight {m['instance_weight']:g}")
+               for line in lines)
+    rows = list(csv.DictReader(open(os.path.join(run, "history.csv"))))
+    assert {(r["restart"], r["normalize"], r["instance_weight"]) for r in rows} == {
+        (str(v * 2 + k), n, str(w)) for v, (w, n) in enumerate([(0.0, "feature"), (0.0, "none"), (3.0, "feature"),
+                                                                 (3.0, "none")]) for k in range(2)}

@@ -343,3 +343,17 @@ def test_fit_config_replays_a_run_and_options_given_override_it(small_run, tmp_p
     assert r.exit_code == 0, r.output
     other = json.load(open(tmp_path / "other" / "config.json"))["fit"]
     assert other == dict(src, seed=7)
+
+
+def test_fit_config_replays_a_run_from_before_instance_loss_as_it_ran(small_run, tmp_path):
+    """A config.json written before --instance-loss existed: a weight > 0 meant weak labels on, 0 meant off."""
+    from heads.cli import _fit_config
+    for weight in (3.0, 0.0):
+        old = tmp_path / f"old{weight}"
+        shutil.copytree(small_run["run"], old)
+        config = json.load(open(old / "config.json"))
+        config["fit"].pop("instance_loss")
+        config["fit"]["instance_weight"] = weight
+        (old / "config.json").write_text(json.dumps(config))
+        cfg = _fit_config(None, {}, str(old))         # nothing given on the command line: no context read
+        assert cfg.instance_weights == (weight,)
