@@ -189,7 +189,7 @@ def build_demo_run(d) -> dict:
             commit_block(s, m, b, p[f"features/{m}"][rows], p[f"features/{m}_status"][rows])
     run = str(d / "run")
     r = CliRunner().invoke(heads_app, ["fit", path, "--out", run, "--max-steps", "150", "--attention-warmup", "50",
-                                       "--normalize", "feature", "--precision", "fp32", "--restarts", "1"])
+                                       "--normalize", "feature", "--precision", "fp32", "--restarts", "1", "--instance-loss", "off"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(heads_app, ["eval", run, "--posts", "2,5"])
     assert r.exit_code == 0, r.output

@@ -178,7 +178,7 @@ def test_compare_adds_the_heads_run(results, tmp_path):
     from heads.train import FitConfig, fit
     path, _, _, _ = results
     run = str(tmp_path / "run")
-    fit(path, run, FitConfig(epochs=2, restarts=1), log=lambda *_: None)
+    fit(path, run, FitConfig(epochs=2, restarts=1, instance_loss="off"), log=lambda *_: None)
     out = str(tmp_path / "out")
     r = CliRunner().invoke(baselines_app, ["run", path, "--out", out, "--models", "gnb", "--inputs", "image",
                                            "--no-feature-baselines", "--compare", run])

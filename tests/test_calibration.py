@@ -73,7 +73,7 @@ def calibrated_run(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("cal") / "s.zarr")
     planted_store(path, influencers=160, posts=12, seed=4, noise=2.0, on_topic=0.5)
     run = str(tmp_path_factory.mktemp("cal") / "run")
-    metrics = fit(path, run, FitConfig(max_steps=200, min_steps=50, patience=100, restarts=1, normalize="feature"),
+    metrics = fit(path, run, FitConfig(max_steps=200, min_steps=50, patience=100, restarts=1, instance_loss="off", normalize="feature"),
                   log=lambda *_: None)
     return path, run, metrics
 

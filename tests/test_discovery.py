@@ -35,7 +35,7 @@ def predicted(tmp_path_factory):
     spons[s.offsets()[3]:s.offsets()[4]] = -1            # one influencer whose paid posts are all unknown
     s["posts/sponsored"][:] = spons
     run = str(d / "run")
-    fit(path, run, FitConfig(max_steps=300, restarts=1, precision="fp32"), log=lambda *_: None)
+    fit(path, run, FitConfig(max_steps=300, restarts=1, instance_loss="off", precision="fp32"), log=lambda *_: None)
     r = _heads("predict", run, path, "--out", d / "pred")
     assert r.exit_code == 0, r.output
     return {"store": path, "run": run, "dir": d}

@@ -7,7 +7,7 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from heads import InfluencerProfilerClassifier
 
-QUICK = dict(max_steps=20, min_steps=0, attention_warmup=0, restarts=1, normalize="none", device="cpu",
+QUICK = dict(max_steps=20, min_steps=0, attention_warmup=0, restarts=1, instance_loss="off", normalize="none", device="cpu",
              eval_steps=10, patience=10, hidden=16, dropout=0.0, lr=0.01)
 
 
@@ -40,7 +40,7 @@ def _planted_bags(seed=0, n=96, dim=12):
 
 def test_bags_of_varying_length_learn_and_the_weights_sum_to_one():
     bags, y = _planted_bags()
-    clf = InfluencerProfilerClassifier(max_steps=100, min_steps=30, attention_warmup=30, restarts=1,
+    clf = InfluencerProfilerClassifier(max_steps=100, min_steps=30, attention_warmup=30, restarts=1, instance_loss="off",
                                        normalize="feature", device="cpu", seed=1, hidden=64)
     assert clf.fit(bags[:64], y[:64]) is clf
     assert set(clf.classes_) == {"beauty", "food", "pet", "travel"} and clf.n_features_in_ == 12
@@ -84,7 +84,7 @@ def test_the_same_model_as_heads_fit_on_a_planted_store(tmp_path):
     from heads.train import FitConfig, fit
     path = str(tmp_path / "s.zarr")
     planted_store(path, influencers=96, posts=12, seed=3, block=256)
-    opts = dict(max_steps=120, attention_warmup=40, restarts=1, normalize="feature", seed=2, device="cpu")
+    opts = dict(max_steps=120, attention_warmup=40, restarts=1, instance_loss="off", normalize="feature", seed=2, device="cpu")
     metrics = fit(path, str(tmp_path / "run"), FitConfig(**opts), log=lambda *a: None)
     store = open_store(path)
     data = load_labelled(store, "both")

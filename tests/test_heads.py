@@ -123,9 +123,9 @@ def test_run_folder_records_what_produced_it(runs):
     assert config["git_commit"] and config["store"]["encoders"]["image"]["model"] == "planted"
     assert config["fit"]["lr"] == 1e-3 and config["model"]["hidden"] == 256 and config["fit"]["dropout"] == 0.5
     rows = list(csv.DictReader(open(os.path.join(run, "history.csv"))))
-    assert 1 <= len(rows) <= 4 * 2000 // 25 and max(int(r["step"]) for r in rows) <= 2000
-    # the defaults: --normalize auto (feature, then none) x --restarts 2
-    assert {r["restart"] for r in rows} == {"0", "1", "2", "3"}
+    assert 1 <= len(rows) <= 8 * 2000 // 25 and max(int(r["step"]) for r in rows) <= 2000
+    # the defaults: --instance-loss auto (off, then on) x --normalize auto (feature, then none) x --restarts 2
+    assert {r["restart"] for r in rows} == {str(k) for k in range(8)}
     assert any(int(r["step"]) == metrics["best_step"] and int(r["restart"]) == metrics["best_restart"] for r in rows)
     report = open(os.path.join(run, "report.md")).read()
     assert "| Influencer Profiler | Text & Image |" in report and "Beauty" in report
@@ -142,8 +142,8 @@ def test_scores_equal_sklearn_on_saved_predictions(runs):
 
 
 def test_fit_is_deterministic(planted, tmp_path):
-    a = fit(planted[0], str(tmp_path / "a"), FitConfig(epochs=2, seed=5, restarts=1), log=lambda *_: None)
-    b = fit(planted[0], str(tmp_path / "b"), FitConfig(epochs=2, seed=5, restarts=1), log=lambda *_: None)
+    a = fit(planted[0], str(tmp_path / "a"), FitConfig(epochs=2, seed=5, restarts=1, instance_loss="off"), log=lambda *_: None)
+    b = fit(planted[0], str(tmp_path / "b"), FitConfig(epochs=2, seed=5, restarts=1, instance_loss="off"), log=lambda *_: None)
     assert a["influencer"] == b["influencer"] and a["post"] == b["post"]
 
 
@@ -174,7 +174,7 @@ def test_bag_with_no_usable_post_is_reported(tmp_path):
     s = open_store(path, "r+")
     for m in ("image", "text"):
         s[f"features/{m}_status"][0:6] = 3          # influencer 0: nothing usable
-    m = fit(path, str(tmp_path / "run"), FitConfig(epochs=1, restarts=1), log=lambda *_: None)
+    m = fit(path, str(tmp_path / "run"), FitConfig(epochs=1, restarts=1, instance_loss="off"), log=lambda *_: None)
     from heads.predict import predict
     r = predict(str(tmp_path / "run"), path, quiet=True)
     assert r["unusable_influencers"] == 1
@@ -192,7 +192,7 @@ def test_standardize_learns_from_features_in_a_narrow_band(tmp_path):
     for m in ("image", "text"):
         x = s[f"features/{m}"][:].astype(np.float32)
         s[f"features/{m}"][:] = (20.0 + 0.01 * x).astype(np.float16)
-    m = fit(path, str(tmp_path / "run"), FitConfig(epochs=10, normalize="feature", restarts=1), log=lambda *_: None)
+    m = fit(path, str(tmp_path / "run"), FitConfig(epochs=10, normalize="feature", restarts=1, instance_loss="off"), log=lambda *_: None)
     assert m["influencer"]["accuracy"] > 0.5
 
 
@@ -209,7 +209,7 @@ def test_predict_killed_midway_leaves_old_outputs_and_reruns_to_the_same_result(
     path = str(tmp_path / "s.zarr")
     planted_store(path, influencers=3000, posts=40, seed=2, block=512, labelled_influencers=160)
     run = str(tmp_path / "run")
-    fit(path, run, FitConfig(epochs=1, restarts=1), log=lambda *_: None)
+    fit(path, run, FitConfig(epochs=1, restarts=1, instance_loss="off"), log=lambda *_: None)
     out = str(tmp_path / "pred")
     cmd = [os.path.join(os.path.dirname(sys.executable), "heads"), "predict", run, path, "--out", out]
     subprocess.run(cmd, check=True, capture_output=True)
@@ -273,7 +273,7 @@ def test_step_budget_does_not_shrink_with_few_labels(tmp_path):
     planted_store(path, influencers=24, posts=6, seed=1, label_posts=0.3)
     run = str(tmp_path / "run")
     fit(path, run, FitConfig(max_steps=400, min_steps=300, patience=50, eval_steps=25, normalize="feature",
-                          restarts=1),
+                          restarts=1, instance_loss="off"),
         log=lambda *_: None)
     steps = [int(r["step"]) for r in csv.DictReader(open(os.path.join(run, "history.csv")))]
     assert steps[-1] >= 300, steps      # 14 training bags: one step an epoch, yet at least min_steps
@@ -334,7 +334,7 @@ def test_early_stopping_keeps_the_validation_best_state(tmp_path):
     planted_store(path, influencers=48, posts=10, seed=2, noise=2.0)
     run = str(tmp_path / "run")
     m = fit(path, run, FitConfig(max_steps=240, min_steps=60, patience=60, eval_steps=10, attention_warmup=30,
-                                 normalize="feature", restarts=1), log=lambda *_: None)
+                                 normalize="feature", restarts=1, instance_loss="off"), log=lambda *_: None)
     rows = list(csv.DictReader(open(os.path.join(run, "history.csv"))))
     from heads.loop import criterion
     key = lambda r: criterion({k: float(r[k]) for k in ("val_acc", "val_loss", "val_post_acc", "val_post_loss")})  # noqa
@@ -355,13 +355,13 @@ def test_warning_when_the_head_is_below_the_logistic_regression_reference(tmp_pa
     planted_store(path, influencers=48, posts=10, seed=3, noise=0.5, on_topic=0.6)
     out = str(tmp_path / "run")
     r = CliRunner().invoke(heads_app, ["fit", path, "--out", out, "--lr", "1e-9", "--max-steps", "20",
-                                       "--normalize", "feature", "--restarts", "1"])
+                                       "--normalize", "feature", "--restarts", "1", "--instance-loss", "off"])
     assert r.exit_code == 0, r.output
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert m["reference"]["val_acc"] > 0.9 and m["val_acc"] < m["reference"]["val_acc"]
     assert "warning: the head's validation accuracy" in r.output and "logistic-regression" in r.output
     assert "**warning**" in open(os.path.join(out, "report.md")).read()
-    good = fit(path, str(tmp_path / "good"), FitConfig(max_steps=300, normalize="feature", restarts=1), log=lambda *_: None)
+    good = fit(path, str(tmp_path / "good"), FitConfig(max_steps=300, normalize="feature", restarts=1, instance_loss="off"), log=lambda *_: None)
     assert "warning" not in good and good["reference"]["influencer"]["n"] == good["influencer"]["n"]
 
 

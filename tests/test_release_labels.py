@@ -141,7 +141,7 @@ def release_run(tmp_path_factory):
     assert r.exit_code == 0, r.output
     run = str(d / "run")
     r = CliRunner().invoke(heads_app, ["fit", path, "--out", run, "--max-steps", "400", "--normalize", "feature",
-                                       "--precision", "fp32", "--restarts", "1"])
+                                       "--precision", "fp32", "--restarts", "1", "--instance-loss", "off"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(heads_app, ["predict", run, path])
     assert r.exit_code == 0, r.output
@@ -202,7 +202,7 @@ def test_weak_labels_finetune_on_owners_categories(tmp_path):
     assert r.exit_code == 0, r.output
     run = str(tmp_path / "run")
     r = runner.invoke(heads_app, ["fit", path, "--out", run, "--modality", "image", "--max-steps", "60",
-                                  "--attention-warmup", "20", "--normalize", "feature", "--restarts", "1"])
+                                  "--attention-warmup", "20", "--normalize", "feature", "--restarts", "1", "--instance-loss", "off"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(heads_app, ["predict", run, path])
     assert r.exit_code == 0, r.output

@@ -72,7 +72,7 @@ def planted_run(tmp_path_factory):
     s["features/image_status"][[5, 700, 4000]] = 3        # unreadable images, for `cache info`
     s["features/text_status"][[9, 10]] = 2                 # captionless posts
     run = str(base / "run")
-    fit(path, run, FitConfig(epochs=3, seed=0, restarts=1), log=lambda *_: None)
+    fit(path, run, FitConfig(epochs=3, seed=0, restarts=1, instance_loss="off"), log=lambda *_: None)
     return path, run
 
 
@@ -224,7 +224,7 @@ def test_whole_pipeline_on_s3_equals_a_local_store(sample, s3, tiny_bert, quick_
     runs = {}
     for name, target in (("s3", url), ("local", local)):
         run = str(tmp_path / f"run-{name}")
-        sh(os.path.join(BIN, "heads"), "fit", target, "--out", run, "--epochs", "3", "--standardize", "--restarts", "1")
+        sh(os.path.join(BIN, "heads"), "fit", target, "--out", run, "--epochs", "3", "--standardize", "--restarts", "1", "--instance-loss", "off")
         runs[name] = run
         sh(os.path.join(BIN, "baselines"), "run", target, "--out", tmp_path / f"bl-{name}",
            "--models", "gnb,knn", "--inputs", "both")

@@ -18,7 +18,7 @@ from extract.cli import app as extract_app
 from heads.cli import app as heads_app
 from heads.train import FitConfig, fit
 
-QUICK = ["--max-steps", "30", "--attention-warmup", "5", "--restarts", "1", "--normalize", "feature"]
+QUICK = ["--max-steps", "30", "--attention-warmup", "5", "--restarts", "1", "--instance-loss", "off", "--normalize", "feature"]
 
 
 class Payload:
@@ -169,7 +169,7 @@ def test_a_full_disk_while_saving_the_model_leaves_no_truncated_file(small_run, 
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(heads.rundir.torch, "save", full)
     out = str(tmp_path / "run")
-    cfg = FitConfig(max_steps=30, attention_warmup=5, restarts=1, normalize="feature")
+    cfg = FitConfig(max_steps=30, attention_warmup=5, restarts=1, instance_loss="off", normalize="feature")
     with pytest.raises(Exception) as e:
         fit(small_run["store"], out, cfg, log=lambda *a: None)
     assert "model.pt" in str(e.value) and "disk is full" in str(e.value)
@@ -190,7 +190,7 @@ def test_a_killed_refit_leaves_the_old_run_whole_and_a_finished_run_needs_overwr
     def log(line):
         if "round" in line and "restart 0" in line:
             raise Killed()
-    cfg = FitConfig(modality="image", max_steps=30, attention_warmup=5, restarts=1, normalize="feature")
+    cfg = FitConfig(modality="image", max_steps=30, attention_warmup=5, restarts=1, instance_loss="off", normalize="feature")
     with pytest.raises(Killed):
         fit(small_run["store"], run, cfg, log=log, overwrite=True)
     after = {f: open(os.path.join(run, f), "rb").read() for f in before}
