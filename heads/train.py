@@ -136,8 +136,8 @@ def train_restarts(cfg: FitConfig, head: HeadConfig, data: Labelled, segments: t
     """Every variant (normalisation × weak-post-label weight: `--normalize auto` and `--instance-loss auto` try
     both) trained `cfg.restarts` times; each variant's model is its best restart, or with `head.members` > 1
     (--average-restarts, the default) the average of all its restarts; the variant whose model is best on the
-    validation criterion is kept (the earlier one on a tie: no scaling and no weak labels come last and first,
-    as listed). `record` gets each validation round's row (heads fit: history.csv). Shared by `heads fit` and
+    validation criterion is kept (on a tie the earlier: without weak labels before with, feature scaling
+    before none). `record` gets each validation round's row (heads fit: history.csv). Shared by `heads fit` and
     the scikit-learn estimator (heads/estimator.py), so both train the same way."""
     norms = ("feature", "none") if cfg.normalize == "auto" else (cfg.normalize,)
     scalings = {n: input_scaling(data.train.bags, segments, data.train.masks) for n in norms

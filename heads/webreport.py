@@ -68,6 +68,11 @@ def _real(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _weak(w) -> str:
+    """The kept variant's weak post labels (`--instance-loss`), for runs that record it."""
+    return "" if not _real(w) else ", no weak post labels" if w == 0 else f", weak post labels x{w:g}"
+
+
 def _pct(x) -> str:
     return f"{100 * x:.2f}%" if _real(x) else "n/a"
 
@@ -186,7 +191,8 @@ def _run_section(c: _Ctx) -> dict:
           ("git commit", [code(config.get("git_commit"))]),
           ("precision / device", [text(f"{config.get('precision')} / {config.get('device')}")]),
           ("selected state", [text(f"step {metrics.get('best_step')} (epoch {metrics.get('best_epoch')}, restart "
-                                   f"{metrics.get('best_restart', 0)}, normalisation {metrics.get('normalize', '?')}); "
+                                   f"{metrics.get('best_restart', 0)}, normalisation {metrics.get('normalize', '?')}"
+                                   f"{_weak(metrics.get('instance_weight'))}); "
                                    f"validation accuracy {_pct(metrics.get('val_acc'))}, posts "
                                    f"{_pct(metrics.get('val_post_acc'))}")])]
     cal = _dict(_dict(metrics.get("calibration")).get("influencer"))

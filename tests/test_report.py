@@ -81,6 +81,9 @@ def test_report_is_complete_offline_and_shows_the_metrics(demo_run, tmp_path):
     thumbs = [x for x in p.refs if x.startswith("assets/thumbs/")]
     assert thumbs and all(os.path.getsize(os.path.join(out, t)) > 0 for t in thumbs)
     assert "98.32%" in page                                           # the paper's column
+    w = metrics["instance_weight"]                                    # the variant --instance-loss kept
+    assert f"normalisation {metrics['normalize']}, " + ("no weak post labels" if w == 0 else f"weak post labels x{w:g}") \
+        in page
 
 
 def test_moved_dataset_gives_placeholders_not_a_broken_report(demo_run, tmp_path):

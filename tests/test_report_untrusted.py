@@ -65,7 +65,7 @@ def hostile(base, tmp_path_factory):
     d = _copy(base, tmp_path_factory.mktemp("hostile"))
     run = d["run"]
     metrics = json.load(open(os.path.join(run, "metrics.json")))
-    for key in ("best_step", "best_epoch", "best_restart", "normalize", "val_acc", "val_post_acc", "warning", "note"):
+    for key in ("best_step", "best_epoch", "best_restart", "normalize", "instance_weight", "val_acc", "val_post_acc", "warning", "note"):
         metrics[key] = PAYLOAD
     metrics["reference"]["C"] = PAYLOAD
     metrics["influencer"]["f1"] = {c: PAYLOAD for c in metrics["influencer"]["f1"]}
