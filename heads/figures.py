@@ -50,14 +50,16 @@ def curves_figure(run: str, out: str) -> str | None:
         said = [key[1]] if key[1] else []
         said += [f"weak labels x{key[2]}"] if key[2] not in ("", "0", "0.0") else []
         label = f"restart {key[0]}" + (f" ({', '.join(said)})" if said else "")
-        a.plot(step, [float(r["loss"]) for r in group], label=label)
-        b.plot(step, [float(r["val_acc"]) for r in group], label=f"{label}: influencers")
+        line, = a.plot(step, [float(r["loss"]) for r in group], label=label)
+        b.plot(step, [float(r["val_acc"]) for r in group], color=line.get_color())
         if any(r.get("val_post_acc") not in ("", "nan", None) for r in group):
-            b.plot(step, [float(r["val_post_acc"] or "nan") for r in group], "--", label=f"{label}: posts")
+            b.plot(step, [float(r["val_post_acc"] or "nan") for r in group], "--", color=line.get_color())
     a.set(xlabel="step", ylabel="training loss", title="Training loss")
     a.set_yscale("log")
-    b.set(xlabel="step", ylabel="validation accuracy", title="Validation accuracy", ylim=(0, 1.02))
-    b.legend(fontsize=7)
+    b.set(xlabel="step", ylabel="validation accuracy", title="Validation accuracy (dashed: posts)",
+          ylim=(0, 1.02))
+    # one colour per restart in both panels; the legend beside them, where up to 8 restarts hide no curve
+    fig.legend(*a.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
     return _save(fig, out, "curves")
 
 
