@@ -176,11 +176,22 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def seed_list(text: str) -> list[int]:
+    """`--seeds 3` is seeds 0, 1, 2; `--seeds 1,2` is those two (a list has a comma, or one seed and a comma)."""
+    try:
+        if "," in text:
+            return [int(x) for x in text.split(",") if x.strip()]
+        return list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a count nor a list of seeds like 1,2") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stores", default="default",
                     help=f"store names, or a group: {', '.join(f'{k} ({len(v.split(chr(44)))})' for k, v in GROUPS.items())}")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=seed_list, default="3",
+                    help="a count N (seeds 0..N-1) or a list of seeds, e.g. 1,2 (to add seeds to an earlier run)")
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--poolings", default="attention,mean")
     ap.add_argument("--set", action="append", default=[])
@@ -200,7 +211,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-quality-")
     results, summary = {}, {}
     shown = {k: v for k, v in overrides.items() if k != "device"}
-    print(f"heads fit quality on {args.device}: {args.seeds} seeds; overrides {shown or 'none (the defaults)'}")
+    print(f"heads fit quality on {args.device}: seeds {','.join(map(str, args.seeds))}; overrides {shown or 'none (the defaults)'}")
     try:
         for name in names:
             kw, what = catalogue[name]
@@ -208,7 +219,7 @@ def main() -> None:
             make_store(path, kw, seed=0)
             base = baselines_on_means(path)
             jobs = [(path, os.path.join(tmp, f"{name}-{p}-{pr}-{s}"), p, pr, s, overrides)
-                    for p in args.poolings.split(",") for pr in args.precisions.split(",") for s in range(args.seeds)]
+                    for p in args.poolings.split(",") for pr in args.precisions.split(",") for s in args.seeds]
             # the reference verdict's own check: a crippled head (5 steps) beside the same store must warn
             jobs.append((path, os.path.join(tmp, f"{name}-crippled"), args.poolings.split(",")[0],
                          args.precisions.split(",")[0], 0, {**overrides, **CRIPPLED}))

@@ -422,9 +422,10 @@ def test_quality_benchmark_few_label_stores_are_what_they_say(tmp_path):
     """The few-labels stores (issue 33): N labelled influencers per category and no labelled post (as
     `cache labels --from-release` leaves a store); the groups name only stores that exist."""
     import numpy as np
-    from benchmarks.heads_quality import GROUPS, STORES, make_store
+    from benchmarks.heads_quality import GROUPS, STORES, make_store, seed_list
     from cache.store import open_store
     assert all(n in STORES for g in GROUPS.values() for n in g.split(","))
+    assert seed_list("3") == [0, 1, 2] and seed_list("1,2") == [1, 2]      # seeds added to an earlier run
     assert len(GROUPS["families"].split(",")) == 16
     path = str(tmp_path / "rel10.zarr")
     make_store(path, STORES["rel10-hard"][0], seed=0)
