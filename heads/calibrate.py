@@ -53,6 +53,24 @@ def brier(probs: np.ndarray, y: np.ndarray) -> float:
     return float(((probs - onehot) ** 2).sum(1).mean())
 
 
+def ece_if_calibrated(confidence: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The ECE a perfectly calibrated head would show on these rows (mean and 90th percentile over
+    `draws`): each row right with exactly its confidence. On few rows ECE is mostly sampling noise (56
+    rows at 0.88 confidence: about 0.08 mean, 0.11 at the 90th percentile), so an ECE is only evidence of
+    miscalibration above this."""
+    conf = np.asarray(confidence, np.float64)
+    if not len(conf):
+        return float("nan"), float("nan")
+    which = np.minimum((conf * BINS).astype(int), BINS - 1)
+    right = np.random.default_rng(seed).random((draws, len(conf))) < conf
+    total = np.zeros(draws)
+    for b in np.unique(which):
+        here = which == b
+        total += here.sum() * np.abs(right[:, here].mean(1) - conf[here].mean())
+    got = total / len(conf)
+    return float(got.mean()), float(np.quantile(got, 0.9))
+
+
 def reliability(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict]:
     """Per non-empty bin: its range, mean confidence, accuracy and size (the reliability diagram)."""
     if not len(y):

@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import log_loss as sk_log_loss
 
 from cache.synthetic import planted_store
-from heads.calibrate import BINS, brier, ece, fit_temperature, nll, reliability, scaled
+from heads.calibrate import BINS, brier, ece, ece_if_calibrated, fit_temperature, nll, reliability, scaled
 from heads.train import FitConfig, fit, reference_verdict
 
 
@@ -59,6 +59,19 @@ def test_metrics_equal_reference_computations():
     assert ece(probs, y) == pytest.approx(want, abs=1e-9)
     bins = reliability(probs, y)
     assert sum(b["n"] for b in bins) == 300 and all(b["low"] <= b["confidence"] <= b["high"] for b in bins)
+
+
+def test_the_ece_of_a_calibrated_head_on_few_rows_is_sampling_noise():
+    """ece_if_calibrated: the ECE of rows each right with exactly its confidence, drawn again and again;
+    its mean equals ece() averaged over such draws done by hand, and it shrinks as rows grow."""
+    rng = np.random.default_rng(3)
+    conf = 0.5 + 0.5 * rng.random(56)
+    mean, p90 = ece_if_calibrated(conf, draws=400, seed=1)
+    probs = np.stack([conf, 1 - conf], 1)
+    by_hand = [ece(probs, (rng.random(56) >= conf).astype(np.int64)) for _ in range(400)]
+    assert abs(mean - np.mean(by_hand)) < 0.01 and p90 > mean > 0.03
+    assert ece_if_calibrated(np.tile(conf, 20))[0] < mean / 3
+    assert ece_if_calibrated(np.ones(10)) == (0.0, 0.0)
 
 
 def test_a_temperature_that_would_worsen_ece_is_not_kept():

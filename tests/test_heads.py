@@ -413,7 +413,8 @@ def test_quality_benchmark_quick_run_writes_its_table_and_json(tmp_path):
     assert all(0.0 <= x["test"] <= 1.0 and 0.0 <= x["reference"] <= 1.0 and x["normalize"] in ("feature", "none")
                for x in runs)
     assert tiny["best_baseline"] and 0.0 <= tiny["baseline_test"] <= 1.0
-    assert all(0.0 <= x["ece_after"] <= 1.0 and x["temperature"] > 0 for x in runs)
+    assert all(0.0 <= x["ece_after"] <= 1.0 and x["temperature"] > 0 and 0.0 <= x["ece_if_calibrated"] <= 1.0
+               for x in runs)
     assert tiny["crippled"]["step"] <= 5 and isinstance(tiny["crippled"]["warning"], bool)
     assert "crippled head (max_steps 5)" in r.stdout
 
