@@ -42,7 +42,7 @@ STORES = {
               "64/16/24 influencers x 30 posts, loud distractors"),
     "real": (dict(influencers=280, posts=30, on_topic=0.4, noise=2.0, offset=5.0, scale=0.3, missing=(0.2, 0.1),
                   label_posts=0.05, short_share=1 / 3),
-             "160/40/80, common offset 5, signal x0.3, 20 % images / 10 % captions missing, 1/3 with 3-8 posts"),
+             "168/56/56, common offset 5, signal x0.3, 20 % images / 10 % captions missing, 1/3 with 3-8 posts"),
     "bag10": (dict(influencers=400, posts=10, on_topic=0.4, noise=3.0, label_posts=0.05),
               "10 posts per influencer (Figure 5a's low end)"),
     "n40": (dict(influencers=40, posts=30, on_topic=0.5, noise=3.0, label_posts=0.05), "40 labelled influencers"),
@@ -66,11 +66,11 @@ for _n in (10, 25, 50, 200):
 LOOK = dict(posts=30, on_topic=(0.35, 0.75), noise=2.0, loud=6.0, offset=5.0, scale=0.3, missing=(0.2, 0.1),
             short_share=1 / 3)
 STORES["look"] = (dict(LOOK, influencers=280, label_posts=0.05),
-                  "160/40/80, real-looking: signal x0.3, loud posts 6x noise, 35-75 % on topic, offset 5, missing, ragged")
+                  "168/56/56, real-looking: signal x0.3, loud posts 6x noise, 35-75 % on topic, offset 5, missing, ragged")
 # the same at 4x the noise: the regime issue 33 measured on its real-looking family (default 0.65, reference 0.45),
 # which the planted `look` store at noise 2 is too easy to show (default 1.000)
 STORES["look-hard"] = (dict(LOOK, influencers=280, label_posts=0.05, noise=8.0),
-                       "160/40/80, real-looking as `look`, noise 8: issue 33's regime")
+                       "168/56/56, real-looking as `look`, noise 8: issue 33's regime")
 STORES["rel50-look"] = (dict(LOOK, influencers=800, label_posts=0.0, release_per_category=50),
                         "release labels, 50 per category, no post labels, real-looking features")
 # the case issue 33 reported: 15 release-labelled influencers per category (96/24/40), the easy planted features
@@ -83,7 +83,7 @@ for _n in (40, 200):
             dict(HARD, influencers=_n, label_posts=_posts),
             f"{_n} hand-labelled influencers, {'5 % of posts labelled' if _posts else 'no post labels'}, hard features")
 # A sweep of feature families: signal strength (scale), loud-post noise, on-topic share, missing halves and
-# ragged bags, with and without a common offset; 160/40/80 influencers with 5 % of posts labelled.
+# ragged bags, with and without a common offset; 168/56/56 influencers with 5 % of posts labelled.
 for _scale in (0.3, 1.0):
     for _noise in (2.0, 4.0):
         for _on in (0.35, 0.6):
