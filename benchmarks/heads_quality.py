@@ -157,15 +157,14 @@ def one_fit(job: tuple) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     from heads.calibrate import ece_if_calibrated
     cal = m["calibration"]["influencer"]
-    # the test ECE a perfectly calibrated head would show with these confidences on this many rows
+    # the test ECE a perfectly calibrated head would show on this many rows (each bin's rows at its mean confidence)
     noise = ece_if_calibrated(np.repeat([b["confidence"] for b in cal["reliability_after"]],
                                         [b["n"] for b in cal["reliability_after"]]))
     return {"alone": alone, "pooling": pooling, "precision": precision, "seed": seed, "test": m["influencer"]["accuracy"],
             "post": m["post"]["accuracy"], "reference": m["reference"]["test_acc"], "step": m["best_step"],
             "normalize": m["normalize"], "instance_weight": m["instance_weight"], "val": m["val_acc"], "reference_val": m["reference"]["val_acc"],
-            "ece_before": m["calibration"]["influencer"]["test"]["ece_before"],
-            "ece_after": m["calibration"]["influencer"]["test"]["ece_after"],
-            "temperature": m["calibration"]["influencer"]["temperature"],
+            "ece_before": cal["test"]["ece_before"], "ece_after": cal["test"]["ece_after"],
+            "temperature": cal["temperature"],
             "ece_if_calibrated": noise[0], "ece_if_calibrated_p90": noise[1],
             "warning": "warning" in m, "seconds": time.perf_counter() - t}
 

@@ -30,12 +30,17 @@ def nll(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-300)).mean())
 
 
+def _bin_of(conf: np.ndarray, bins: int) -> np.ndarray:
+    """The equal-width confidence bin of each row (a confidence of 1 in the top bin)."""
+    return np.minimum((conf * bins).astype(int), bins - 1)
+
+
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> float:
     """Expected calibration error: Σ_b |B_b|/n · |accuracy(B_b) − confidence(B_b)| over equal-width bins."""
     if not len(y):
         return float("nan")
     conf, right = probs.max(1), probs.argmax(1) == y
-    which = np.minimum((conf * bins).astype(int), bins - 1)
+    which = _bin_of(conf, bins)
     total = 0.0
     for b in range(bins):
         here = which == b
@@ -61,7 +66,7 @@ def ece_if_calibrated(confidence: np.ndarray, draws: int = 2000, seed: int = 0) 
     conf = np.asarray(confidence, np.float64)
     if not len(conf):
         return float("nan"), float("nan")
-    which = np.minimum((conf * BINS).astype(int), BINS - 1)
+    which = _bin_of(conf, BINS)
     right = np.random.default_rng(seed).random((draws, len(conf))) < conf
     total = np.zeros(draws)
     for b in np.unique(which):
@@ -76,7 +81,7 @@ def reliability(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict
     if not len(y):
         return []
     conf, right = probs.max(1), probs.argmax(1) == y
-    which = np.minimum((conf * bins).astype(int), bins - 1)
+    which = _bin_of(conf, bins)
     return [{"low": b / bins, "high": (b + 1) / bins, "confidence": float(conf[which == b].mean()),
              "accuracy": float(right[which == b].mean()), "n": int((which == b).sum())}
             for b in range(bins) if (which == b).any()]
