@@ -417,6 +417,9 @@ def test_quality_benchmark_quick_run_writes_its_table_and_json(tmp_path):
                for x in runs)
     assert tiny["crippled"]["step"] <= 5 and isinstance(tiny["crippled"]["warning"], bool)
     assert "crippled head (max_steps 5)" in r.stdout
+    # a line per finished fit as it finishes (4 runs and the crippled head), so a cut run still reports
+    assert sum(line.lstrip().startswith("[tiny ") for line in r.stdout.splitlines()) == 5
+    assert "(crippled): test" in r.stdout
 
 
 def test_quality_benchmark_few_label_stores_are_what_they_say(tmp_path):
@@ -435,6 +438,19 @@ def test_quality_benchmark_few_label_stores_are_what_they_say(tmp_path):
     split = s["influencers/split"][:]
     assert np.bincount(label[(label >= 0) & (split != 3)]).tolist() == [10] * 8 and ((label >= 0) & (split == 3)).sum() == 40
     assert (s["posts/label"][:] < 0).all()
+    # an ece- store: train and validation as in the store it copies, the extra influencers test only and
+    # without post labels (here 40 + 80 instead of 280 + 1,000)
+    assert STORES["ece-look-hard"][0]["extra_test"] == 1000
+    path = str(tmp_path / "ece.zarr")
+    make_store(path, dict(STORES["ece-look-hard"][0], influencers=40, extra_test=80), seed=0)
+    s = open_store(path)
+    label, split = s["influencers/label"][:], s["influencers/split"][:]
+    assert [np.bincount(label[split == k], minlength=8).tolist() for k in (1, 2)] == [[3] * 8, [1] * 8]
+    assert np.bincount(label[split == 3]).tolist() == [11] * 8 and (split > 0).all()
+    owner = np.repeat(np.arange(len(split)), np.diff(s["influencers/offsets"][:]))
+    with_post_labels = np.unique(owner[s["posts/label"][:] >= 0])
+    # posts labelled only among the 40 (on the test side, the 8 base test influencers at most)
+    assert len(with_post_labels) and (split[with_post_labels] == 3).sum() <= 8
 
 
 def test_instance_loss_is_added_only_when_asked(tmp_path):
