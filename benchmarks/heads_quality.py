@@ -196,6 +196,7 @@ def one_fit(job: tuple) -> dict:
             "post": m["post"]["accuracy"], "reference": m["reference"]["test_acc"], "step": m["best_step"],
             "normalize": m["normalize"], "instance_weight": m["instance_weight"], "val": m["val_acc"], "reference_val": m["reference"]["val_acc"],
             "ece_before": cal["test"]["ece_before"], "ece_after": cal["test"]["ece_after"],
+            **{f"{k}_{w}": cal["test"][f"{k}_{w}"] for k in ("brier", "log_loss") for w in ("before", "after")},
             "temperature": cal["temperature"],
             "ece_if_calibrated": noise[0], "ece_if_calibrated_p90": noise[1],
             "warning": "warning" in m, "seconds": time.perf_counter() - t}

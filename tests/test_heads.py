@@ -414,7 +414,7 @@ def test_quality_benchmark_quick_run_writes_its_table_and_json(tmp_path):
                for x in runs)
     assert tiny["best_baseline"] and 0.0 <= tiny["baseline_test"] <= 1.0
     assert all(0.0 <= x["ece_after"] <= 1.0 and x["temperature"] > 0 and 0.0 <= x["ece_if_calibrated"] <= 1.0
-               for x in runs)
+               and 0.0 <= x["brier_after"] <= 2.0 and x["log_loss_after"] >= 0.0 for x in runs)
     assert tiny["crippled"]["step"] <= 5 and isinstance(tiny["crippled"]["warning"], bool)
     assert "crippled head (max_steps 5)" in r.stdout
     # a line per finished fit as it finishes (4 runs and the crippled head), so a cut run still reports
