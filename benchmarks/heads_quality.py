@@ -111,14 +111,15 @@ def make_store(path: str, kw: dict, seed: int) -> None:
     kw = dict(kw)
     short = kw.pop("short_share", 0.0)
     rng = np.random.default_rng(1000 + seed)
-    counts = np.full(kw["influencers"], kw.pop("posts"), np.int64)
+    posts = kw.pop("posts")
+    counts = np.full(kw["influencers"], posts, np.int64)
     if short:
         pick = rng.random(len(counts)) < short
         counts[pick] = rng.integers(3, 9, int(pick.sum()))
     release = kw.pop("release_per_category", None)
     extra = kw.pop("extra_test", 0)
     if extra:
-        counts = np.concatenate([counts, np.full(extra, counts[0] if not short else counts.max(), np.int64)])
+        counts = np.concatenate([counts, np.full(extra, posts, np.int64)])
         if short:       # the extra influencers as ragged as the others
             pick = rng.random(extra) < short
             counts[-extra:][pick] = rng.integers(3, 9, int(pick.sum()))
@@ -138,8 +139,9 @@ def make_store(path: str, kw: dict, seed: int) -> None:
         split = np.full(len(counts), schema.SPLITS["test"], np.int8)
         split[base] = assign_splits(label[base], np.zeros(len(base), np.int8), seed)
         store["influencers/split"][:] = split
-        extra_post = np.repeat(split == schema.SPLITS["test"], counts)
-        extra_post &= ~np.repeat(np.isin(np.arange(len(counts)), base), counts)
+        in_base = np.zeros(len(counts), bool)
+        in_base[base] = True
+        extra_post = np.repeat(~in_base, counts)
         post_label, post_split = store["posts/label"][:], store["posts/split"][:]
         post_label[extra_post], post_split[extra_post] = -1, 0
         store["posts/label"][:], store["posts/split"][:] = post_label, post_split
