@@ -88,10 +88,8 @@ def fit(url: str, out: str, cfg: FitConfig, log=say, overwrite: bool = False) ->
     log(f"loaded {data.count()} labelled influencers and {data.count(posts=True)} labelled posts "
         f"in {time.perf_counter() - t0:.1f}s" + (f"; {len(data.unusable)} bags with no usable post set aside"
                                                  if data.unusable else ""))
-    segments = tuple(schema.MODALITIES[m] for m in MODALITY_SETS[cfg.modality])
-    head = HeadConfig(in_dim=feature_dim(cfg.modality), pooling=cfg.pooling, attention=cfg.attention,
-                      dropout=cfg.dropout, n_influencer=len(store.influencer_categories),
-                      n_post=len(store.post_categories), segments=segments, members=cfg.members)
+    head = head_config(cfg, store)
+    segments = head.segments
     use_bf16 = pick_precision(cfg.precision, device) == "bf16"
     config = _run_config(cfg, head, store, device, use_bf16, data)
     run.write_json("config.json", config)
@@ -116,6 +114,14 @@ def fit(url: str, out: str, cfg: FitConfig, log=say, overwrite: bool = False) ->
     write_report(run.path, config, metrics)
     run.commit()
     return metrics
+
+
+def head_config(cfg: FitConfig, store) -> HeadConfig:
+    """The model `heads fit` trains with these options on this store."""
+    return HeadConfig(in_dim=feature_dim(cfg.modality), pooling=cfg.pooling, attention=cfg.attention,
+                      dropout=cfg.dropout, n_influencer=len(store.influencer_categories),
+                      n_post=len(store.post_categories),
+                      segments=tuple(schema.MODALITIES[m] for m in MODALITY_SETS[cfg.modality]), members=cfg.members)
 
 
 def _run_config(cfg: FitConfig, head: HeadConfig, store, device, use_bf16: bool, data: Labelled) -> dict:
