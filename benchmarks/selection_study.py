@@ -108,18 +108,12 @@ class State:
         self.test = _acc(pt, d["yt"])
 
     def scaled(self, d):
-        """This state temperature-scaled on validation (influencers and posts each their own temperature,
-        as heads.calibrate scales a run): softmax(log p / T) is softmax(logits / T)."""
-        def fit(p, y):
-            if not len(y):
-                return p
-            grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
-            logp = np.log(p + 1e-12)
-            t = min(grid, key=lambda t: _nll(_soft(logp / t), y))
-            return t
-        tv, tp = fit(self.pv, d["yv"]), fit(self.ppv, d["ypv"])
-        tp = tp if np.isscalar(tp) else 1.0
-        return State(*(_soft(np.log(p + 1e-12) / t) for p, t in ((self.pv, tv), (self.ppv, tp), (self.pt, tv))), d)
+        """This state temperature-scaled on validation as heads.calibrate scales a run (fit_temperature:
+        influencers and posts each their own temperature, the Laplace ceiling, T = 1 where it would not help)."""
+        from heads.calibrate import fit_temperature, scaled
+        tv = fit_temperature(self.pv, d["yv"])
+        tp = fit_temperature(self.ppv, d["ypv"]) if len(d["ypv"]) else 1.0
+        return State(scaled(self.pv, tv), scaled(self.ppv, tp) if len(d["ypv"]) else self.ppv, scaled(self.pt, tv), d)
 
     @classmethod
     def mean(cls, states, d):

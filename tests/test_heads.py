@@ -422,6 +422,28 @@ def test_quality_benchmark_quick_run_writes_its_table_and_json(tmp_path):
     assert "(crippled): test" in r.stdout
 
 
+
+@pytest.mark.slow
+def test_selection_study_replays_heads_fit_exactly(tmp_path):
+    """benchmarks/selection_study.py: its `fit` rule (heads fit's own choice of state, restarts and variant)
+    replayed from the recorded rounds gives the kept model's test accuracy, so the other rules it replays
+    are measured on the same footing; every rule's line is printed."""
+    import pickle
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "tiny.pkl"
+    quick = '{"max_steps": 40, "min_steps": 10, "patience": 20, "eval_steps": 10}'
+    r = subprocess.run([sys.executable, "-m", "benchmarks.selection_study", "run", "tiny", "0", str(out), quick],
+                       capture_output=True, text=True, cwd=root)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    d = pickle.load(open(out, "rb"))
+    assert d["store"] == "tiny" and d["seed"] == 0 and d["rows"] and 0.0 <= d["kept_test"] <= 1.0
+    assert {len(x["_pt"]) for x in d["rows"]} == {len(d["yt"])}
+    assert "replayed fit" in r.stdout and "DIFFERS" not in r.stdout
+    for rule in ("acc/avg/acc", "acc/cavg/acc", "test/alone/acc", "top3/avg/all"):
+        assert any(f" {rule} " in line for line in r.stdout.splitlines()), rule
+
 def test_quality_benchmark_few_label_stores_are_what_they_say(tmp_path):
     """The few-labels stores (issue 33): N labelled influencers per category and no labelled post (as
     `cache labels --from-release` leaves a store); the groups name only stores that exist."""
