@@ -135,28 +135,46 @@ def summary(t: float, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray
     return out
 
 
+def _probabilities(model, data: Labelled, device, splits: tuple[str, ...]) -> tuple[dict, dict]:
+    """(influencer, post) probabilities with their labels per split, empty arrays where a split has no rows."""
+    from heads.infer import predict_bags, predict_posts
+    infl, posts = {}, {}
+    for split in splits:
+        d = getattr(data, split)
+        infl[split] = ((predict_bags(model, d.bags, d.masks, device)[0], d.y) if d is not None and len(d.y)
+                       else (np.zeros((0, model.cfg.n_influencer)), np.zeros(0, np.int64)))
+        d = getattr(data, f"posts_{split}")
+        posts[split] = ((predict_posts(model, d.x, device, present=d.present), d.y) if d is not None and len(d.y)
+                        else (np.zeros((0, model.cfg.n_post)), np.zeros(0, np.int64)))
+    return infl, posts
+
+
+def _set_temperatures(model, t_infl: float, t_post: float) -> None:
+    import torch
+    with torch.no_grad():
+        model.temperature.copy_(torch.tensor([t_infl, t_post], dtype=model.temperature.dtype))
+
+
+def scale_on_validation(model, data: Labelled, device) -> tuple[float, float]:
+    """Fit and set both heads' temperatures on the validation split alone (as `calibrate` does, without
+    scoring anything): `--calibrate-restarts` scales each restart so before they are averaged."""
+    model.temperature.fill_(1.0)
+    infl, posts = _probabilities(model, data, device, ("val",))
+    t = fit_temperature(*infl["val"]), fit_temperature(*posts["val"])
+    _set_temperatures(model, *t)
+    return t
+
+
 def calibrate(model, data: Labelled, device) -> dict:
     """Fit both heads' temperatures on the validation split, set them in `model`, and return
     metrics.json's "calibration" record (the test split scored where `data` has one). The post head's
     temperature stays 1 without labelled validation posts."""
-    import torch
-    from heads.infer import predict_bags, predict_posts
     model.temperature.fill_(1.0)
-    empty = (np.zeros((0, model.cfg.n_influencer)), np.zeros(0, np.int64))
+    infl, posts = _probabilities(model, data, device, ("val", "test"))
     out = {}
-    infl = {}
-    for split in ("val", "test"):
-        d = getattr(data, split)
-        infl[split] = (predict_bags(model, d.bags, d.masks, device)[0], d.y) if d is not None and len(d.y) else empty
-    posts = {}
-    for split in ("val", "test"):
-        d = getattr(data, f"posts_{split}")
-        posts[split] = ((predict_posts(model, d.x, device, present=d.present), d.y) if d is not None and len(d.y)
-                        else (np.zeros((0, model.cfg.n_post)), np.zeros(0, np.int64)))
     t_infl = fit_temperature(*infl["val"])
     out["influencer"] = summary(t_infl, infl["val"], infl["test"])
     t_post = fit_temperature(*posts["val"])
     out["post"] = summary(t_post, posts["val"], posts["test"]) if len(posts["val"][1]) else None
-    with torch.no_grad():
-        model.temperature.copy_(torch.tensor([t_infl, t_post], dtype=model.temperature.dtype))
+    _set_temperatures(model, t_infl, t_post)
     return out

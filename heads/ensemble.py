@@ -5,7 +5,9 @@ state that selection keeps is partly luck (issue 33: on the hardest benchmark st
 predictions scored 0.05-0.09 above the picked one). ProfilerEnsemble answers every question the single
 model does, from the same inputs:
 - influencer and post probabilities: the mean of the members' (temperature-scaled as one model afterwards:
-  the logits are log mean-probabilities divided by the ensemble's own temperature);
+  the logits are log mean-probabilities divided by the ensemble's own temperature). Each member keeps its own
+  temperature too: 1 (a plain mean), or with `--calibrate-restarts` its own fitted on validation before the
+  mean is taken, so that an overconfident member does not outweigh the others;
 - attention weights: the mean of the members' (still summing to one over each bag's usable posts);
 - the influencer embedding h: the first member's (the best on validation); members' spaces differ, so
   their mean would mean nothing.
@@ -37,7 +39,7 @@ class ProfilerEnsemble(nn.Module):
         if len(self.members) != cfg.members:
             raise ValueError(f"{len(self.members)} members for a config of {cfg.members}")
         for m in self.members:
-            m.temperature.fill_(1.0)        # calibrated as one model: the ensemble's own temperature
+            m.temperature.fill_(1.0)        # a plain mean until heads.train scales them (--calibrate-restarts)
         self.register_buffer("temperature", torch.ones(2))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, posts: bool = True) -> dict[str, torch.Tensor]:

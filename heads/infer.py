@@ -65,8 +65,9 @@ def load_run(run: str | RunFolder, device: str = "cpu") -> tuple[InfluencerProfi
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
     state = folder.state_dict(expected, device, optional={"temperature": torch.ones(2)})
-    if not bool((state["temperature"] > 0).all()):
-        raise UserError(f"{folder.file('model.pt')}: temperature must be positive, got {state['temperature'].tolist()}")
+    for key in (k for k in state if k == "temperature" or k.endswith(".temperature")):
+        if not bool((state[key] > 0).all()):        # every member's too: they divide the logits
+            raise UserError(f"{folder.file('model.pt')}: {key} must be positive, got {state[key].tolist()}")
     model = build_model(cfg).to(device)
     model.load_state_dict(state)
     model.eval()

@@ -19,7 +19,7 @@ import torch
 from cache import schema
 from cache.readers import MODALITY_SETS, feature_dim, require_features
 from cache.store import open_store
-from heads.calibrate import calibrate
+from heads.calibrate import calibrate, scale_on_validation
 from heads.config import FitConfig
 from heads.data import Labelled, input_scaling, load_labelled
 from heads.infer import predict_bags, predict_posts
@@ -175,7 +175,7 @@ def train_restarts(cfg: FitConfig, head: HeadConfig, data: Labelled, segments: t
                 f"{got['row']['val_acc']:.4f}, post {got['row']['val_post_acc']:.4f} at step {got['row']['step']}")
             trained.append(got)
         trained.sort(key=lambda g: criterion(g["row"]), reverse=True)     # best first (stable: earlier on ties)
-        candidate = _variant_model(trained, head, single, data, device)
+        candidate = _variant_model(trained, head, single, data, device, scale=cfg.calibrate_restarts)
         if len(variants) > 1:
             log(f"variant normalize {norm}, instance weight {weight:g}: validation accuracy "
                 f"{candidate[1]['row']['val_acc']:.4f}, log-loss {candidate[1]['row']['val_loss']:.4f}")
@@ -190,9 +190,10 @@ def train_restarts(cfg: FitConfig, head: HeadConfig, data: Labelled, segments: t
 
 
 def _variant_model(trained: list[dict], head: HeadConfig, single: HeadConfig, data: Labelled,
-                   device) -> tuple[InfluencerProfiler | ProfilerEnsemble, dict]:
+                   device, scale: bool = False) -> tuple[InfluencerProfiler | ProfilerEnsemble, dict]:
     """One variant's model from its restarts (best first): the best alone, or with `head.members` > 1 all of
-    them averaged (heads/ensemble.py), with the validation row of what is kept."""
+    them averaged (heads/ensemble.py), with the validation row of what is kept; `scale`
+    (--calibrate-restarts): each member temperature-scaled on validation before it joins the mean."""
     members = []
     for g in trained if head.members > 1 else trained[:1]:
         m = InfluencerProfiler(single).to(device)
@@ -202,6 +203,9 @@ def _variant_model(trained: list[dict], head: HeadConfig, single: HeadConfig, da
     if head.members == 1:
         return members[0], best
     ensemble = ProfilerEnsemble(head, members).to(device)
+    if scale:
+        for m in ensemble.members:
+            scale_on_validation(m, data, device)
     row = dict(best["row"], **evaluate(ensemble, data, device))
     return ensemble, {"state": ensemble.state_dict(), "row": row}
 

@@ -105,3 +105,54 @@ def test_the_estimator_averages_restarts_too():
                                        normalize="feature", average_restarts=True, device="cpu").fit(bags, y)
     assert isinstance(clf.model_, ProfilerEnsemble) and len(clf.model_.members) == 2
     assert (clf.predict(bags) == y).mean() > 0.9
+
+
+@pytest.fixture(scope="module")
+def scaled_members(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ens-scaled")
+    path = str(tmp / "s.zarr")
+    planted_store(path, influencers=64, posts=10, seed=5, noise=3.0, label_posts=0.2)
+    run = str(tmp / "run")
+    m = fit(path, run, FitConfig(max_steps=60, min_steps=20, patience=30, eval_steps=10, attention_warmup=10,
+                                 normalize="feature", instance_loss="off", restarts=2, calibrate_restarts=True),
+            log=lambda *_: None)
+    return path, run, m
+
+
+def test_calibrate_restarts_scales_each_member_on_validation_before_the_mean(scaled_members):
+    """--calibrate-restarts: each member holds the temperature heads.calibrate fits on its own validation
+    probabilities, and the run's probabilities are the mean of the scaled members, then the ensemble's T."""
+    from heads.calibrate import fit_temperature, scaled
+    path, run, metrics = scaled_members
+    model, config = load_run(run)
+    assert config["fit"]["calibrate_restarts"] is True and len(model.members) == 2
+    data = load_labelled(open_store(path), "both")
+    ts = [m.temperature.tolist() for m in model.members]
+    assert any(t != [1.0, 1.0] for t in ts), ts        # the planted store's restarts are not calibrated as trained
+    for m, t in zip(model.members, ts):
+        with torch.no_grad():
+            m.temperature.fill_(1.0)
+        raw = predict_bags(m, data.val.bags, data.val.masks, "cpu")[0]
+        raw_posts = predict_posts(m, data.posts_val.x, "cpu", present=data.posts_val.present)
+        assert t == pytest.approx([fit_temperature(raw, data.val.y), fit_temperature(raw_posts, data.posts_val.y)],
+                                  rel=1e-5)
+        with torch.no_grad():
+            m.temperature.copy_(torch.tensor(t))
+    members = [predict_bags(m, data.test.bags, data.test.masks, "cpu")[0] for m in model.members]
+    probs = predict_bags(model, data.test.bags, data.test.masks, "cpu")[0]
+    np.testing.assert_allclose(probs, scaled(np.mean(members, 0), model.temperature[0].item()), rtol=1e-4, atol=1e-6)
+    assert (probs.argmax(1) == data.test.y).mean() == pytest.approx(metrics["influencer"]["accuracy"])
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan")])
+def test_a_member_temperature_that_is_not_positive_is_one_error_line(scaled_members, tmp_path, value):
+    import shutil
+    from runtime.errors import UserError
+    _, run, _ = scaled_members
+    forged = str(tmp_path / "forged")
+    shutil.copytree(run, forged)
+    saved = torch.load(os.path.join(forged, "model.pt"), weights_only=True)
+    saved["state_dict"]["members.1.temperature"] = torch.tensor([value, 1.0])
+    torch.save(saved, os.path.join(forged, "model.pt"))
+    with pytest.raises(UserError, match=r"model.pt: members.1.temperature (must be positive|holds NaN)"):
+        load_run(forged)
