@@ -3,6 +3,8 @@ per restart, and the test accuracy each selection rule would have given, replaye
 
     python -m benchmarks.selection_study run STORE SEED OUT.pkl ['{"lr": 3e-4}'] ['{"noise": 8}']
     python -m benchmarks.selection_study show OUT.pkl ...
+    python -m benchmarks.selection_study release OUT.pkl ...
+    python -m benchmarks.selection_study mix FEATURE1.pkl FEATURE2.pkl ... NONE1.pkl NONE2.pkl ...
 
 STORE names a benchmarks.heads_quality store, built as that benchmark builds it (store seed 0, so SEED is
 the fit's seed only and a run here is the benchmark's fit of that seed; its keyword arguments overridden by the
@@ -25,6 +27,10 @@ does today and must equal the kept model's test accuracy, printed beside it). A 
 - VARIANT, which variant (normalisation x weak-post-label weight) is kept: `acc` or `loss` as STATE, or
   `all` (every variant's kept states averaged into one model), `first` (the variant whose first restart alone
   is best by STATE's criterion, then that variant's model: is one restart enough to choose the variant?).
+`release` prints, per training, the test accuracy just before the attention starts to learn
+(--attention-warmup), the best and the last after it, and the step where validation peaked.
+`mix` replays, per pair of files of the same store and seed, a fit whose feature-normalised variants
+are the first file's and whose unnormalised ones are the second's.
 Files of the same store and seed with different FitConfig overrides (e.g. two learning rates) are also
 replayed together as one fit whose variants are all of theirs (`+configs`).
 """
@@ -211,11 +217,59 @@ def show(paths: list[str]) -> None:
               + " ".join(f"{a:.3f}" for a in accs))
 
 
+def mix(feature: list[str], none: list[str]) -> None:
+    """One fit per pair (same store and seed): the `feature`-normalised variants from the first file's
+    trainings, the unnormalised ones from the second's (e.g. a learning rate per normalisation)."""
+    out = {}
+    for pf, pn in zip(feature, none):
+        with open(pf, "rb") as f:     # pickles this script wrote itself (see show)
+            df = pickle.load(f)
+        with open(pn, "rb") as f:
+            dn = pickle.load(f)
+        if (df["store"], df["seed"]) != (dn["store"], dn["seed"]):
+            raise SystemExit(f"{pf} and {pn} are not the same store and seed")
+        runs = {key: v for key, v in trainings(df).items() if key[1] == "feature"}
+        runs.update({key: v for key, v in trainings(dn).items() if key[1] == "none"})
+        for rule in ("acc/avg/acc", "acc/cavg/acc", "acc/alone/acc", "test/avg/acc"):
+            out.setdefault((df["store"], rule), []).append(replay(runs, df, *rule.split("/")))
+        print(f"{df['store']} seed {df['seed']}: feature variants {df['over'] or 'defaults'}, none variants "
+              f"{dn['over'] or 'defaults'}: fit {out[(df['store'], 'acc/avg/acc')][-1]:.3f} (feature file alone "
+              f"{df['kept_test']:.3f}, none file alone {dn['kept_test']:.3f})")
+    for (store, rule), accs in out.items():
+        print(f"{store:<28} {rule:<14} {np.mean(accs):6.3f} {min(accs):6.3f}  " + " ".join(f"{a:.3f}" for a in accs))
+
+
+def release(paths: list[str]) -> None:
+    """Per training: test accuracy at the last round before the attention is released (attention_warmup),
+    the best and the last after it, and where validation (`acc`) peaked: does learning the attention help?"""
+    from heads.config import FitConfig
+    print(f"{'file':<34} {'variant':<12} {'pre-release':>11} {'best after':>10} {'last':>6} {'val peak step':>13}")
+    for p in paths:
+        with open(p, "rb") as f:      # a pickle this script wrote itself (see show)
+            d = pickle.load(f)
+        warm = d["over"].get("attention_warmup", FitConfig.attention_warmup)
+        rows = {}
+        for r in d["rows"]:
+            rows.setdefault((r["instance_weight"], r["normalize"], r["restart"] % d["restarts"]), []).append(r)
+        for (w, n, k), rs in rows.items():
+            states = [State(r["_pv"], r["_ppv"], r["_pt"], d) for r in rs]
+            pre = [s.test for r, s in zip(rs, states) if r["step"] <= warm]
+            post = [s.test for r, s in zip(rs, states) if r["step"] > warm]
+            peak = rs[states.index(_best(states, lambda s: s.key("acc")))]["step"]
+            print(f"{os.path.basename(p):<34} {n[:4]}/w{w:g}/r{k:<3} {pre[-1] if pre else float('nan'):11.3f} "
+                  f"{max(post) if post else float('nan'):10.3f} {states[-1].test:6.3f} {peak:13d}")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["run"]:
         a = sys.argv[2:]
         run(a[0], int(a[1]), a[2], json.loads(a[3]) if len(a) > 3 else {}, json.loads(a[4]) if len(a) > 4 else {})
     elif sys.argv[1:2] == ["show"]:
         show(sys.argv[2:])
+    elif sys.argv[1:2] == ["mix"]:
+        a = sys.argv[2:]
+        mix(a[:len(a) // 2], a[len(a) // 2:])
+    elif sys.argv[1:2] == ["release"]:
+        release(sys.argv[2:])
     else:
         raise SystemExit(__doc__)

@@ -504,8 +504,8 @@ def test_instance_loss_auto_trains_both_and_keeps_the_better_on_validation(tmp_p
     seen = []
     plain = train_mod._variant_model
 
-    def spy(trained, *a):
-        got = plain(trained, *a)
+    def spy(trained, *a, **kw):
+        got = plain(trained, *a, **kw)
         seen.append((trained[0]["row"]["normalize"], trained[0]["row"]["instance_weight"], len(trained),
                      train_mod.criterion(got[1]["row"])))
         return got
