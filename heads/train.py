@@ -168,7 +168,7 @@ def train_restarts(cfg: FitConfig, head: HeadConfig, data: Labelled, segments: t
             model = InfluencerProfiler(single).to(device)
             if norm in scalings:
                 model.set_input_scaling(*[torch.from_numpy(x).to(device) for x in scalings[norm]])
-            got = train_once(model, data, dataclasses.replace(cfg, instance_weight=weight), device,
+            got = train_once(model, data, cfg.variant(weight, norm), device,
                              use_bf16=use_bf16, seed=seed, on_round=functools.partial(on_round, norm=norm, weight=weight),
                              restart=r)
             log(f"restart {r} (normalize {norm}, instance weight {weight:g}, seed {seed}): best validation accuracy "
