@@ -36,10 +36,10 @@ class FitConfig:
     aux_batch: int = option(256, "labelled posts per step of the auxiliary loss", low=1, high=1 << 20)
     lr: float = option(1e-3, "Adam learning rate (paper §5.1)", low=0.0, high=10.0, low_allowed=False)
     # issue 33: on feature-normalised inputs the fusion layer memorises the ~100 training bags within a few
-    # hundred steps at --lr; None keeps --lr for every variant (docs/benchmarks.md, "selection study")
-    feature_lr: float | None = option(None, "learning rate of the feature-normalised variants (--normalize "
-                                      "feature or auto), the attention's kept at --attention-lr x --lr; "
-                                      "default: --lr", low=0.0, high=10.0, low_allowed=False)
+    # hundred steps at --lr; 1 trains every variant at --lr (docs/benchmarks.md, "selection study")
+    feature_lr: float = option(1.0, "learning rate of the feature-normalised variants (--normalize feature or "
+                               "auto), relative to --lr; their attention's stays --attention-lr x --lr",
+                               low=0.0, high=10.0, low_allowed=False)
     warmup_steps: int = option(50, "steps of linear learning-rate warm-up", low=0, high=10**8)
     weight_decay: float = option(0.0, "Adam weight decay (L2)", low=0.0, high=10.0)
     attention_lr: float = option(0.1, "learning rate of the attention's parameters, relative to --lr",
@@ -79,8 +79,8 @@ class FitConfig:
         """The options one variant (weak-post-label weight x normalisation) trains with: `instance_weight`,
         and `feature_lr` on feature-normalised inputs with the attention's own rate unchanged."""
         over = {"instance_weight": instance_weight}
-        if normalize == "feature" and self.feature_lr is not None and self.feature_lr != self.lr:
-            over.update(lr=self.feature_lr, attention_lr=self.attention_lr * self.lr / self.feature_lr)
+        if normalize == "feature" and self.feature_lr != 1.0:
+            over.update(lr=self.lr * self.feature_lr, attention_lr=self.attention_lr / self.feature_lr)
         return dataclasses.replace(self, **over)
 
     @property

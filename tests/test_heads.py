@@ -496,15 +496,15 @@ def test_instance_loss_is_added_only_when_asked(tmp_path):
 
 
 def test_feature_lr_applies_to_the_feature_normalised_variants_only(tmp_path, monkeypatch):
-    """--feature-lr: the feature-normalised variants train at that rate with the attention's own rate
-    unchanged (--attention-lr x --lr); the unnormalised ones at --lr; unset, every variant at --lr."""
+    """--feature-lr: the feature-normalised variants train at that fraction of --lr with the attention's own
+    rate unchanged (--attention-lr x --lr); the unnormalised ones at --lr; at 1, every variant at --lr."""
     from heads import loop, train as train_mod
-    cfg = FitConfig(lr=1e-3, attention_lr=0.1, feature_lr=3e-4)
+    cfg = FitConfig(lr=1e-3, attention_lr=0.1, feature_lr=0.3)
     assert cfg.variant(0.0, "none") == dataclasses.replace(cfg, instance_weight=0.0)
     f = cfg.variant(3.0, "feature")
-    assert (f.lr, f.instance_weight) == (3e-4, 3.0)
+    assert (f.lr, f.instance_weight) == (pytest.approx(3e-4), 3.0)
     assert f.lr * f.attention_lr == pytest.approx(cfg.lr * cfg.attention_lr)
-    assert FitConfig().variant(0.0, "feature").lr == FitConfig().lr
+    assert FitConfig(feature_lr=1.0).variant(0.0, "feature") == FitConfig(feature_lr=1.0, instance_weight=0.0)
     with pytest.raises(ValueError, match="--feature-lr must be a number > 0"):
         FitConfig(feature_lr=0.0)
     path = str(tmp_path / "s.zarr")
@@ -517,8 +517,8 @@ def test_feature_lr_applies_to_the_feature_normalised_variants_only(tmp_path, mo
     monkeypatch.setattr(train_mod, "train_once", spy)
     fit(path, str(tmp_path / "run"), FitConfig(max_steps=6, min_steps=2, patience=4, eval_steps=2,
                                                 attention_warmup=2, restarts=1, instance_loss="off",
-                                                feature_lr=2e-4), log=lambda line: None)
-    assert [(r, lr) for r, lr, _ in seen] == [(0, 2e-4), (1, 1e-3)]         # feature first, then none
+                                                feature_lr=0.2), log=lambda line: None)
+    assert [(r, lr) for r, lr, _ in seen] == [(0, pytest.approx(2e-4)), (1, 1e-3)]         # feature first, then none
     assert all(a == pytest.approx(1e-4) for _, _, a in seen)
 
 
